@@ -1,0 +1,1 @@
+"""Everything that talks to the QEMU binary: probing, command lines, processes, QMP."""

@@ -1,0 +1,127 @@
+"""Choose the accelerator: KVM only where a probe proved it runs a real guest.
+
+``/dev/kvm`` opening is not proof: on this project's CI machines it is a
+software nested hypervisor under which a Linux guest crashes or spins.  So
+``auto`` boots the testbed's own kernel under KVM once, with a hard timeout,
+and uses KVM only if that guest printed its marker and powered off.  The result
+is cached per host kernel, KVM module list and QEMU binary.
+
+    >>> resolve_accel("tcg", caps=None).name
+    'tcg'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+from ..paths import cache_dir
+
+PROBE_TIMEOUT = 25.0
+PROBE_MARKER = "TESTBED-PROBE-OK"
+
+
+@dataclass(frozen=True)
+class Accel:
+    name: str  # "tcg" or "kvm"
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProbeGuest:
+    """A kernel + initramfs whose init prints PROBE_MARKER and powers off when
+    ``testbed.probe`` is on the command line."""
+
+    kernel: Path
+    initrd: Path | None
+    cmdline: tuple[str, ...] = ()
+
+
+def kvm_usable() -> bool:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _cache_file(caps) -> Path:
+    try:
+        modules = "".join(line for line in Path("/proc/modules").read_text().splitlines(True)
+                          if line.startswith("kvm"))
+    except OSError:
+        modules = ""
+    key = f"{platform.release()}|{modules}|{caps.path}|{caps.version_text}"
+    return cache_dir() / "probe" / f"kvm-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def probe_kvm(caps, guest: ProbeGuest, timeout: float = PROBE_TIMEOUT) -> Accel:
+    """Boot ``guest`` under KVM with a hard timeout; the verdict is cached."""
+    cache = _cache_file(caps)
+    try:
+        data = json.loads(cache.read_text())
+        return Accel(data["name"], data["reason"] + " (cached probe)")
+    except (OSError, ValueError, KeyError):
+        pass
+    with tempfile.TemporaryDirectory(prefix="kvm-probe-") as tmp:
+        console = Path(tmp) / "console.log"
+        argv = [caps.path, "-machine", "q35", "-accel", "kvm", "-cpu", "qemu64", "-m", "512M",
+                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                "-serial", f"file:{console}", "-kernel", str(guest.kernel),
+                "-append", " ".join((*guest.cmdline, "console=ttyS0", "panic=-1",
+                                     "testbed.probe"))]
+        if guest.initrd:
+            argv += ["-initrd", str(guest.initrd)]
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=timeout)
+            out = console.read_text(errors="replace") if console.exists() else ""
+            ok = PROBE_MARKER in out
+            detail = (proc.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
+            reason = (f"KVM probe booted a guest in {time.monotonic() - start:.1f} s" if ok else
+                      f"KVM probe guest failed (QEMU status {proc.returncode}: {detail[:120]})")
+        except subprocess.TimeoutExpired:
+            ok, reason = False, f"KVM probe guest hung for {timeout:.0f} s"
+    accel = Accel("kvm" if ok else "tcg", reason)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"name": accel.name, "reason": reason}))
+    except OSError:
+        pass
+    return accel
+
+
+def resolve_accel(requested: str, caps, guest: ProbeGuest | None = None,
+                  allow_probe: bool = True) -> Accel:
+    """``tcg``/``kvm``/``auto`` -> the accelerator to use, with the reason."""
+    env = os.environ.get("TESTBED_ACCEL")
+    if env:
+        if env not in ("auto", "kvm", "tcg"):
+            raise UsageError(f"TESTBED_ACCEL={env!r}: expected auto, kvm or tcg")
+        requested = env if requested == "auto" else requested
+    if requested == "tcg":
+        return Accel("tcg", "requested")
+    if requested == "kvm":
+        if not kvm_usable():
+            raise UsageError("accel kvm requested but /dev/kvm cannot be opened "
+                             "(use accel: auto or tcg)")
+        return Accel("kvm", "requested")
+    if not kvm_usable():
+        return Accel("tcg", "no usable /dev/kvm")
+    cache = _cache_file(caps)
+    if cache.exists() or (allow_probe and guest is not None):
+        if guest is None:
+            data = json.loads(cache.read_text())
+            return Accel(data["name"], data["reason"] + " (cached probe)")
+        return probe_kvm(caps, guest)
+    return Accel("tcg", "KVM not yet proven on this host (the first boot probes it)")

@@ -1,0 +1,221 @@
+"""One QEMU process: launch, QMP, and a shutdown that always cleans up.
+
+Modelled on QEMUMachine (python/qemu/machine/machine.py): ``launch()`` starts
+QEMU and connects QMP, ``shutdown()`` tries the graceful way first and falls
+back to QMP ``quit`` and then SIGKILL.  QEMU never outlives its orchestrator:
+the child asks the kernel for SIGKILL when its parent dies
+(``PR_SET_PDEATHSIG``), and every live machine is shut down on exit.
+
+    >>> with QemuMachine(["qemu-system-x86_64", "-machine", "q35", "-S"],
+    ...                  run_dir=Path("/tmp/r")) as vm:                # doctest: +SKIP
+    ...     vm.qmp("query-status")["status"]
+    'prelaunch'
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Callable
+
+from qemu.qmp import QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from ..errors import QemuError
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+_LIVE: "weakref.WeakSet[QemuMachine]" = weakref.WeakSet()
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
+    os.setsid()  # a terminal's Ctrl-C goes to the orchestrator, which shuts QEMU down
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _kill_all() -> None:
+    for vm in list(_LIVE):
+        vm.kill()
+
+
+atexit.register(_kill_all)
+
+
+class QemuMachine:
+    """A QEMU process driven over QMP (qemu.qmp) on a unix socket in ``run_dir``."""
+
+    def __init__(self, argv: list[str], run_dir: Path, *, console_log: Path | None = None,
+                 name: str = "qemu"):
+        self.base_argv = list(argv)
+        self.run_dir = Path(run_dir)
+        self.console_log = console_log
+        self.name = name
+        self.qmp_path = self.run_dir / "qmp.sock"
+        self.stderr_log = self.run_dir / "qemu.log"
+        self.proc: subprocess.Popen | None = None
+        self._qmp: QEMUMonitorProtocol | None = None
+        self._lock = threading.Lock()
+        self.exitcode: int | None = None
+
+    # -- launch ---------------------------------------------------------------------------
+    @property
+    def argv(self) -> list[str]:
+        argv = self.base_argv + ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        if self.console_log is not None:
+            argv += ["-serial", f"file:{self.console_log}"]
+        return argv
+
+    def launch(self, timeout: float = 30.0) -> None:
+        """Start QEMU and connect QMP; QemuError (with QEMU's stderr) on failure."""
+        if self.proc is not None:
+            raise QemuError(f"{self.name}: already launched")
+        self.qmp_path.unlink(missing_ok=True)
+        with open(self.stderr_log, "wb") as err:
+            try:
+                self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=err,
+                                             stderr=subprocess.STDOUT, close_fds=True,
+                                             preexec_fn=_child_setup)
+            except OSError as exc:
+                raise QemuError(f"{self.name}: cannot start {self.argv[0]}: {exc}") from None
+        _LIVE.add(self)
+        try:
+            self._connect(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _connect(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                self.exitcode = self.proc.returncode
+                raise QemuError(f"{self.name}: QEMU exited with status {self.exitcode} before "
+                                f"QMP came up:\n{self.stderr_tail()}")
+            if self.qmp_path.exists():
+                qmp = QEMUMonitorProtocol(str(self.qmp_path))
+                try:
+                    qmp.connect()
+                    qmp.settimeout(60)
+                    self._qmp = qmp
+                    return
+                except (QMPError, OSError):
+                    _close_quietly(qmp)
+            if time.monotonic() > deadline:
+                raise QemuError(f"{self.name}: no QMP greeting within {timeout:.0f} s:\n"
+                                f"{self.stderr_tail()}")
+            time.sleep(0.02)
+
+    # -- use ------------------------------------------------------------------------------
+    def qmp(self, command: str, **args):
+        """Run one QMP command and return its result (QemuError on failure)."""
+        with self._lock:
+            if self._qmp is None:
+                raise QemuError(f"{self.name}: QMP is not connected")
+            try:
+                return self._qmp.cmd(command, **args)
+            except (QMPError, OSError, EOFError) as exc:
+                raise QemuError(f"{self.name}: QMP {command} failed: {exc}") from None
+
+    @property
+    def monitor(self) -> QEMUMonitorProtocol | None:
+        """The qemu.qmp client itself, for callers that need events."""
+        return self._qmp
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for QEMU to exit; its exit status, or None on timeout."""
+        if self.proc is None:
+            return self.exitcode
+        try:
+            self.exitcode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return self.exitcode
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.stderr_log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- shutdown -------------------------------------------------------------------------
+    def shutdown(self, graceful: Callable[[], None] | None = None,
+                 graceful_timeout: float = 10.0, quit_timeout: float = 5.0) -> int | None:
+        """Stop QEMU: ``graceful()`` (e.g. poweroff in the guest), then QMP quit, then kill.
+
+        Always leaves no process and no socket behind; returns QEMU's exit status.
+        """
+        if self.proc is None:
+            return self.exitcode
+        try:
+            if graceful is not None and self.is_running():
+                try:
+                    graceful()
+                except Exception as exc:  # the fallback below is the point
+                    log.debug("%s: graceful shutdown failed: %s", self.name, exc)
+                self.wait(graceful_timeout)
+            if self.is_running():
+                try:
+                    self.qmp("quit")
+                except QemuError:
+                    pass
+                self.wait(quit_timeout)
+        finally:
+            self.kill()
+        return self.exitcode
+
+    def kill(self) -> None:
+        """SIGKILL and reap (idempotent); close QMP and remove the socket."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc is not None:
+            self.exitcode = self.proc.returncode
+        if self._qmp is not None:
+            _close_quietly(self._qmp)
+            self._qmp = None
+        self.qmp_path.unlink(missing_ok=True)
+        _LIVE.discard(self)
+
+    def __enter__(self) -> "QemuMachine":
+        self.launch()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def _close_quietly(qmp: QEMUMonitorProtocol) -> None:
+    try:
+        qmp.close()
+    except Exception:
+        pass
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM and SIGHUP into SystemExit so every ``finally`` cleans up."""
+    def handler(signum, frame):
+        signal.signal(signum, signal.SIG_IGN)  # one cleanup, not two
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)

@@ -1,0 +1,129 @@
+"""Compare the PCI hierarchy a live QEMU built with what the topology says.
+
+QEMU starts paused (``-S``).  While paused, the QOM tree already tells which
+bus every device sits on (``parent_bus``) and its type.  BAR sizes behind
+bridges only show in ``query-pci`` once firmware has numbered the buses, so the
+machine is then let run in its firmware (no kernel) until every bridge has a
+secondary bus number, and the NVMe BARs are checked.
+
+    >>> diffs = verify(load_topology("switch-cmb"))         # doctest: +SKIP
+    >>> diffs
+    []
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..rundir import RunDir
+from ..spec.model import DownstreamPort, Nvme, RootPort, Switch, Topology
+from ..spec.units import format_size, is_power_of_two
+from .cmdline import ROOT_BUS, create_backing_files, machine_argv
+from .machine import QemuMachine
+from .probe import probe
+
+QOM_TYPES = {RootPort: "pcie-root-port", Switch: "x3130-upstream",
+             DownstreamPort: "xio3130-downstream", Nvme: "nvme"}
+CMB_BAR, PMR_BAR = 2, 4
+ENUMERATION_TIMEOUT = 30.0
+
+
+def expected_parents(topo: Topology) -> dict[str, str]:
+    """QEMU id -> the id of the device whose bus it plugs into (pcie.0 for the root)."""
+    return {name: (parent.name if parent else ROOT_BUS) for name, parent in topo.parents().items()}
+
+
+def verify(topo: Topology, binary: str | None = None) -> list[str]:
+    """Start the topology's QEMU and return the differences (empty list: a match)."""
+    caps = probe(binary or topo.machine.qemu)
+    with RunDir.create(f"verify-{topo.name}") as run:
+        create_backing_files(topo, run.path)
+        argv = machine_argv(topo, caps.path, run.path, accel="tcg") + ["-S"]
+        vm = QemuMachine(argv, run.path, name=f"verify {topo.name}")
+        vm.launch()
+        try:
+            diffs = _check_qom(vm, topo)
+            vm.qmp("cont")
+            diffs += _check_bars(vm, topo)
+        finally:
+            vm.shutdown()
+    return diffs
+
+
+def _check_qom(vm: QemuMachine, topo: Topology) -> list[str]:
+    diffs = []
+    for node in topo.nodes():
+        path = f"/machine/peripheral/{node.name}"
+        try:
+            qtype = vm.qmp("qom-get", path=path, property="type")
+            bus = vm.qmp("qom-get", path=path, property="parent_bus")
+        except Exception as exc:
+            diffs.append(f"{node.name}: not found in QEMU ({exc})")
+            continue
+        want_type = QOM_TYPES[type(node)]
+        if qtype != want_type:
+            diffs.append(f"{node.name}: QEMU made a {qtype}, the spec says {want_type}")
+        parent = expected_parents(topo)[node.name]
+        # parent_bus is "/machine/peripheral/<id>/<bus>" or ".../pcie.0" for the root complex
+        got_parent = ROOT_BUS if bus.endswith("/" + ROOT_BUS) else bus.rstrip("/").split("/")[-2]
+        if got_parent != parent:
+            diffs.append(f"{node.name}: plugged into {got_parent}, the spec says {parent}")
+    return diffs
+
+
+def _pci_devices(buses) -> dict[str, dict]:
+    out = {}
+
+    def visit(devices):
+        for d in devices:
+            if d.get("qdev_id"):
+                out[d["qdev_id"]] = d
+            bridge = d.get("pci_bridge")
+            if bridge:
+                visit(bridge.get("devices", []))
+
+    for b in buses:
+        visit(b.get("devices", []))
+    return out
+
+
+def _numbered(buses, topo) -> bool:
+    devices = _pci_devices(buses)
+    return all(n.name in devices for n in topo.nodes())
+
+
+def _check_bars(vm: QemuMachine, topo: Topology) -> list[str]:
+    deadline = time.monotonic() + ENUMERATION_TIMEOUT
+    while True:
+        buses = vm.qmp("query-pci")
+        if _numbered(buses, topo) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    devices = _pci_devices(buses)
+    diffs = []
+    for node in topo.nodes():
+        if node.name not in devices:
+            diffs.append(f"{node.name}: not visible in query-pci after firmware enumeration")
+    for nvme in topo.nvmes():
+        dev = devices.get(nvme.name)
+        if dev is None:
+            continue
+        bars = {r["bar"]: r for r in dev.get("regions", []) if r.get("type") == "memory"}
+        if nvme.cmb:
+            bar = bars.get(CMB_BAR)
+            if bar is None:
+                diffs.append(f"{nvme.name}: no CMB BAR{CMB_BAR} (spec: {format_size(nvme.cmb)})")
+            elif bar["size"] < nvme.cmb or not is_power_of_two(bar["size"]):
+                diffs.append(f"{nvme.name}: CMB BAR{CMB_BAR} is {format_size(bar['size'])}, "
+                             f"spec asks for {format_size(nvme.cmb)}")
+        elif CMB_BAR in bars:
+            diffs.append(f"{nvme.name}: has a BAR{CMB_BAR} but the spec gives no CMB")
+        if nvme.pmr:
+            bar = bars.get(PMR_BAR)
+            if bar is None:
+                diffs.append(f"{nvme.name}: no PMR BAR{PMR_BAR} (spec: {format_size(nvme.pmr.size)})")
+            elif bar["size"] != nvme.pmr.size:
+                diffs.append(f"{nvme.name}: PMR BAR{PMR_BAR} is {format_size(bar['size'])}, "
+                             f"spec says {format_size(nvme.pmr.size)}")
+    return diffs

@@ -1,0 +1,184 @@
+"""The typed topology: what one YAML file describes, after validation.
+
+Users name the devices; everything QEMU needs (ids, chassis and slot numbers,
+buses) is derived in :mod:`testbed.qemu.cmdline`.  The tree is immutable and
+every node knows its name, so later stages (command line, guest check, oracle)
+walk the same structure.
+
+    >>> nvme = Nvme("nvme0", serial="n0", cmb=64 * MiB)
+    >>> port = RootPort("rp0", device=nvme)
+    >>> [d.name for d in walk((port,))]
+    ['rp0', 'nvme0']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Union
+
+from .units import MiB
+
+IOMMU_MODELS = ("none", "intel", "amd", "virtio")
+IOMMU_MODES = ("strict", "passthrough")
+ACCELS = ("auto", "kvm", "tcg")
+VERDICTS = ("ok", "rejected", "iommu-fault", "unsupported", "error")
+
+
+@dataclass(frozen=True)
+class Namespace:
+    size: int
+    block_size: int = 512
+    file: Path | None = None  # None: a sparse image is created per run
+
+
+@dataclass(frozen=True)
+class Pmr:
+    size: int
+    file: Path | None = None  # None: a file in the run directory (survives guest reboots)
+
+
+@dataclass(frozen=True)
+class Nvme:
+    """An NVMe controller: an endpoint, optionally with a CMB and a PMR."""
+
+    name: str
+    serial: str
+    cmb: int = 0  # bytes; 0 = no controller memory buffer
+    pmr: Pmr | None = None
+    namespaces: tuple[Namespace, ...] = (Namespace(size=1 << 30),)
+
+    kind = "nvme"
+    children: tuple = ()
+
+
+@dataclass(frozen=True)
+class DownstreamPort:
+    """A switch downstream port (xio3130-downstream); holds at most one device."""
+
+    name: str
+    device: "Device | None" = None
+
+    kind = "downstream_port"
+
+    @property
+    def children(self) -> tuple:
+        return (self.device,) if self.device else ()
+
+
+@dataclass(frozen=True)
+class Switch:
+    """A PCIe switch: an upstream port (x3130-upstream) and its downstream ports."""
+
+    name: str
+    ports: tuple[DownstreamPort, ...] = ()
+
+    kind = "switch"
+
+    @property
+    def children(self) -> tuple:
+        return self.ports
+
+
+@dataclass(frozen=True)
+class RootPort:
+    """A pcie-root-port on the q35 root complex; holds at most one device."""
+
+    name: str
+    device: "Device | None" = None
+
+    kind = "root_port"
+
+    @property
+    def children(self) -> tuple:
+        return (self.device,) if self.device else ()
+
+
+Device = Union[Nvme, Switch]
+Node = Union[RootPort, Switch, DownstreamPort, Nvme]
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpu: str = "qemu64"
+    memory: int = 2 << 30
+    cpus: int = 2
+    accel: str = "auto"
+    qemu: str = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class Iommu:
+    model: str = "none"  # one of IOMMU_MODELS
+    mode: str = "strict"  # one of IOMMU_MODES
+
+    @property
+    def translating(self) -> bool:
+        """True when DMA of the guest's devices goes through IOMMU page tables."""
+        return self.model != "none" and self.mode == "strict"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """An explicit verdict for one (provider, client) pair, overriding the oracle."""
+
+    provider: str
+    client: str
+    verdict: str
+    reason: str = "stated in the topology file"
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    description: str = ""
+    machine: Machine = field(default_factory=Machine)
+    iommu: Iommu = field(default_factory=Iommu)
+    kernel_cmdline: tuple[str, ...] = ()
+    pcie: tuple[Node, ...] = ()  # RootPort or Nvme on the root complex
+    expect: tuple[Expectation, ...] = ()
+    source: Path | None = None
+
+    def nodes(self) -> Iterator[Node]:
+        return walk(self.pcie)
+
+    def nvmes(self) -> list[Nvme]:
+        return [n for n in self.nodes() if isinstance(n, Nvme)]
+
+    def find(self, name: str) -> Node:
+        for n in self.nodes():
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def parents(self) -> dict[str, Node | None]:
+        """Name of each node -> the node it is plugged into (None: root complex)."""
+        out: dict[str, Node | None] = {}
+
+        def visit(node, parent):
+            out[node.name] = parent
+            for c in node.children:
+                visit(c, node)
+
+        for n in self.pcie:
+            visit(n, None)
+        return out
+
+    def upstream_path(self, name: str) -> list[Node]:
+        """Nodes from ``name`` up to (excluding) the root complex, nearest first."""
+        parents = self.parents()
+        path = [self.find(name)]
+        while parents[path[-1].name] is not None:
+            path.append(parents[path[-1].name])
+        return path
+
+
+def walk(nodes) -> Iterator[Node]:
+    """Every node of the tree, depth first, parents before children."""
+    for n in nodes:
+        yield n
+        yield from walk(n.children)
+
+
+__all__ = ["MiB", "Namespace", "Pmr", "Nvme", "DownstreamPort", "Switch", "RootPort",
+           "Machine", "Iommu", "Expectation", "Topology", "walk", "Device", "Node"]

@@ -1,0 +1,559 @@
+"""Turn a :class:`Sourced` YAML tree into a :class:`Topology`, collecting every problem.
+
+The checks here need nothing but the file itself; checks against the QEMU
+binary (does it have ``pmrdev``?) live in :mod:`testbed.qemu.capabilities`.
+
+    >>> from .yamlsource import load
+    >>> text = '''
+    ... name: demo
+    ... pcie:
+    ...   - root_port: rp0
+    ...     device: {nvme: nvme0, cmb: 64M}
+    ... '''
+    >>> topo = parse(load(text, "demo.yaml"), "demo.yaml")
+    >>> topo.nvmes()[0].cmb // (1 << 20)
+    64
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from .model import (ACCELS, IOMMU_MODELS, IOMMU_MODES, VERDICTS, DownstreamPort, Expectation,
+                    Iommu, Machine, Namespace, Nvme, Pmr, RootPort, Switch, Topology)
+from .problems import Problem, SpecError, did_you_mean
+from .units import MiB, format_size, is_power_of_two, parse_size
+from .yamlsource import Sourced
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+RESERVED_PREFIX = "tb-"  # the testbed's own QEMU ids (boot disk, NIC, vIOMMU)
+
+# q35's root bus has 32 slots: 00.0 is the host bridge, 1f.* the ICH9 functions,
+# and the testbed itself plugs the boot disk and the NIC there (and virtio-iommu).
+ROOT_BUS_SLOTS = 32 - 2 - 2
+SWITCH_MAX_PORTS = 32
+MAX_BUSES = 255
+MAX_CMB = 4 << 30
+MAX_PMR = 4 << 30
+MAX_CPUS = 255  # APIC ID 255 and up need x2APIC
+BLOCK_SIZES = (512, 4096)
+
+KINDS = ("root_port", "switch", "downstream_port", "nvme")
+TOP_KEYS = ("name", "description", "machine", "iommu", "kernel_cmdline", "pcie", "expect")
+MACHINE_KEYS = ("type", "cpu", "memory", "cpus", "accel", "qemu")
+IOMMU_KEYS = ("model", "mode")
+KIND_KEYS = {
+    "root_port": ("root_port", "device"),
+    "switch": ("switch", "downstream"),
+    "downstream_port": ("downstream_port", "device"),
+    "nvme": ("nvme", "serial", "cmb", "pmr", "namespaces"),
+}
+PMR_KEYS = ("size", "file")
+NS_KEYS = ("size", "block_size", "file")
+EXPECT_KEYS = ("provider", "client", "verdict", "reason")
+ALL_KNOWN_KEYS = sorted({k for keys in KIND_KEYS.values() for k in keys})
+
+
+IOMMU_DEVICES = {"intel": "intel-iommu", "amd": "amd-iommu", "virtio": "virtio-iommu-pci"}
+
+
+class _Parser:
+    def __init__(self, filename: str, base_dir: Path, probe: Callable | None):
+        self.filename = filename
+        self.base_dir = base_dir
+        self.probe = probe
+        self.caps = None
+        self.problems: list[Problem] = []
+        self.names: dict[str, int] = {}  # name -> line first seen
+        self.bus_count = 0
+        self.expect_nodes: list = []
+
+    # -- reporting --------------------------------------------------------------------------
+    def problem(self, node: Sourced | None, path: str, message: str, at_key: str | None = None):
+        line, col = (node.line, node.col) if node is not None else (1, 1)
+        if at_key is not None and node is not None and at_key in node.key_line:
+            line, col = node.key_line[at_key]
+        self.problems.append(Problem(self.filename, line, col, path, message))
+
+    # -- generic shapes ---------------------------------------------------------------------
+    def mapping(self, node: Sourced, path: str, allowed, what: str) -> dict[str, Sourced] | None:
+        if not isinstance(node.value, dict):
+            self.problem(node, path, f"expected {what} (a mapping), got {_describe(node.value)}")
+            return None
+        for key in node.value:
+            if key not in allowed:
+                sub = f"{path}.{key}" if path else key
+                hint = did_you_mean(key, allowed) or did_you_mean(key, ALL_KNOWN_KEYS)
+                self.problem(node, sub, f"unknown key {key!r}{hint}", at_key=key)
+        return node.value
+
+    def string(self, node: Sourced, path: str) -> str | None:
+        if isinstance(node.value, bool) or not isinstance(node.value, (str, int, float)):
+            self.problem(node, path, f"expected a string, got {_describe(node.value)}")
+            return None
+        return str(node.value)
+
+    def integer(self, node: Sourced, path: str, lo: int, hi: int) -> int | None:
+        v = node.value
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.problem(node, path, f"expected a whole number, got {_describe(v)}")
+            return None
+        if not lo <= v <= hi:
+            self.problem(node, path, f"must be between {lo} and {hi}, got {v}")
+            return None
+        return v
+
+    def size(self, node: Sourced, path: str) -> int | None:
+        try:
+            return parse_size(node.value)
+        except ValueError as exc:
+            self.problem(node, path, str(exc))
+            return None
+
+    def choice(self, node: Sourced, path: str, choices) -> str | None:
+        v = node.value
+        if v is None or isinstance(v, bool):  # YAML: "none" is a string, but "null"/"off" are not
+            v = {None: "none", False: "off", True: "on"}[v]
+        if v not in choices:
+            self.problem(node, path, f"must be one of {', '.join(choices)}, got {v!r}"
+                         + did_you_mean(v, choices))
+            return None
+        return v
+
+    def path_value(self, node: Sourced, path: str) -> Path | None:
+        s = self.string(node, path)
+        if s is None:
+            return None
+        p = Path(s).expanduser()
+        p = p if p.is_absolute() else self.base_dir / p
+        if p.is_dir():
+            self.problem(node, path, f"{s!r} is a directory, expected a file")
+            return None
+        if not p.parent.is_dir():
+            self.problem(node, path, f"directory {str(p.parent)!r} does not exist")
+            return None
+        return p
+
+    def name(self, node: Sourced, path: str, kind: str) -> str | None:
+        s = self.string(node, path)
+        if s is None:
+            return None
+        if not NAME_RE.match(s):
+            self.problem(node, path, f"{kind} name {s!r} must start with a letter and use only "
+                         "letters, digits, '-' and '_' (at most 32 characters)")
+            return None
+        if s.startswith(RESERVED_PREFIX):
+            self.problem(node, path, f"names starting with {RESERVED_PREFIX!r} are reserved "
+                         "for the testbed's own devices")
+            return None
+        if s in self.names:
+            self.problem(node, path, f"duplicate name {s!r} (first used on line {self.names[s]})")
+            return None
+        self.names[s] = node.line
+        return s
+
+    # -- the document -----------------------------------------------------------------------
+    def topology(self, root: Sourced) -> Topology | None:
+        top = self.mapping(root, "", TOP_KEYS, "a topology")
+        if top is None:
+            return None
+        name = self.string(top["name"], "name") if "name" in top else Path(self.filename).stem
+        description = self.string(top["description"], "description") if "description" in top else ""
+        machine = self.machine(top.get("machine"))
+        if machine is not None and self.probe is not None:
+            self.probe_qemu(machine, top.get("machine"))
+        iommu = self.iommu(top.get("iommu"))
+        cmdline = self.cmdline(top.get("kernel_cmdline"))
+        if "pcie" not in top:
+            self.problem(root, "pcie", "missing: list the devices on the root complex "
+                         "(root_port entries, or nvme endpoints)")
+            pcie: tuple = ()
+        else:
+            pcie = self.root_complex(top["pcie"], iommu)
+        if self.bus_count > MAX_BUSES:
+            self.problem(top.get("pcie"), "pcie", f"needs {self.bus_count} PCI buses; "
+                         f"at most {MAX_BUSES} exist")
+        expect = self.expectations(top.get("expect"))
+        if machine and iommu and iommu.model != "none" and machine.cpus > 254 and iommu.model != "intel":
+            self.problem(top.get("machine"), "machine.cpus", "more than 254 vCPUs need x2APIC "
+                         "interrupt remapping, which only the intel vIOMMU provides here")
+        if None in (name, machine, iommu, cmdline):
+            return None
+        return Topology(name=name, description=description or "", machine=machine, iommu=iommu,
+                        kernel_cmdline=cmdline, pcie=pcie, expect=expect,
+                        source=self.base_dir / Path(self.filename).name)
+
+    def machine(self, node: Sourced | None) -> Machine | None:
+        if node is None:
+            return Machine()
+        m = self.mapping(node, "machine", MACHINE_KEYS, "machine settings")
+        if m is None:
+            return None
+        kw: dict[str, Any] = {}
+        if "type" in m and self.string(m["type"], "machine.type") not in (None, "q35"):
+            self.problem(m["type"], "machine.type", f"only 'q35' is supported (got "
+                         f"{m['type'].value!r}): PCIe root ports, switches and the intel/amd "
+                         "vIOMMUs need a PCI Express root complex")
+        if "cpu" in m:
+            kw["cpu"] = self.string(m["cpu"], "machine.cpu")
+        if "memory" in m:
+            mem = self.size(m["memory"], "machine.memory")
+            if mem is not None and mem < 256 * MiB:
+                self.problem(m["memory"], "machine.memory", f"{format_size(mem)} is too little "
+                             "for the guest: use at least 256M")
+            kw["memory"] = mem
+        if "cpus" in m:
+            kw["cpus"] = self.integer(m["cpus"], "machine.cpus", 1, MAX_CPUS)
+        if "accel" in m:
+            kw["accel"] = self.choice(m["accel"], "machine.accel", ACCELS)
+        if "qemu" in m:
+            kw["qemu"] = self.string(m["qemu"], "machine.qemu")
+        if None in kw.values():
+            return None
+        return Machine(**kw)
+
+    def probe_qemu(self, machine: Machine, node: Sourced | None) -> None:
+        from ..errors import TestbedError
+        try:
+            self.caps = self.probe(machine.qemu)
+        except TestbedError as exc:
+            at = node.value["qemu"] if node is not None and "qemu" in node.value else None
+            self.problem(at, "machine.qemu", str(exc))
+
+    def need(self, node: Sourced, path: str, device: str, prop: str | None = None,
+             props_of: str = "nvme_props", at_key: str | None = None) -> bool:
+        """True if the probed QEMU has ``device`` (and its property ``prop``)."""
+        caps = self.caps
+        if caps is None:
+            return True
+        if device not in caps.devices:
+            self.problem(node, path, f"{caps.describe()} has no {device!r} device", at_key=at_key)
+            return False
+        if prop and prop not in getattr(caps, props_of):
+            self.problem(node, path, f"{caps.describe()} lacks the {device} property {prop!r}",
+                         at_key=at_key)
+            return False
+        return True
+
+    def iommu(self, node: Sourced | None) -> Iommu | None:
+        iommu = self._iommu(node)
+        if iommu and iommu.model != "none":
+            self.need(node, "iommu", IOMMU_DEVICES[iommu.model])
+        return iommu
+
+    def _iommu(self, node: Sourced | None) -> Iommu | None:
+        if node is None:
+            return Iommu()
+        if not isinstance(node.value, dict):
+            model = self.choice(node, "iommu", IOMMU_MODELS)
+            return Iommu(model=model) if model else None
+        m = self.mapping(node, "iommu", IOMMU_KEYS, "vIOMMU settings")
+        model = self.choice(m["model"], "iommu.model", IOMMU_MODELS) if "model" in m else None
+        if "model" not in m:
+            self.problem(node, "iommu.model", f"missing: one of {', '.join(IOMMU_MODELS)}")
+        mode = self.choice(m["mode"], "iommu.mode", IOMMU_MODES) if "mode" in m else "strict"
+        if model == "none" and "mode" in m:
+            self.problem(m["mode"], "iommu.mode", "a mode needs a vIOMMU model other than none")
+        if model is None or mode is None:
+            return None
+        return Iommu(model=model, mode=mode)
+
+    def cmdline(self, node: Sourced | None) -> tuple[str, ...] | None:
+        if node is None or node.value is None:
+            return ()
+        if isinstance(node.value, str):
+            return tuple(node.value.split())
+        if isinstance(node.value, list):
+            words = [self.string(w, f"kernel_cmdline[{i}]") for i, w in enumerate(node.value)]
+            if None in words:
+                return None
+            return tuple(w for word in words for w in word.split())
+        self.problem(node, "kernel_cmdline", f"expected a string or a list of strings, got "
+                     f"{_describe(node.value)}")
+        return None
+
+    # -- the PCIe tree ----------------------------------------------------------------------
+    def root_complex(self, node: Sourced, iommu: Iommu | None) -> tuple:
+        if not isinstance(node.value, list):
+            self.problem(node, "pcie", f"expected a list of devices, got {_describe(node.value)}")
+            return ()
+        slots = ROOT_BUS_SLOTS - (1 if iommu and iommu.model in ("virtio", "amd") else 0)
+        if len(node.value) > slots:
+            self.problem(node, "pcie", f"too many devices on the root complex: {len(node.value)}"
+                         f", at most {slots} slots are free (put switches under root ports)")
+        out = []
+        for i, item in enumerate(node.value):
+            dev = self.node(item, f"pcie[{i}]", allowed=("root_port", "nvme"),
+                            where="on the root complex")
+            if dev is not None:
+                out.append(dev)
+        return tuple(out)
+
+    def node(self, item: Sourced, path: str, allowed: tuple[str, ...], where: str):
+        if not isinstance(item.value, dict):
+            self.problem(item, path, f"expected a device (a mapping with one of "
+                         f"{', '.join(allowed)}), got {_describe(item.value)}")
+            return None
+        kinds = [k for k in KINDS if k in item.value]
+        if len(kinds) != 1:
+            if kinds:
+                self.problem(item, path, f"one entry can be only one device: it has "
+                             f"{' and '.join(kinds)}")
+            else:
+                hint = ""
+                for key in item.value:
+                    hint = hint or did_you_mean(key, KINDS)
+                self.problem(item, path, f"no device kind: give one of {', '.join(allowed)}{hint}")
+            return None
+        kind = kinds[0]
+        if kind not in allowed:
+            self.problem(item, f"{path}.{kind}", _placement_error(kind, where), at_key=kind)
+            return None
+        m = self.mapping(item, path, KIND_KEYS[kind], f"a {kind}")
+        name = self.name(m[kind], f"{path}.{kind}", kind.replace("_", " "))
+        return getattr(self, kind)(item, m, path, name)
+
+    def port_device(self, m: dict[str, Sourced], path: str, port: str):
+        if "device" not in m or m["device"].value is None:
+            return None
+        dev = m["device"]
+        if isinstance(dev.value, list):
+            if len(dev.value) > 1:
+                self.problem(dev, f"{path}.device", f"a PCIe port holds one device, this list has "
+                             f"{len(dev.value)} (plug in a switch to attach more)")
+                return None
+            if not dev.value:
+                return None
+            dev = dev.value[0]
+        return self.node(dev, f"{path}.device", allowed=("switch", "nvme"),
+                         where=f"in {port}")
+
+    def root_port(self, item, m, path, name):
+        self.need(item, f"{path}.root_port", "pcie-root-port", at_key="root_port")
+        self.bus_count += 1
+        device = self.port_device(m, path, "a root port")
+        return RootPort(name, device) if name else None
+
+    def downstream_port(self, item, m, path, name):
+        self.need(item, f"{path}.downstream_port", "xio3130-downstream", at_key="downstream_port")
+        self.bus_count += 1
+        device = self.port_device(m, path, "a downstream port")
+        return DownstreamPort(name, device) if name else None
+
+    def switch(self, item, m, path, name):
+        self.need(item, f"{path}.switch", "x3130-upstream", at_key="switch")
+        self.need(item, f"{path}.switch", "xio3130-downstream", at_key="switch")
+        self.bus_count += 1  # the bus below the upstream port
+        ports = []
+        ds = m.get("downstream")
+        if ds is None or not isinstance(ds.value, list) or not ds.value:
+            self.problem(ds or item, f"{path}.downstream", "a switch needs a list of downstream "
+                         "ports (each a downstream_port entry, or a device that gets a port of "
+                         "its own)", at_key=None if ds else "switch")
+            return None
+        if len(ds.value) > SWITCH_MAX_PORTS:
+            self.problem(ds, f"{path}.downstream", f"too many downstream ports: {len(ds.value)}, "
+                         f"a switch's internal bus has {SWITCH_MAX_PORTS} slots")
+        for i, entry in enumerate(ds.value):
+            sub = f"{path}.downstream[{i}]"
+            if isinstance(entry.value, dict) and "downstream_port" in entry.value:
+                port = self.node(entry, sub, allowed=("downstream_port",), where="")
+            else:
+                dev = self.node(entry, sub, allowed=("switch", "nvme"), where="in a downstream port")
+                self.bus_count += 1
+                port = DownstreamPort(f"{name}-dp{i}", dev) if name and dev else None
+                if port and port.name in self.names:
+                    self.problem(entry, sub, f"the implied port name {port.name!r} is taken")
+                    port = None
+                elif port:
+                    self.names[port.name] = entry.line
+            if port is not None:
+                ports.append(port)
+        return Switch(name, tuple(ports)) if name else None
+
+    def nvme(self, item, m, path, name):
+        ok = self.need(item, f"{path}.nvme", "nvme", at_key="nvme") and \
+            self.need(item, f"{path}.nvme", "nvme-ns", at_key="nvme")
+        serial = name
+        if "serial" in m:
+            serial = self.string(m["serial"], f"{path}.serial")
+            if serial is not None and not re.fullmatch(r"[ -~]{1,20}", serial):
+                self.problem(m["serial"], f"{path}.serial", "an NVMe serial is 1 to 20 printable "
+                             "ASCII characters")
+                ok = False
+        cmb = 0
+        if "cmb" in m and m["cmb"].value not in (None, 0, False):
+            cmb = self.size(m["cmb"], f"{path}.cmb")
+            if not self.need(m["cmb"], f"{path}.cmb", "nvme", "cmb_size_mb"):
+                ok = False
+            elif cmb is not None:
+                if cmb == 0 or cmb % (2 * MiB):
+                    self.problem(m["cmb"], f"{path}.cmb", f"CMB size {format_size(cmb)} is not a "
+                                 "multiple of 2M: Linux would silently not publish it as p2pmem")
+                    ok = False
+                elif cmb > MAX_CMB:
+                    self.problem(m["cmb"], f"{path}.cmb", f"CMB size {format_size(cmb)} is larger "
+                                 f"than {format_size(MAX_CMB)}")
+                    ok = False
+            else:
+                ok = False
+        pmr = self.pmr(m["pmr"], f"{path}.pmr") if "pmr" in m and m["pmr"].value is not None else None
+        if "pmr" in m and m["pmr"].value is not None and pmr is None:
+            ok = False
+        if pmr is not None and not self.need(m["pmr"], f"{path}.pmr", "nvme", "pmrdev"):
+            ok = False
+        namespaces = self.namespaces(m.get("namespaces"), f"{path}.namespaces")
+        if namespaces is None:
+            ok = False
+        if not (ok and name and serial is not None):
+            return None
+        return Nvme(name=name, serial=serial, cmb=cmb, pmr=pmr, namespaces=namespaces)
+
+    def pmr(self, node: Sourced, path: str) -> Pmr | None:
+        if isinstance(node.value, dict):
+            m = self.mapping(node, path, PMR_KEYS, "PMR settings")
+            if "size" not in m:
+                self.problem(node, f"{path}.size", "missing: the PMR size, a power of two such as 16M")
+                return None
+            size_node = m["size"]
+            file = self.path_value(m["file"], f"{path}.file") if "file" in m else None
+            if "file" in m and file is None:
+                return None
+            spath = f"{path}.size"
+        else:
+            size_node, file, spath = node, None, path
+        size = self.size(size_node, spath)
+        if size is None:
+            return None
+        if not is_power_of_two(size) or size < 4096:
+            self.problem(size_node, spath, f"PMR size {format_size(size)} must be a power of two "
+                         "(QEMU refuses other sizes), at least 4K")
+            return None
+        if size > MAX_PMR:
+            self.problem(size_node, spath, f"PMR size {format_size(size)} is larger than "
+                         f"{format_size(MAX_PMR)}")
+            return None
+        return Pmr(size=size, file=file)
+
+    def namespaces(self, node: Sourced | None, path: str) -> tuple[Namespace, ...] | None:
+        if node is None:
+            return (Namespace(size=1 << 30),)
+        if not isinstance(node.value, list) or not node.value:
+            self.problem(node, path, "expected a non-empty list of namespaces, each with a size")
+            return None
+        if len(node.value) > 32:
+            self.problem(node, path, f"{len(node.value)} namespaces: at most 32 are supported")
+            return None
+        out = []
+        for i, ns in enumerate(node.value):
+            sub = f"{path}[{i}]"
+            m = self.mapping(ns, sub, NS_KEYS, "a namespace")
+            if m is None:
+                continue
+            if "size" not in m:
+                self.problem(ns, f"{sub}.size", "missing: the namespace size, such as 1G")
+                continue
+            size = self.size(m["size"], f"{sub}.size")
+            bs = self.integer(m["block_size"], f"{sub}.block_size", 1, 1 << 16) \
+                if "block_size" in m else 512
+            if bs not in (None, 512) and not self.need(m["block_size"], f"{sub}.block_size", "nvme-ns",
+                                                       "logical_block_size", "nvme_ns_props"):
+                bs = None
+            elif bs is not None and bs not in BLOCK_SIZES:
+                self.problem(m["block_size"], f"{sub}.block_size", f"block size must be one of "
+                             f"{', '.join(map(str, BLOCK_SIZES))}, got {bs}")
+                bs = None
+            file = self.path_value(m["file"], f"{sub}.file") if "file" in m else None
+            if size is None or bs is None or ("file" in m and file is None):
+                continue
+            if size < MiB or size % bs:
+                self.problem(m["size"], f"{sub}.size", f"namespace size {format_size(size)} must "
+                             f"be at least 1M and a multiple of the block size {bs}")
+                continue
+            out.append(Namespace(size=size, block_size=bs, file=file))
+        return tuple(out) if len(out) == len(node.value) else None
+
+    def expectations(self, node: Sourced | None) -> tuple[Expectation, ...]:
+        if node is None or node.value is None:
+            return ()
+        if not isinstance(node.value, list):
+            self.problem(node, "expect", f"expected a list of {{provider, client, verdict}}, got "
+                         f"{_describe(node.value)}")
+            return ()
+        out = []
+        for i, e in enumerate(node.value):
+            sub = f"expect[{i}]"
+            m = self.mapping(e, sub, EXPECT_KEYS, "an expectation")
+            if m is None:
+                continue
+            missing = [k for k in ("provider", "client", "verdict") if k not in m]
+            for k in missing:
+                self.problem(e, f"{sub}.{k}", "missing")
+            if missing:
+                continue
+            provider = self.string(m["provider"], f"{sub}.provider")
+            client = self.string(m["client"], f"{sub}.client")
+            verdict = self.choice(m["verdict"], f"{sub}.verdict", VERDICTS)
+            reason = self.string(m["reason"], f"{sub}.reason") if "reason" in m else None
+            for key, val in (("provider", provider), ("client", client)):
+                if val is not None and val not in self.names:
+                    self.problem(m[key], f"{sub}.{key}", f"no device named {val!r}"
+                                 + did_you_mean(val, self.names))
+                    val = None
+            if None not in (provider, client, verdict) and provider in self.names \
+                    and client in self.names:
+                exp = Expectation(provider, client, verdict, reason or "stated in the topology file")
+                self.expect_nodes.append((exp, m, sub))
+                out.append(exp)
+        return tuple(out)
+
+    def check_expectations(self, topo: Topology) -> None:
+        nvme_names = {n.name for n in topo.nvmes()}
+        for exp, m, sub in self.expect_nodes:
+            for key in ("provider", "client"):
+                if getattr(exp, key) not in nvme_names:
+                    self.problem(m[key], f"{sub}.{key}", f"{getattr(exp, key)!r} is not an nvme "
+                                 "device: expectations name a p2pmem provider and an NVMe client")
+
+
+def _placement_error(kind: str, where: str) -> str:
+    return {
+        "root_port": "a root port plugs only into the root complex (the top-level pcie list)",
+        "switch": "a switch's upstream port plugs into a root port or a downstream port, "
+                  "not into the root complex",
+        "downstream_port": "a downstream port exists only inside a switch's downstream list",
+        "nvme": f"an nvme cannot be placed {where}",
+    }[kind]
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    return f"{type(value).__name__} {value!r}"
+
+
+def parse(root: Sourced, filename: str, base_dir: Path | None = None,
+          probe: Callable | None = None) -> Topology:
+    """Validate and build; raise :class:`SpecError` listing every problem.
+
+    ``probe(binary) -> Capabilities`` (see :mod:`testbed.qemu.probe`) adds the
+    checks against the QEMU binary the file names; without it they are skipped.
+    """
+    parser = _Parser(filename, base_dir or Path(filename).resolve().parent, probe)
+    topo = parser.topology(root)
+    if topo is not None:
+        parser.check_expectations(topo)
+    if parser.problems:
+        raise SpecError(parser.problems)
+    assert topo is not None
+    return topo
