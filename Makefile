@@ -1,0 +1,51 @@
+# p2pdma-testbed — the two commands:
+#   make boot [TOPO=switch-cmb] [KERNEL=path]   boot a topology, shell in the guest
+#   make test                                     unit + real-guest integration tests
+# Both install what they need first (Debian packages, .venv) and build the
+# guest image on first use (cached under ~/.cache/p2pdma-testbed).
+
+TOPO   ?= switch-cmb
+KERNEL ?= default
+PYTEST_ARGS ?=
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: boot test unit integration image validate verify bench kernel clean setup
+
+$(STAMP): pyproject.toml scripts/setup-host.sh
+	sh scripts/setup-host.sh
+
+setup: $(STAMP)
+
+boot: $(STAMP)
+	$(PY) -m testbed boot $(TOPO) --kernel $(KERNEL)
+
+image: $(STAMP)
+	$(PY) -m testbed image build
+
+validate: $(STAMP)
+	$(PY) -m testbed validate topologies/*.yaml
+
+verify: $(STAMP)
+	$(PY) -m testbed verify topologies/*.yaml
+
+test: $(STAMP)
+	$(PY) -m testbed image build
+	$(PY) -m pytest -p no:cacheprovider tests/unit tests/integration $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+integration: $(STAMP)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/boot.py
+
+kernel: $(STAMP)
+	@test -n "$(KSRC)" || { echo "usage: make kernel KSRC=/path/to/linux [O=builddir]" >&2; exit 2; }
+	$(PY) -m testbed kernel build $(KSRC) $(if $(O),--output $(O))
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,47 @@
+#!/bin/sh
+# Install what p2pdma-testbed needs on a Debian host: the system packages and a
+# Python virtual environment (.venv) with the package installed editable.
+# Idempotent; `make` runs it once (stamp: .venv/.installed).
+set -eu
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client python3-venv python3-pip"
+
+. /etc/os-release
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+# QEMU must be new enough for the testbed's NVMe options; bookworm's 7.2 works,
+# bookworm-backports' 10.0 is what the project is tested with.
+want_backports=""
+if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+    if ! dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null | grep -q bpo; then
+        want_backports=yes
+    fi
+fi
+if [ -n "$missing" ] || [ -n "$want_backports" ]; then
+    echo "setup-host: installing Debian packages:${missing:- (qemu from backports)}"
+    if [ -n "$want_backports" ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            | $SUDO tee /etc/apt/sources.list.d/p2pdma-testbed-backports.sources >/dev/null
+    fi
+    $SUDO apt-get update -q
+    if [ -n "$want_backports" ]; then
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+            -t bookworm-backports qemu-system-x86 qemu-utils mmdebstrap
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $PKGS
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+touch .venv/.installed
+echo "setup-host: ready ($(qemu-system-x86_64 --version | head -1))"

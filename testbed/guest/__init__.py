@@ -1,0 +1,1 @@
+"""A booted guest: SSH transport, boot orchestration, and checks of what the guest sees."""
