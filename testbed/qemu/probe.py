@@ -23,7 +23,7 @@ from ..errors import QemuError
 from ..paths import cache_dir
 
 PROBE_TIMEOUT = 30
-_FORMAT = 1
+_FORMAT = 2
 
 
 class QemuNotFound(QemuError):
@@ -38,6 +38,7 @@ class Capabilities:
     devices: frozenset[str] = field(default_factory=frozenset)
     nvme_props: frozenset[str] = field(default_factory=frozenset)
     nvme_ns_props: frozenset[str] = field(default_factory=frozenset)
+    cpu_models: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def version_str(self) -> str:
@@ -79,9 +80,11 @@ def _probe_uncached(path: str) -> Capabilities:
     devices = frozenset(re.findall(r'^name "([^"]+)"', _run([path, "-device", "help"]), re.M))
     nvme = _props(_run([path, "-device", "nvme,help"])) if "nvme" in devices else frozenset()
     ns = _props(_run([path, "-device", "nvme-ns,help"])) if "nvme-ns" in devices else frozenset()
+    cpus = frozenset(re.findall(r"^(?:x86\s+)?\s+(\S+)", _run([path, "-cpu", "help"])
+                                .split("Recognized CPUID flags")[0], re.M)) - {"Available"}
     return Capabilities(path=path, version=tuple(int(x) for x in m.groups()),
                         version_text=version_text, devices=devices, nvme_props=nvme,
-                        nvme_ns_props=ns)
+                        nvme_ns_props=ns, cpu_models=cpus | {"host", "max"})
 
 
 def probe(name: str = "qemu-system-x86_64") -> Capabilities:
@@ -96,12 +99,13 @@ def probe(name: str = "qemu-system-x86_64") -> Capabilities:
                             version_text=data["version_text"],
                             devices=frozenset(data["devices"]),
                             nvme_props=frozenset(data["nvme_props"]),
-                            nvme_ns_props=frozenset(data["nvme_ns_props"]))
+                            nvme_ns_props=frozenset(data["nvme_ns_props"]),
+                            cpu_models=frozenset(data["cpu_models"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     caps = _probe_uncached(path)
     data = asdict(caps)
-    for k in ("devices", "nvme_props", "nvme_ns_props"):
+    for k in ("devices", "nvme_props", "nvme_ns_props", "cpu_models"):
         data[k] = sorted(data[k])
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -111,3 +115,44 @@ def probe(name: str = "qemu-system-x86_64") -> Capabilities:
     except OSError:
         pass  # a read-only cache only costs speed
     return caps
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """What the guest's CPUID will say: vendor and family (from QEMU itself)."""
+
+    model: str
+    vendor: str  # "AuthenticAMD", "GenuineIntel", ...
+    family: int
+
+    @property
+    def amd_zen_or_newer(self) -> bool:
+        return self.vendor == "AuthenticAMD" and self.family >= 0x17
+
+
+def cpu_info(caps: Capabilities, model: str) -> CpuInfo:
+    """Vendor and family of a CPU model, asked of QEMU over QMP (cached)."""
+    cache = cache_dir() / "probe" / f"cpu-{hashlib.sha256(f'{caps.path}|{caps.version_text}|{model}'.encode()).hexdigest()[:20]}.json"
+    try:
+        d = json.loads(cache.read_text())
+        return CpuInfo(d["model"], d["vendor"], d["family"])
+    except (OSError, ValueError, KeyError):
+        pass
+    import tempfile
+    from .machine import QemuMachine
+    with tempfile.TemporaryDirectory(prefix="cpu-probe-") as tmp:
+        vm = QemuMachine([caps.path, "-machine", "none", "-accel", "tcg", "-S", "-nodefaults",
+                          "-display", "none"], Path(tmp), name="cpu probe")
+        vm.launch()
+        try:
+            props = vm.qmp("query-cpu-model-expansion", type="full",
+                           model={"name": model})["model"]["props"]
+        finally:
+            vm.shutdown()
+    info = CpuInfo(model, str(props.get("vendor", "")), int(props.get("family", 0)))
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(asdict(info)))
+    except OSError:
+        pass
+    return info
