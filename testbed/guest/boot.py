@@ -146,13 +146,39 @@ class Guest:
         except GuestError:
             pass
 
+    def stop_qemu(self, graceful: bool = True) -> int | None:
+        """Stop QEMU (graceful, then hard) but keep the run directory."""
+        status = None
+        try:
+            if self.qemu is not None:
+                status = self.qemu.shutdown(self.poweroff_in_guest if graceful else None,
+                                            graceful_timeout=10.0)
+        finally:
+            self.kill()
+        return status
+
+    def kill(self) -> None:
+        if self.qemu is not None:
+            self.qemu.kill()
+        if self.ssh is not None:
+            self.ssh.close()
+        if self.lease is not None:
+            self.lease.release()
+
+    def restart(self) -> float:
+        """Power the guest off and boot it again from the same run directory
+        (same overlay, namespace images and PMR files); returns the boot seconds."""
+        self.stop_qemu()
+        start = time.monotonic()
+        _launch(self, getattr(self, "timeout", 180.0), lambda msg: log.info(msg))
+        self._dmesg_mark = 0
+        _check_guest_view(self)
+        return time.monotonic() - start
+
     def shutdown(self, graceful: bool = True) -> int | None:
         try:
-            status = self.qemu.shutdown(self.poweroff_in_guest if graceful else None,
-                                        graceful_timeout=10.0)
+            status = self.stop_qemu(graceful)
         finally:
-            self.ssh.close()
-            self.lease.release()
             self.run_dir.cleanup()
         return status
 
@@ -193,44 +219,53 @@ def boot(topo: Topology, image=None, options: BootOptions = BootOptions(),
     accel = resolve_accel(options.accel or topo.machine.accel, caps,
                           guest=ProbeGuest(image.kernel, image.initrd, tuple(image.cmdline)))
     run = RunDir.create(options.label or topo.name, base=options.run_base, keep=options.keep)
-    lease: PortLease | None = None
-    qemu: QemuMachine | None = None
+    guest: Guest | None = None
     try:
         create_backing_files(topo, run.path)
         overlay = run / "boot.qcow2"
         _create_overlay(image.disk, overlay)
         cmdline = kernel_cmdline(topo, [*image.cmdline, *getattr(kernel, "cmdline", ())],
                                  options.extra_cmdline)
-        for attempt in range(3):
-            lease = reserve_port()
-            argv = machine_argv(topo, caps.path, run.path, accel.name) + \
-                boot_argv(image, kernel, overlay, lease.port, cmdline)
-            qemu = QemuMachine(argv, run.path, console_log=run / "console.log",
-                               name=f"{topo.name} guest")
-            try:
-                qemu.launch()
-                break
-            except QemuError as exc:
-                lease.release()
-                if "host forwarding" not in str(exc) or attempt == 2:
-                    raise BootError(f"QEMU did not start: {exc}\n(run directory: {run.path})") \
-                        from None
-        say(f"QEMU started ({accel.name}: {accel.reason}); waiting for SSH on port {lease.port}")
-        ssh = GuestSSH("127.0.0.1", lease.port, image.client_key, image.host_public_key)
-        guest = Guest(topo, image, kernel, run, qemu, ssh, lease, accel, qemu.argv)
-        _wait_for_ssh(guest, start + options.timeout)
+        guest = Guest(topo, image, kernel, run, None, None, None, accel, [])
+        guest.launch_spec = (caps.path, overlay, cmdline)
+        _launch(guest, options.timeout, say)
         guest.boot_seconds = time.monotonic() - start
         say(f"SSH ready after {guest.boot_seconds:.1f} s")
+        guest.timeout = options.timeout
         if options.check_tree:
             _check_guest_view(guest)
         return guest
     except BaseException:
-        if qemu is not None:
-            qemu.kill()
-        if lease is not None:
-            lease.release()
+        if guest is not None:
+            guest.kill()
         run.cleanup()
         raise
+
+
+def _launch(guest: "Guest", timeout: float, say) -> None:
+    """Start QEMU for ``guest`` (retrying on a port clash) and wait for SSH."""
+    start = time.monotonic()
+    binary, overlay, cmdline = guest.launch_spec
+    for attempt in range(3):
+        guest.lease = reserve_port()
+        argv = machine_argv(guest.topology, binary, guest.run_dir.path, guest.accel.name) + \
+            boot_argv(guest.image, guest.kernel, overlay, guest.lease.port, cmdline)
+        guest.qemu = QemuMachine(argv, guest.run_dir.path, console_log=guest.run_dir / "console.log",
+                                 name=f"{guest.topology.name} guest")
+        guest.argv = guest.qemu.argv
+        try:
+            guest.qemu.launch()
+            break
+        except QemuError as exc:
+            guest.lease.release()
+            if "host forwarding" not in str(exc) or attempt == 2:
+                raise BootError(f"QEMU did not start: {exc}\n(run directory: "
+                                f"{guest.run_dir.path})") from None
+    say(f"QEMU started ({guest.accel.name}: {guest.accel.reason}); waiting for SSH on port "
+        f"{guest.lease.port}")
+    guest.ssh = GuestSSH("127.0.0.1", guest.lease.port, guest.image.client_key,
+                         guest.image.host_public_key)
+    _wait_for_ssh(guest, start + timeout)
 
 
 def preserve_logs(run: RunDir, label: str) -> Path:

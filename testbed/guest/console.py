@@ -12,7 +12,7 @@ from pathlib import Path
 
 # Lines that mean the boot has failed for good, not "keep waiting".
 FATAL = re.compile(r"Kernel panic - not syncing|end Kernel panic|BUG: kernel NULL pointer|"
-                   r"Oops: |Unable to mount root fs|switch_root: |testbed-init: FATAL")
+                   r"Oops: |Unable to mount root fs|switch_root: |testbed-initramfs: FATAL")
 PROBLEM = re.compile(r"Oops|WARNING: CPU|BUG:|Call Trace|Kernel panic|DMAR|page fault|"
                      r"p2pdma|iommu", re.I)
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import shlex
 import socket
 import time
@@ -20,6 +21,12 @@ import paramiko
 from ..errors import GuestError
 
 GUEST_USER = "root"
+
+# paramiko logs every refused early connection attempt with a traceback; the
+# retry loop below is the expected path while the guest boots.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+logging.getLogger("paramiko").propagate = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,229 @@
+"""pytest plugin: real guests as fixtures, chosen by a marker.
+
+Installed with the package (``pytest11`` entry point), so a user's test file
+needs nothing but the marker and the fixture::
+
+    import pytest
+
+    @pytest.mark.topology("switch-cmb")
+    def test_cmb_is_p2pmem(guest):
+        assert guest.run("cat /sys/bus/pci/devices/*/p2pmem/size").stdout.split() == ["67108864"] * 2
+
+Guests are shared by every test of a module that asks for the same topology and
+shut down at the end of the module.  Options: ``--testbed-kernel=PATH``,
+``--testbed-keep`` (leave guests running, print how to reach them) and
+``--testbed-accel``.  A failing test gets the console tail and the dmesg delta
+in its report (and so in ``--junitxml``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from .errors import GuestError, TestbedError
+
+_GUEST_KEY = pytest.StashKey[object]()
+
+
+def pytest_addoption(parser) -> None:
+    group = parser.getgroup("p2pdma-testbed", "P2PDMA testbed guests")
+    group.addoption("--testbed-kernel", metavar="PATH", default=None,
+                    help="boot guests with this kernel (bzImage, build tree, unpacked package)")
+    group.addoption("--testbed-keep", action="store_true", default=False,
+                    help="leave guests running after the session and print how to ssh in")
+    group.addoption("--testbed-accel", choices=("auto", "kvm", "tcg"), default=None,
+                    help="override the topologies' accelerator")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "topology(name): the topology (library name or path) "
+                                       "the `guest` fixture boots")
+
+
+class TestbedGuest:
+    """What a test sees as ``guest``: commands, files, dmesg, workloads, QMP."""
+
+    __test__ = False
+
+    def __init__(self, guest, topology):
+        self._guest = guest
+        self.topology = topology
+        self._mark = 0
+
+    # commands
+    def run(self, cmd, timeout: float = 60.0):
+        """Run ``cmd``; the result has exit_status, stdout, stderr; never raises on failure."""
+        return self._guest.run(cmd, timeout=timeout)
+
+    def check(self, cmd, timeout: float = 60.0):
+        """Run ``cmd``; raise GuestError with its output unless it exits 0."""
+        return self._guest.check(cmd, timeout=timeout)
+
+    def put(self, local, remote: str, mode: int | None = None) -> None:
+        self._guest.put(local, remote, mode)
+
+    def get(self, remote: str, local) -> None:
+        self._guest.get(remote, local)
+
+    def dmesg(self) -> str:
+        return self._guest.dmesg()
+
+    def dmesg_since_test_start(self) -> str:
+        lines = self._guest.dmesg().splitlines()
+        return "\n".join(lines[self._mark:])
+
+    def workload(self, name: str, **options) -> list[dict]:
+        """Run a workload (``p2p-copy``, ``pmr``, ...); the records ``testbed run`` writes."""
+        from .runner import RunOptions, run_workloads
+        opts = RunOptions(**options)
+        records, _ = run_workloads(self._guest, self.topology, [name], opts)
+        return [r.to_json() for r in records]
+
+    @property
+    def qmp(self):
+        """The qemu.qmp client of this guest's QEMU (``guest.qmp.cmd("query-pci")``)."""
+        qemu = getattr(self._guest, "qemu", None)
+        if qemu is None or qemu.monitor is None:
+            raise GuestError("this guest has no QMP connection here (attached instance)")
+        return qemu.monitor
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Spec device name -> guest PCI address."""
+        return dict(self._guest.names)
+
+    @property
+    def inventory(self) -> dict:
+        return self._guest.inventory
+
+    @property
+    def ssh_command(self) -> list[str]:
+        return self._guest.ssh_command()
+
+    def console_tail(self, lines: int = 40) -> str:
+        return self._guest.console.tail(lines)
+
+    def restart(self) -> float:
+        return self._guest.restart()
+
+    def _start_test(self) -> None:
+        try:
+            self._mark = len(self._guest.dmesg().splitlines())
+        except TestbedError:
+            self._mark = 0
+
+
+class _ModuleGuests:
+    def __init__(self, config):
+        self.config = config
+        self.guests: dict[str, TestbedGuest] = {}
+        self.failed: dict[str, str] = {}
+
+    def get(self, spec: str) -> TestbedGuest:
+        from .spec import load_topology, resolve
+        key = str(resolve(spec).resolve())
+        if key in self.failed:
+            pytest.fail(f"topology {spec}: an earlier boot in this module failed:\n"
+                        f"{self.failed[key]}", pytrace=False)
+        if key not in self.guests:
+            topo = load_topology(spec)
+            try:
+                self.guests[key] = TestbedGuest(self._boot(topo), topo)
+            except TestbedError as exc:
+                self.failed[key] = str(exc)
+                pytest.fail(f"topology {spec}: {exc}", pytrace=False)
+        return self.guests[key]
+
+    def _boot(self, topo):
+        opt = self.config.getoption
+        kernel = None
+        if opt("--testbed-kernel"):
+            from .kernels import resolve_kernel
+            kernel = resolve_kernel(opt("--testbed-kernel"))
+        if opt("--testbed-keep"):
+            return _boot_detached(topo, opt("--testbed-kernel"), opt("--testbed-accel"))
+        from .guest.boot import BootOptions, boot
+        return boot(topo, options=BootOptions(kernel=kernel, accel=opt("--testbed-accel")))
+
+    def close(self) -> None:
+        keep = self.config.getoption("--testbed-keep")
+        for g in self.guests.values():
+            if keep:
+                name = getattr(g._guest, "instance_name", "?")
+                sys.stderr.write(f"\ntestbed: guest {g.topology.name} left running: "
+                                 f"testbed ssh {name}  (testbed stop {name})\n")
+            g._guest.shutdown()
+        self.guests.clear()
+
+
+def _boot_detached(topo, kernel, accel):
+    """--testbed-keep: the guest runs under a supervisor and outlives the session."""
+    import subprocess
+    from . import instances
+    from .guest.attach import AttachedGuest
+    name = instances.free_name(f"pytest-{topo.name}")
+    argv = [sys.executable, "-m", "testbed", "boot", str(topo.source), "--detach", "--name", name]
+    if kernel:
+        argv += ["--kernel", kernel]
+    if accel:
+        argv += ["--accel", accel]
+    res = subprocess.run(argv, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise GuestError(f"detached boot failed: {res.stderr.strip()}")
+    guest = AttachedGuest(instances.load(name), topo)
+    guest.instance_name = name
+    return guest
+
+
+@pytest.fixture(scope="module")
+def _testbed_module_guests(request):
+    pool = _ModuleGuests(request.config)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def guest(request, _testbed_module_guests) -> TestbedGuest:
+    """A booted guest of the topology named by ``@pytest.mark.topology(...)``."""
+    marker = request.node.get_closest_marker("topology")
+    if marker is None or not marker.args:
+        pytest.fail("the `guest` fixture needs @pytest.mark.topology(\"NAME\") on the test, "
+                    "its class or its module", pytrace=False)
+    spec = marker.args[0]
+    if isinstance(spec, (str, os.PathLike)) and not Path(spec).is_absolute() and \
+            str(spec).endswith((".yaml", ".yml")) and not Path(spec).exists():
+        spec = Path(request.node.fspath).parent / spec
+    g = _testbed_module_guests.get(str(spec))
+    g._start_test()
+    request.node.stash[_GUEST_KEY] = g
+    return g
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    g = item.stash.get(_GUEST_KEY, None)
+    if g is None:
+        return
+    try:
+        console = g.console_tail(40)
+    except Exception as exc:  # never hide the test's own failure
+        console = f"(console unavailable: {exc})"
+    try:
+        dmesg = g.dmesg_since_test_start()[-6000:]
+    except Exception as exc:
+        dmesg = f"(dmesg unavailable: {exc})"
+    for title, text in (("testbed: guest console tail", console),
+                        ("testbed: dmesg since the test started", dmesg)):
+        report.sections.append((title, text))
+        if hasattr(report.longrepr, "addsection"):
+            report.longrepr.addsection(title, text)
+    item.user_properties.append(("testbed_console_tail", console))
+    item.user_properties.append(("testbed_dmesg_delta", dmesg))

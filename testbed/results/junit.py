@@ -1,0 +1,37 @@
+"""JUnit XML for CI dashboards: one test case per record, failures for verdict mismatches."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from .model import RunResult
+
+
+def case_name(rec) -> str:
+    if rec.command:
+        return f"exec: {rec.command}"
+    pair = "->".join(x for x in (rec.provider, rec.client) if x)
+    return f"{rec.name}[{pair}]" if pair else rec.name
+
+
+def to_junit(result: RunResult) -> str:
+    suite = ET.Element("testsuite", name=f"p2pdma-testbed.{result.topology}",
+                       tests=str(len(result.workloads) + (1 if result.error else 0)),
+                       failures=str(len(result.mismatches)),
+                       errors="1" if result.error else "0", time=f"{result.seconds:.2f}")
+    if result.error:
+        case = ET.SubElement(suite, "testcase", classname=result.topology, name="boot")
+        ET.SubElement(case, "error", message=result.error.splitlines()[0][:200]).text = result.error
+    for rec in result.workloads:
+        case = ET.SubElement(suite, "testcase", classname=result.topology, name=case_name(rec),
+                             time=f"{rec.seconds:.2f}")
+        if rec.judged and not rec.passed:
+            f = ET.SubElement(case, "failure",
+                              message=f"predicted {rec.predicted}, observed {rec.observed}")
+            f.text = f"reason: {rec.reason}\nobserved: {rec.detail}\n" + "\n".join(
+                line for lines in rec.dmesg.values() for line in lines)
+        elif rec.command is not None and rec.exit_status != 0:
+            case.set("exit_status", str(rec.exit_status))
+        out = ET.SubElement(case, "system-out")
+        out.text = (rec.detail or "") + ("\n" + rec.stdout if rec.stdout else "")
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True)

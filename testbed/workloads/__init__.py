@@ -1,0 +1,32 @@
+"""P2PDMA workloads: each runs guest-side code over SSH and returns judged records.
+
+    >>> sorted(WORKLOADS)
+    ['exec', 'host-baseline', 'inventory', 'p2p-copy', 'passthru', 'pmr']
+"""
+
+from __future__ import annotations
+
+from .base import Context, Record, Workload
+from .copy import HostBaseline, P2PCopy
+from .exec import Exec
+from .inventory import Inventory
+from .passthru import Passthru
+from .pmr import Pmr
+
+WORKLOADS: dict[str, type[Workload]] = {
+    w.name: w for w in (Inventory, P2PCopy, HostBaseline, Passthru, Pmr, Exec)
+}
+DEFAULT = ("inventory", "p2p-copy", "host-baseline", "passthru", "pmr")
+
+
+def default_workloads(topo) -> list[str]:
+    """The default set, minus workloads the topology has nothing for."""
+    out = ["inventory"]
+    if any(n.cmb for n in topo.nvmes()) and len(topo.nvmes()) > 1:
+        out += ["p2p-copy", "host-baseline", "passthru"]
+    if any(n.pmr for n in topo.nvmes()):
+        out.append("pmr")
+    return out
+
+
+__all__ = ["WORKLOADS", "DEFAULT", "default_workloads", "Context", "Record", "Workload"]

@@ -1,0 +1,41 @@
+"""passthru: NVMe read/write commands through the passthrough ioctl with the data
+buffer in p2pmem (the userspace P2PDMA series' second path)."""
+
+from __future__ import annotations
+
+from ..oracle import pairs, predict
+from .base import Context, Record, Workload, need_bdf, pull_dmesg
+from .classify import observe
+
+
+class Passthru(Workload):
+    name = "passthru"
+    judged = True
+
+    def run(self, ctx: Context) -> list[Record]:
+        devices = ctx.block_devices()
+        records = []
+        seen_clients = set()
+        for provider, client in pairs(ctx.topology):
+            if client in seen_clients:  # one provider per client keeps the run short
+                continue
+            seen_clients.add(client)
+            pred = predict(ctx.topology, provider, client, ctx.cpu, ctx.kernel_p2pdma)
+            rec = Record(name=self.name, provider=provider, client=client,
+                         predicted=pred.verdict, reason=pred.reason, qemu_limit=pred.qemu_limit)
+            dev = devices.get(ctx.topology.find(client).serial)
+            if dev is None or not dev.get("ctrl"):
+                rec.observed, rec.detail = "error", f"{client}: no NVMe device in the guest"
+                records.append(rec)
+                continue
+            ctx.dmesg_delta()
+            data, res = ctx.tool(["passthru", "--provider", need_bdf(ctx, provider),
+                                  "--ctrl", f"/dev/{dev['ctrl']}", "--nsid", "1",
+                                  "--size", str(min(ctx.size, 256 << 10)),
+                                  "--seed", str(ctx.seed)])
+            dmesg = pull_dmesg(ctx.dmesg_delta())
+            rec.observed, rec.detail = observe(data, dmesg, res.timed_out, ctx.kernel_p2pdma)
+            rec.data_verified = bool(data and data.get("data_verified"))
+            rec.seconds, rec.dmesg, rec.data = round(res.seconds, 3), dmesg, data or {}
+            records.append(rec)
+        return records
