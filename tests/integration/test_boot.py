@@ -1,0 +1,163 @@
+"""Boot orchestration against real QEMU and real guests: failure paths, signals,
+parallel guests, detached instances."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed.errors import BootError
+from testbed.guest.boot import BootOptions, boot
+from testbed.spec import load_topology
+
+TESTBED = [sys.executable, "-m", "testbed"]
+
+
+def qemu_pids(under: Path | str = "") -> set[int]:
+    """QEMU processes whose command line mentions ``under`` (a test's own state dir)."""
+    out = subprocess.run(["pgrep", "-f", f"qemu-system-x86_64.*{under}"], capture_output=True,
+                         text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+def wait_gone(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            if stat.read_text().split(")")[-1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_bad_init_panics_and_fails_fast_with_console_tail(real_qemu, tmp_path, monkeypatch):
+    """A kernel that cannot start init panics; the boot fails on the panic, not on the
+    SSH timeout, and the error carries the console tail and where the full log is."""
+    monkeypatch.setenv("TESTBED_STATE", str(tmp_path / "state"))
+    with pytest.raises(BootError) as info:
+        boot(load_topology("switch-cmb"),
+             options=BootOptions(extra_cmdline=("init=/no/such/init",), timeout=170))
+    msg = str(info.value)
+    assert "no SSH within" not in msg, msg
+    assert "QEMU exited" in msg or "failed to boot" in msg, msg
+    assert "last console lines" in msg
+    assert "/no/such/init" in msg or "Kernel panic" in msg, msg
+    log = Path(msg.rsplit("full console log: ", 1)[1].split()[0])
+    assert log.is_file() and "Kernel panic" in log.read_text(errors="replace")
+    assert not qemu_pids(tmp_path)  # nothing left running
+    assert not any((tmp_path / "state" / "runs").iterdir())  # run directory removed
+
+
+def test_sigkill_of_the_orchestrator_leaves_no_qemu(real_qemu, tmp_path):
+    """QEMU is killed by the kernel when its orchestrator dies (PR_SET_PDEATHSIG)."""
+    code = (
+        "import sys, time\n"
+        "from testbed.guest.boot import boot\n"
+        "from testbed.spec import load_topology\n"
+        "g = boot(load_topology('switch-cmb'))\n"
+        "print(g.qemu.proc.pid, g.run_dir.path, flush=True)\n"
+        "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "TESTBED_STATE": str(tmp_path / "state")})
+    try:
+        line = proc.stdout.readline()
+        assert line, "the orchestrator did not boot a guest"
+        qemu_pid = int(line.split()[0])
+        assert qemu_pid in qemu_pids(tmp_path)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert wait_gone(qemu_pid), "QEMU outlived its SIGKILLed orchestrator"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sigterm_during_a_command_cleans_up(real_qemu, tmp_path):
+    """SIGTERM to `testbed boot` shuts QEMU down and removes the run directory."""
+    state = tmp_path / "state"
+    proc = subprocess.Popen([*TESTBED, "boot", "switch-cmb", "-c", "sleep 300"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TESTBED_STATE": str(state)})
+    try:
+        seen = []
+        for line in proc.stderr:  # progress lines, until the command runs in the guest
+            seen.append(line)
+            if "is up" in line:
+                break
+        assert any("is up" in line for line in seen), "".join(seen)
+        runs = list((state / "runs").iterdir())
+        assert len(runs) == 1
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        assert "Traceback" not in err, err
+        assert not runs[0].exists(), "the run directory was left behind"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def run_cli(*args, state: Path, timeout: float = 300, check: bool = True):
+    res = subprocess.run([*TESTBED, *args], capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, "TESTBED_STATE": str(state)})
+    if check:
+        assert res.returncode == 0, f"testbed {' '.join(args)}: {res.returncode}\n{res.stderr}"
+    return res
+
+
+def test_two_detached_guests_in_parallel(real_qemu, tmp_path):
+    """Two guests boot at the same time, get distinct ports, answer, and stop cleanly;
+    `testbed ssh` passes the command's exit status through."""
+    state = tmp_path / "state"
+    env = {**os.environ, "TESTBED_STATE": str(state)}
+    procs = [subprocess.Popen([*TESTBED, "boot", topo, "--detach", "--name", name],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for topo, name in (("switch-cmb", "left"), ("rootports-cmb", "right"))]
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=400)
+            assert p.returncode == 0, err
+            assert "testbed ssh" in out
+        ps = run_cli("ps", state=state).stdout
+        assert "left" in ps and "right" in ps and ps.count("running") == 2, ps
+        ports = set()
+        for name in ("left", "right"):
+            inst = json.loads((state / "instances" / name / "instance.json").read_text())
+            ports.add(inst["port"])
+            res = run_cli("ssh", name, "--", "cat /sys/bus/pci/devices/*/p2pmem/size", state=state)
+            assert res.stdout.split() == ["67108864", "67108864"]
+        assert len(ports) == 2
+        status = run_cli("ssh", "left", "--", "exit 7", state=state, check=False)
+        assert status.returncode == 7
+    finally:
+        run_cli("stop", "left", "right", state=state, check=False)
+    assert not (state / "instances" / "left").exists()
+    assert "no detached guests" in run_cli("ps", state=state).stdout
+
+
+def test_stale_instance_is_reported_and_cleaned(real_qemu, tmp_path):
+    state = tmp_path / "state"
+    run_cli("boot", "switch-cmb", "--detach", "--name", "doomed", state=state)
+    inst = json.loads((state / "instances" / "doomed" / "instance.json").read_text())
+    os.kill(inst["qemu_pid"], signal.SIGKILL)
+    assert wait_gone(inst["qemu_pid"])
+    time.sleep(1)
+    ps = run_cli("ps", state=state).stdout
+    assert "stale" in ps, ps
+    assert not (state / "instances" / "doomed").exists()
+    assert wait_gone(inst["supervisor_pid"])
