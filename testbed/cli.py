@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except TestbedError as exc:
-        print(f"{exc}" if exc.exit_status == 2 and "\n" in str(exc) else f"testbed: {exc}",
-              file=sys.stderr)
+        from .spec.problems import SpecError
+        # FILE:LINE:COL lines stay at the start of the line, for editors that jump to them
+        print(str(exc) if isinstance(exc, SpecError) else f"testbed: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         print("testbed: interrupted; cleaned up", file=sys.stderr)

@@ -34,7 +34,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(argv, indent=1))
         return 0
-    prelude = [f"# topology {topo.name}: {topo.description}".rstrip(": "),
+    about = f"topology {topo.name}: {topo.description}".rstrip(": ")
+    prelude = [*(f"# {line}" for line in about.splitlines() or [""]),
                f"# accel: {accel.name} ({accel.reason})", 'mkdir -p "$RUN_DIR"']
     for bf in backing_files(topo, Path(args.run_dir)):
         q = quote(str(bf.path), args.run_dir)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..rundir import RunDir
 from ..spec.model import DownstreamPort, Nvme, RootPort, Switch, Topology
-from ..spec.units import format_size, is_power_of_two
+from ..spec.units import format_size
 from .cmdline import ROOT_BUS, create_backing_files, machine_argv
 from .machine import QemuMachine
 from .probe import probe
@@ -114,7 +114,7 @@ def _check_bars(vm: QemuMachine, topo: Topology) -> list[str]:
             bar = bars.get(CMB_BAR)
             if bar is None:
                 diffs.append(f"{nvme.name}: no CMB BAR{CMB_BAR} (spec: {format_size(nvme.cmb)})")
-            elif bar["size"] < nvme.cmb or not is_power_of_two(bar["size"]):
+            elif bar["size"] != nvme.cmb:  # CMB sizes are powers of two, so the BAR is exact
                 diffs.append(f"{nvme.name}: CMB BAR{CMB_BAR} is {format_size(bar['size'])}, "
                              f"spec asks for {format_size(nvme.cmb)}")
         elif CMB_BAR in bars:

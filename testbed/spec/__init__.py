@@ -60,7 +60,9 @@ def read_text(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise SpecError([Problem(where, line, 1, "", "not UTF-8 text: not a YAML file")]) from None
+        col = len(data[data.rfind(b"\n", 0, exc.start) + 1: exc.start].decode("utf-8")) + 1
+        raise SpecError([Problem(where, line, col, "", f"not UTF-8 text (byte "
+                                 f"{data[exc.start]:#04x}): save the file as UTF-8")]) from None
 
 
 def load_topology(name_or_path: str | Path, probe_qemu: bool = True) -> Topology:

@@ -28,6 +28,7 @@ from .units import MiB, format_size, is_power_of_two, parse_size
 from .yamlsource import Sourced
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+TOPOLOGY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESERVED_PREFIX = "tb-"  # the testbed's own QEMU ids (boot disk, NIC, vIOMMU)
 
 # q35's root bus has 32 slots: 00.0 is the host bridge, 1f.* the ICH9 functions,
@@ -69,6 +70,8 @@ class _Parser:
         self.names: dict[str, int] = {}  # name -> line first seen
         self.bus_count = 0
         self.expect_nodes: list = []
+        self.qemu_binary: str | None = Machine().qemu  # probed even if other settings are bad
+        self.serials: dict[str, int] = {}  # NVMe serial -> line first seen
 
     # -- reporting --------------------------------------------------------------------------
     def problem(self, node: Sourced | None, path: str, message: str, at_key: str | None = None):
@@ -80,7 +83,10 @@ class _Parser:
     # -- generic shapes ---------------------------------------------------------------------
     def mapping(self, node: Sourced, path: str, allowed, what: str) -> dict[str, Sourced] | None:
         if not isinstance(node.value, dict):
-            self.problem(node, path, f"expected {what} (a mapping), got {_describe(node.value)}")
+            hint = " (the list of devices goes under a 'pcie:' key)" \
+                if path == "" and isinstance(node.value, list) else ""
+            self.problem(node, path, f"expected {what} (a mapping), got {_describe(node.value)}"
+                         + hint)
             return None
         for key in node.value:
             if key not in allowed:
@@ -114,8 +120,11 @@ class _Parser:
 
     def choice(self, node: Sourced, path: str, choices) -> str | None:
         v = node.value
-        if v is None or isinstance(v, bool):  # YAML: "none" is a string, but "null"/"off" are not
-            v = {None: "none", False: "off", True: "on"}[v]
+        if v is None and "none" in choices:  # YAML: "none" is a string, but "null"/"~" are not
+            v = "none"
+        if isinstance(v, bool) or not isinstance(v, str):  # yes/no/on/off/true/false are booleans
+            self.problem(node, path, f"must be one of {', '.join(choices)}, got {_describe(v)}")
+            return None
         if v not in choices:
             self.problem(node, path, f"must be one of {', '.join(choices)}, got {v!r}"
                          + did_you_mean(v, choices))
@@ -126,13 +135,26 @@ class _Parser:
         s = self.string(node, path)
         if s is None:
             return None
-        p = Path(s).expanduser()
-        p = p if p.is_absolute() else self.base_dir / p
-        if p.is_dir():
-            self.problem(node, path, f"{s!r} is a directory, expected a file")
+        if not s.strip() or "\0" in s:
+            self.problem(node, path, f"expected a file path, got {s!r}")
             return None
-        if not p.parent.is_dir():
-            self.problem(node, path, f"directory {str(p.parent)!r} does not exist")
+        try:
+            p = Path(s).expanduser()
+        except RuntimeError:  # "~user/..." for a user that does not exist
+            self.problem(node, path, f"cannot expand {s.split('/')[0]!r} in {s!r}: no such user")
+            return None
+        p = p if p.is_absolute() else self.base_dir / p
+        try:
+            if p.is_dir():
+                self.problem(node, path, f"{s!r} is a directory, expected a file")
+                return None
+            if not p.parent.is_dir():
+                what = "is not a directory" if p.parent.exists() else "does not exist"
+                self.problem(node, path, f"directory {str(p.parent)!r} {what}: create it "
+                             "or give another path")
+                return None
+        except OSError as exc:  # e.g. a file name too long
+            self.problem(node, path, f"unusable path {s!r}: {exc.strerror}")
             return None
         return p
 
@@ -160,10 +182,18 @@ class _Parser:
         if top is None:
             return None
         name = self.string(top["name"], "name") if "name" in top else Path(self.filename).stem
+        if name is not None and not TOPOLOGY_NAME_RE.match(name):
+            self.problem(top.get("name"), "name", f"topology name {name!r} must start with a "
+                         "letter or digit and use only letters, digits, '.', '-' and '_' (it "
+                         "names run directories); at most 64 characters"
+                         + ("" if "name" in top else ": rename the file or add a name: key"))
+            name = None
         description = self.string(top["description"], "description") if "description" in top else ""
         machine = self.machine(top.get("machine"))
-        if machine is not None and self.probe is not None:
-            self.probe_qemu(machine, top.get("machine"))
+        if self.qemu_binary is not None and self.probe is not None:
+            self.probe_qemu(self.qemu_binary, top.get("machine"))
+            if machine is not None:
+                self.check_cpu(machine, top.get("machine"))
         iommu = self.iommu(top.get("iommu"))
         cmdline = self.cmdline(top.get("kernel_cmdline"))
         if "pcie" not in top:
@@ -209,18 +239,26 @@ class _Parser:
         if "accel" in m:
             kw["accel"] = self.choice(m["accel"], "machine.accel", ACCELS)
         if "qemu" in m:
-            kw["qemu"] = self.string(m["qemu"], "machine.qemu")
+            kw["qemu"] = self.qemu_binary = self.string(m["qemu"], "machine.qemu")
         if None in kw.values():
             return None
         return Machine(**kw)
 
-    def probe_qemu(self, machine: Machine, node: Sourced | None) -> None:
+    def probe_qemu(self, binary: str, node: Sourced | None) -> None:
         from ..errors import TestbedError
         try:
-            self.caps = self.probe(machine.qemu)
+            self.caps = self.probe(binary)
         except TestbedError as exc:
-            at = node.value["qemu"] if node is not None and "qemu" in node.value else None
+            at = node.value["qemu"] if node is not None and isinstance(node.value, dict) \
+                and "qemu" in node.value else None
             self.problem(at, "machine.qemu", str(exc))
+
+    def check_cpu(self, machine: Machine, node: Sourced | None) -> None:
+        if self.caps is None or not self.caps.cpu_models or machine.cpu in self.caps.cpu_models:
+            return
+        at = node.value.get("cpu") if node is not None and isinstance(node.value, dict) else None
+        self.problem(at, "machine.cpu", f"{self.caps.describe()} has no CPU model "
+                     f"{machine.cpu!r}{did_you_mean(machine.cpu, self.caps.cpu_models)}")
 
     def need(self, node: Sourced, path: str, device: str, prop: str | None = None,
              props_of: str = "nvme_props", at_key: str | None = None) -> bool:
@@ -299,8 +337,13 @@ class _Parser:
         kinds = [k for k in KINDS if k in item.value]
         if len(kinds) != 1:
             if kinds:
+                port = next((k for k in kinds if k in ("root_port", "downstream_port")), None)
+                dev = next((k for k in kinds if k in ("switch", "nvme")), None)
+                fix = (f"to plug the {dev} into the {port.replace('_', ' ')}, indent it under "
+                       "the port's 'device:' key" if port and dev else
+                       "give each device its own list entry ('- ')")
                 self.problem(item, path, f"one entry can be only one device: it has "
-                             f"{' and '.join(kinds)}")
+                             f"{' and '.join(kinds)} ({fix})")
             else:
                 hint = ""
                 for key in item.value:
@@ -358,14 +401,18 @@ class _Parser:
                          f"a switch's internal bus has {SWITCH_MAX_PORTS} slots")
         for i, entry in enumerate(ds.value):
             sub = f"{path}.downstream[{i}]"
-            if isinstance(entry.value, dict) and "downstream_port" in entry.value:
-                port = self.node(entry, sub, allowed=("downstream_port",), where="")
+            if not isinstance(entry.value, dict) or "downstream_port" in entry.value:
+                port = self.node(entry, sub, allowed=("downstream_port", "switch", "nvme")
+                                 if not isinstance(entry.value, dict) else ("downstream_port",),
+                                 where="")
             else:
                 dev = self.node(entry, sub, allowed=("switch", "nvme"), where="in a downstream port")
                 self.bus_count += 1
                 port = DownstreamPort(f"{name}-dp{i}", dev) if name and dev else None
                 if port and port.name in self.names:
-                    self.problem(entry, sub, f"the implied port name {port.name!r} is taken")
+                    self.problem(entry, sub, f"the implied port name {port.name!r} is taken "
+                                 f"(rename the other {port.name!r}, or write this port as a "
+                                 "downstream_port entry with a name of its own)")
                     port = None
                 elif port:
                     self.names[port.name] = entry.line
@@ -380,25 +427,46 @@ class _Parser:
         if "serial" in m:
             serial = self.string(m["serial"], f"{path}.serial")
             if serial is not None and not re.fullmatch(r"[ -~]{1,20}", serial):
-                self.problem(m["serial"], f"{path}.serial", "an NVMe serial is 1 to 20 printable "
-                             "ASCII characters")
+                self.problem(m["serial"], f"{path}.serial", f"serial {serial!r} has {len(serial)} "
+                             "characters: an NVMe serial is 1 to 20 printable ASCII characters")
                 ok = False
+                serial = None
+        elif name is not None and len(name) > 20:
+            self.problem(item, f"{path}.serial", f"missing: the name {name!r} is too long to be "
+                         "the serial (at most 20 characters): give a serial", at_key="nvme")
+            ok = False
+        if serial is not None:
+            at = m["serial"] if "serial" in m else m["nvme"]
+            if serial in self.serials:
+                self.problem(at, f"{path}.serial", f"duplicate NVMe serial {serial!r} (first used "
+                             f"on line {self.serials[serial]}): Linux rejects a second controller "
+                             "with the same serial")
+                ok = False
+            else:
+                self.serials[serial] = at.line
         cmb = 0
         if "cmb" in m and m["cmb"].value not in (None, 0, False):
             cmb = self.size(m["cmb"], f"{path}.cmb")
             if not self.need(m["cmb"], f"{path}.cmb", "nvme", "cmb_size_mb"):
                 ok = False
-            elif cmb is not None:
-                if cmb == 0 or cmb % (2 * MiB):
+            elif cmb is None:
+                ok = False
+            elif cmb:  # "0M", like 0, means no CMB
+                fix = format_size(max(2 * MiB, 1 << (cmb - 1).bit_length()))
+                if cmb % (2 * MiB):
                     self.problem(m["cmb"], f"{path}.cmb", f"CMB size {format_size(cmb)} is not a "
-                                 "multiple of 2M: Linux would silently not publish it as p2pmem")
+                                 "multiple of 2M: Linux would silently not publish it as p2pmem "
+                                 f"(use a power of two of at least 2M, such as {fix})")
+                    ok = False
+                elif not is_power_of_two(cmb):
+                    self.problem(m["cmb"], f"{path}.cmb", f"CMB size {format_size(cmb)} is not a "
+                                 "power of two: QEMU aborts on it (a CMB is a PCI BAR, whose size "
+                                 f"must be a power of two): use {fix}, for example")
                     ok = False
                 elif cmb > MAX_CMB:
                     self.problem(m["cmb"], f"{path}.cmb", f"CMB size {format_size(cmb)} is larger "
                                  f"than {format_size(MAX_CMB)}")
                     ok = False
-            else:
-                ok = False
         pmr = self.pmr(m["pmr"], f"{path}.pmr") if "pmr" in m and m["pmr"].value is not None else None
         if "pmr" in m and m["pmr"].value is not None and pmr is None:
             ok = False
@@ -428,8 +496,9 @@ class _Parser:
         if size is None:
             return None
         if not is_power_of_two(size) or size < 4096:
+            up = max(4096, 1 << max(size - 1, 1).bit_length())
             self.problem(size_node, spath, f"PMR size {format_size(size)} must be a power of two "
-                         "(QEMU refuses other sizes), at least 4K")
+                         f"(QEMU refuses other sizes), at least 4K: such as {format_size(up)}")
             return None
         if size > MAX_PMR:
             self.problem(size_node, spath, f"PMR size {format_size(size)} is larger than "

@@ -23,7 +23,8 @@ MiB = 1 << 20
 def parse_size(value) -> int:
     """Bytes in ``value`` (int or string); ValueError with the reason otherwise."""
     if isinstance(value, bool):
-        raise ValueError("expected a size such as 64M or 1G, got a boolean")
+        raise ValueError("expected a size such as 64M or 1G, got a boolean (YAML reads yes, no, "
+                         "on, off, true and false as booleans)")
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a size cannot be negative")
@@ -31,6 +32,8 @@ def parse_size(value) -> int:
     if not isinstance(value, str):
         raise ValueError(f"expected a size such as 64M or 1G, got {type(value).__name__}")
     m = _SIZE.match(value)
+    if not m and value.strip().startswith("-"):
+        raise ValueError(f"a size cannot be negative, got {value!r}")
     if not m:
         raise ValueError(f"expected a size such as 64M or 1G, got {value!r}")
     return int(m.group(1)) * _SUFFIX[m.group(2).upper()]

@@ -12,6 +12,8 @@ the *safe* loader, turns each node into plain Python data and keeps a
 
 from __future__ import annotations
 
+import bisect
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,35 +42,72 @@ class Sourced:
         return self.value
 
 
+class Lines:
+    """Line and column of a character index, as an editor counts them.
+
+    PyYAML's own marks also start a new line at U+0085, U+2028 and U+2029, which editors
+    show inside a line; here only LF, CRLF and CR end a line (and a BOM takes no column).
+    """
+
+    def __init__(self, text: str):
+        self.bom = text.startswith("\ufeff")
+        self.starts = [0] + [m.end() for m in re.finditer(r"\r\n|\r|\n", text)]
+
+    def position(self, index: int) -> tuple[int, int]:
+        """1-based (line, column) of character ``index``."""
+        line = bisect.bisect_right(self.starts, index)
+        col = index - self.starts[line - 1] + 1
+        if line == 1 and self.bom and index > 0:
+            col -= 1
+        return line, col
+
+
+def position(text: str, index: int) -> tuple[int, int]:
+    """1-based (line, column) of character ``index`` of ``text`` (see :class:`Lines`)."""
+    return Lines(text).position(index)
+
+
+_BAD = object()  # a scalar that could not be constructed (already reported)
+_ODD_BREAKS = "\x85\u2028\u2029"
+
+
+def _code(character) -> int:
+    return character if isinstance(character, int) else ord(character)
+
+
 class _Builder:
-    def __init__(self, filename: str):
+    def __init__(self, filename: str, text: str):
         self.filename = filename
+        self.lines = Lines(text)
         self.constructor = yaml.SafeLoader("")
         self.count = 0
         self.problems: list[Problem] = []
 
+    def where(self, node: yaml.Node) -> tuple[int, int]:
+        return self.lines.position(node.start_mark.index)
+
     def build(self, node: yaml.Node, path: str) -> Sourced:
         self.count += 1
         if self.count > MAX_NODES:
-            raise SpecError([Problem(self.filename, node.start_mark.line + 1,
-                                     node.start_mark.column + 1, path,
+            raise SpecError([Problem(self.filename, *self.where(node), path,
                                      f"document is too large (more than {MAX_NODES} values)")])
-        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        line, col = self.where(node)
         if isinstance(node, yaml.MappingNode):
             out = Sourced({}, line, col)
             for key_node, value_node in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
-                    self.problems.append(Problem(self.filename, key_node.start_mark.line + 1,
-                                                 key_node.start_mark.column + 1, path,
+                    self.problems.append(Problem(self.filename, *self.where(key_node), path,
                                                  "merge keys ('<<') are not supported"))
                     continue
                 if not isinstance(key_node, yaml.ScalarNode):
-                    self.problems.append(Problem(self.filename, key_node.start_mark.line + 1,
-                                                 key_node.start_mark.column + 1, path,
+                    self.problems.append(Problem(self.filename, *self.where(key_node), path,
                                                  "keys must be plain words"))
                     continue
-                key = str(self.constructor.construct_object(key_node))
-                kline, kcol = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                key = self.scalar(key_node, path)
+                if key is _BAD:
+                    continue
+                key = str(key)
+                kline, kcol = self.where(key_node)
                 sub = f"{path}.{key}" if path else key
                 if key in out.value:
                     first = out.key_line[key][0]
@@ -81,12 +120,20 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return Sourced([self.build(n, f"{path}[{i}]") for i, n in enumerate(node.value)],
                            line, col)
+        value = self.scalar(node, path)
+        return Sourced(None if value is _BAD else value, line, col)
+
+    def scalar(self, node: yaml.Node, path: str):
+        """The Python value of a scalar node (a key or a value), or _BAD after a problem."""
         try:
-            value = self.constructor.construct_object(node)
-        except yaml.YAMLError as exc:
-            self.problems.append(Problem(self.filename, line, col, path, f"bad value: {exc}"))
-            value = None
-        return Sourced(value, line, col)
+            return self.constructor.construct_object(node)
+        except Exception as exc:  # noqa: BLE001 - e.g. "!!int abc" raises ValueError, "!!bool x" KeyError
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            reason = getattr(exc, "problem", None) or f"{node.value!r} is not a valid {tag} value"
+            self.problems.append(Problem(self.filename, *self.where(node), path, f"bad value: "
+                                         f"{reason} (remove the {tag!r} tag and write a plain "
+                                         "value)"))
+            return _BAD
 
 
 def load(text: str, filename: str) -> Sourced:
@@ -95,16 +142,38 @@ def load(text: str, filename: str) -> Sourced:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        msg = " ".join(filter(None, [exc.context, exc.problem])) or "invalid YAML"
+        line, col = position(text, mark.index) if mark else (1, 1)
+        context = exc.context
+        cmark = exc.context_mark
+        cline, ccol = position(text, cmark.index) if cmark is not None else (line, col)
+        if context and cline != line:
+            context += f" that starts on line {cline}, column {ccol},"
+        msg = " ".join(filter(None, [context, exc.problem])) or "invalid YAML"
+        if "'\\t'" in msg:
+            msg += " (indent with spaces, not tabs)"
+        lines = re.split(r"\r\n|\r|\n", text)
+        odd = sorted({c for n in {line, cline} if n <= len(lines) for c in lines[n - 1]
+                      if c in _ODD_BREAKS})
+        if odd:
+            msg += (f" (the line contains U+{ord(odd[0]):04X}, which YAML reads as a line break: "
+                    "remove it, or quote the value)")
         raise SpecError([Problem(filename, line, col, "", f"YAML syntax error: {msg}")]) from None
+    except yaml.reader.ReaderError as exc:  # a control character: not marked with a line
+        raise SpecError([Problem(filename, *position(text, exc.position), "",
+                                 f"character U+{_code(exc.character):04X} is not allowed in YAML "
+                                 "(remove it, or write it as an escape in a double-quoted "
+                                 "string)")]) from None
     except yaml.YAMLError as exc:
         raise SpecError([Problem(filename, 1, 1, "", f"YAML error: {exc}")]) from None
-    except (ValueError, RecursionError) as exc:  # e.g. NUL or other unprintable characters
+    except RecursionError:
+        raise SpecError([Problem(filename, 1, 1, "", "document is nested too deeply")]) from None
+    except ValueError as exc:  # e.g. NUL or other unprintable characters
         raise SpecError([Problem(filename, 1, 1, "", f"not a YAML text file: {exc}")]) from None
     if node is None:
-        raise SpecError([Problem(filename, 1, 1, "", "file is empty: expected a topology mapping")])
-    builder = _Builder(filename)
+        what = "has only comments" if text.strip() else "is empty"
+        raise SpecError([Problem(filename, 1, 1, "", f"file {what}: expected a topology mapping "
+                                 "(name, machine, pcie, ...)")])
+    builder = _Builder(filename, text)
     try:
         root = builder.build(node, "")
     except RecursionError:

@@ -1,0 +1,221 @@
+"""The pure parts of guest-images/tools/p2pdma-guest (the script that runs inside the guest).
+
+The script is stdlib-only Python with no .py suffix, so it is loaded from its path.  The
+end-to-end ``copy --buffer host`` test runs the whole copy workflow against a file when the
+filesystem under pytest's tmp_path supports O_DIRECT (tmpfs does not: then it is skipped).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+TOOL = Path(__file__).resolve().parents[2] / "guest-images" / "tools" / "p2pdma-guest"
+
+
+def _load():
+    loader = importlib.machinery.SourceFileLoader("p2pdma_guest", str(TOOL))
+    spec = importlib.util.spec_from_loader("p2pdma_guest", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+g = _load()
+B = g.BLOCK
+
+
+# -- sizes and seeds --------------------------------------------------------------------
+@pytest.mark.parametrize("text, value", [("4096", 4096), ("64K", 65536), ("1M", 1 << 20),
+                                         ("2m", 2 << 20), ("1G", 1 << 30), ("4KiB", 4096)])
+def test_parse_size(text, value):
+    assert g.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "1.5M", "-4096", "12X", "M"])
+def test_parse_size_rejects(text):
+    with pytest.raises(Exception):
+        g.parse_size(text)
+
+
+def test_parse_seed_bounds():
+    assert g.parse_seed("0x10") == 16
+    with pytest.raises(Exception):
+        g.parse_seed("-1")
+    with pytest.raises(Exception):
+        g.parse_seed(str(1 << 64))
+
+
+# -- the data pattern -------------------------------------------------------------------
+def test_pattern_is_deterministic_and_stamped():
+    a = g.pattern_block(7, 3)
+    assert len(a) == B
+    assert a == g.pattern_block(7, 3)
+    assert g.describe_block(a) == {"kind": "stamped", "seed": 7, "block": 3}
+    assert a != g.pattern_block(8, 3)  # another seed
+    assert a[g.STAMP.size:] != g.pattern_block(7, 4)[g.STAMP.size:]  # another block
+
+
+def test_pattern_concatenates_absolute_blocks():
+    p = g.pattern(5, 10, 3)
+    assert len(p) == 3 * B
+    assert p[B:2 * B] == g.pattern_block(5, 11)
+
+
+def test_corrupted_differs_everywhere_and_is_recognised():
+    blk = g.pattern_block(1, 9)
+    bad = g.corrupted(blk)
+    assert all(x != y for x, y in zip(blk, bad))
+    assert g.describe_block(bad) == {"kind": "inverted", "block": 9}
+
+
+@pytest.mark.parametrize("fill, kind", [(0, "zero"), (g.POISON, "poison"),
+                                        (g.DEVICE_FILL, "device_fill"), (0xFF, "ones")])
+def test_describe_fills(fill, kind):
+    assert g.describe_block(bytes([fill]) * B)["kind"] == kind
+
+
+def test_compare_blocks_finds_the_right_indexes():
+    expected = g.pattern(3, 0, 8)
+    actual = bytearray(expected)
+    actual[5 * B + 100] ^= 1  # one bit in block 5
+    actual[2 * B:3 * B] = g.pattern_block(3, 7)  # block 2 holds block 7's data
+    bad, details = g.compare_blocks(actual, expected)
+    assert bad == [2, 5]
+    assert details[0]["found"] == {"kind": "stamped", "seed": 3, "block": 7}
+    assert details[0]["expected"] == {"kind": "stamped", "seed": 3, "block": 2}
+    assert g.compare_blocks(expected, expected) == ([], [])
+
+
+def test_compare_blocks_caps_details():
+    bad, details = g.compare_blocks(bytes(16 * B), g.pattern(1, 0, 16))
+    assert bad == list(range(16)) and len(details) == g.MAX_DETAILS
+
+
+def test_compare_blocks_needs_equal_block_multiples():
+    with pytest.raises(ValueError):
+        g.compare_blocks(bytes(B), bytes(2 * B))
+
+
+def test_mb_per_s():
+    assert g.mb_per_s(2_000_000, 2.0) == 1.0
+    assert g.mb_per_s(0, 1.0) is None and g.mb_per_s(10, 0) is None
+
+
+# -- NVMe passthrough ---------------------------------------------------------------------
+def test_passthru_layout_matches_the_uapi_header():
+    assert g.PASSTHRU.size == 72
+    assert g.NVME_IOCTL_IO_CMD == 0xC0484E43
+    cmd = g.passthru_cmd(g.NVME_CMD_WRITE, 1, 0x1122334455667788, 8192, (5 << 32) | 7, 16,
+                         timeout_ms=500)
+    raw = bytes(cmd)
+    assert raw[0] == 0x01
+    assert int.from_bytes(raw[4:8], "little") == 1  # nsid
+    assert int.from_bytes(raw[24:32], "little") == 0x1122334455667788  # addr
+    assert int.from_bytes(raw[36:40], "little") == 8192  # data_len
+    assert int.from_bytes(raw[40:44], "little") == 7  # cdw10: SLBA low
+    assert int.from_bytes(raw[44:48], "little") == 5  # cdw11: SLBA high
+    assert int.from_bytes(raw[48:52], "little") == 15  # cdw12: NLB - 1 (0's based)
+    assert int.from_bytes(raw[64:68], "little") == 500  # timeout_ms
+    assert g.passthru_result(cmd) == 0
+
+
+def test_passthru_rejects_bad_block_counts():
+    for nlb in (0, 0x10001):
+        with pytest.raises(ValueError):
+            g.passthru_cmd(g.NVME_CMD_READ, 1, 0, 0, 0, nlb)
+
+
+def test_decode_status():
+    st = g.decode_status(0x4004)  # DNR + generic "data transfer error"
+    assert st["sct"] == 0 and st["sc"] == 4 and st["dnr"] and st["name"] == "data transfer error"
+    assert g.decode_status(0)["name"] == "success"
+
+
+def test_namespace_block_of_a_generic_char_device():
+    assert g.namespace_block("/dev/ng3n2", 2) == "nvme3n2"
+
+
+# -- PMR registers ------------------------------------------------------------------------
+def test_decode_pmr_registers_as_qemu_sets_them():
+    f = g.decode_pmrcap(16779416)  # read from QEMU 10.0's nvme with pmrdev=
+    assert f == {"rds": True, "wds": True, "bir": 4, "pmrtu": 0, "pmrwbm": 2, "pmrto": 0,
+                 "cmss": True}
+    assert g.decode_pmrsts(1 << 8)["nrdy"] and not g.decode_pmrsts(0)["nrdy"]
+
+
+# -- whole sub-commands ---------------------------------------------------------------------
+def _run(capsys, argv):
+    status = g.main(argv)
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_bad_usage_exits_2_with_json(capsys, tmp_path):
+    dev = tmp_path / "disk"
+    dev.write_bytes(bytes(1 << 20))
+    status, doc = _run(capsys, ["copy", "--buffer", "host", "--client", str(dev),
+                                "--size", "1000"])
+    assert status == 2 and doc["stage"] == "usage"
+    status, doc = _run(capsys, ["copy", "--client", str(dev), "--size", "4096"])
+    assert status == 2 and "--provider" in doc["error"]
+    status, doc = _run(capsys, ["copy", "--buffer", "host", "--client", str(dev),
+                                "--size", "8K", "--corrupt-block", "2"])
+    assert status == 2 and "--corrupt-block" in doc["error"]
+    status, doc = _run(capsys, ["copy", "--buffer", "host", "--client", str(tmp_path / "nope"),
+                                "--size", "4096"])
+    assert status == 2
+
+
+def test_missing_provider_is_a_usage_error(capsys, tmp_path):
+    dev = tmp_path / "disk"
+    dev.write_bytes(bytes(1 << 20))
+    status, doc = _run(capsys, ["copy", "--provider", "ffff:ff:1f.7", "--client", str(dev),
+                                "--size", "4096"])
+    assert status == 2 and doc["stage"] == "usage"
+
+
+def _direct_file(tmp_path, size):
+    dev = tmp_path / "disk"
+    with open(dev, "wb") as f:
+        f.truncate(size)
+    try:
+        os.close(os.open(dev, os.O_RDWR | os.O_DIRECT))
+    except OSError:
+        pytest.skip("the filesystem under tmp_path does not support O_DIRECT")
+    return dev
+
+
+def test_copy_with_a_host_buffer_verifies_and_catches_corruption(capsys, tmp_path):
+    dev = _direct_file(tmp_path, 1 << 20)
+    status, doc = _run(capsys, ["copy", "--buffer", "host", "--client", str(dev),
+                                "--size", "64K", "--offset", "128K", "--seed", "9"])
+    assert status == 0
+    assert doc["data_verified"] is True and doc["mismatched_blocks"] == []
+    assert set(doc["steps"]) == {"seed", "p2p_read", "verify_read", "p2p_write", "verify_write"}
+    assert doc["steps"]["seed"]["bytes"] == 2 * 65536
+    assert doc["steps"]["p2p_read"]["ok"] and doc["steps"]["p2p_read"]["bytes"] == 65536
+    assert doc["blocks"] == 16 and doc["mb_per_s"]["read"] > 0
+    data = dev.read_bytes()
+    assert data[128 << 10:192 << 10] == g.pattern(9, 32, 16)  # region A
+    assert data[192 << 10:256 << 10] == g.pattern(9, 32, 16)  # region B: the buffer's copy
+
+    status, doc = _run(capsys, ["copy", "--buffer", "host", "--client", str(dev),
+                                "--size", "64K", "--seed", "9", "--corrupt-block", "11"])
+    assert status == 0 and doc["data_verified"] is False
+    assert doc["steps"]["corrupt"]["ok"]
+    assert doc["steps"]["verify_read"]["mismatched_blocks"] == [11]
+    assert doc["steps"]["verify_read"]["details"][0]["found"]["kind"] == "inverted"
+    assert doc["steps"]["verify_write"]["ok"]  # re-seeded from host memory
+    assert doc["buffer_source"] == "host" and doc["mismatched_blocks"] == [11]
+
+
+def test_copy_region_must_fit(capsys, tmp_path):
+    dev = _direct_file(tmp_path, 64 << 10)
+    status, doc = _run(capsys, ["copy", "--buffer", "host", "--client", str(dev),
+                                "--size", "64K"])
+    assert status == 2 and "smaller" in doc["error"]
