@@ -135,7 +135,9 @@ class GuestSSH:
                 out += chan.recv(65536)
             while chan.recv_stderr_ready():
                 err += chan.recv_stderr(65536)
-            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            # sshd may send exit-status before the last output: stop only at EOF
+            if chan.exit_status_ready() and chan.eof_received and not chan.recv_ready() \
+                    and not chan.recv_stderr_ready():
                 break
             if time.monotonic() > deadline:
                 timed_out = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -82,6 +83,27 @@ class Context:
     seed: int = 1
     execs: list[str] = field(default_factory=list)
     dmesg_log: list[str] = field(default_factory=list)  # every delta, for dmesg.txt
+    last_transfer: float = 0.0  # monotonic end of the previous transfer
+
+    def quiet_gap(self) -> None:
+        """Under a vIOMMU, let the fault printk ratelimit recover between transfers so
+        each transfer's faults are logged (see classify.FAULT_QUIET_SECONDS)."""
+        from .classify import FAULT_QUIET_SECONDS
+        if self.topology.iommu.model == "none" or not self.last_transfer:
+            return
+        wait = self.last_transfer + FAULT_QUIET_SECONDS - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+
+    def refused_earlier(self, provider: str, client: str) -> bool:
+        """Did this boot's dmesg log a refusal for this pair (by BDF)?"""
+        from .classify import refusals
+        try:
+            text = self.guest.dmesg()
+        except Exception:
+            return False
+        names = self.guest.names
+        return (names.get(provider), names.get(client)) in refusals(text)
 
     @property
     def kernel_p2pdma(self) -> bool | None:
@@ -108,7 +130,8 @@ class Context:
         return delta
 
     def block_devices(self) -> dict[str, dict]:
-        """NVMe serial -> {"block": "nvme1n1", "ctrl": "nvme1", "lbs": 512} (first namespace)."""
+        """NVMe serial -> {"block": "nvme1n1", "generic": "ng1n1", "ctrl": "nvme1", "lbs": 512}
+        for the first namespace (block names follow the subsystem, not the controller)."""
         script = ("for b in /sys/block/nvme*n1; do [ -e \"$b\" ] || continue; "
                   "echo \"$(basename $b) $(cat $b/device/serial 2>/dev/null || cat "
                   "$b/device/device/serial) $(cat $b/queue/logical_block_size)\"; done")
@@ -119,8 +142,8 @@ class Context:
         for line in res.stdout.splitlines():
             parts = line.split()
             if len(parts) == 3 and parts[1] not in out:
-                out[parts[1]] = {"block": parts[0], "ctrl": ctrl_by_serial.get(parts[1]),
-                                 "lbs": int(parts[2])}
+                out[parts[1]] = {"block": parts[0], "generic": "ng" + parts[0][len("nvme"):],
+                                 "ctrl": ctrl_by_serial.get(parts[1]), "lbs": int(parts[2])}
         return out
 
 

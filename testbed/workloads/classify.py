@@ -1,5 +1,18 @@
 """Observed verdicts from what the guest tool reported and what dmesg said.
 
+Facts this encodes (observed on QEMU 10.0 with the 7.x kernel):
+
+- A refused mapping fails the I/O with EINVAL and logs "cannot be used for
+  peer-to-peer DMA ... (provider) do not share an upstream bridge ..." against
+  the client, but only the first time: the kernel caches its decision per pair,
+  so later refusals are silent.  Hence the whole boot's refusal lines are
+  searched for this client and provider.
+- Under a translating vIOMMU, QEMU completes a faulting DMA *successfully*: the
+  I/O returns no error, no NVMe timeout happens, but the data never moved.  The
+  verdict comes from the failed data check plus the fault lines (DMAR "PTE ...
+  access is not set", virtio_iommu "page fault"), which are rate-limited, so
+  callers space transfers out (see :data:`FAULT_QUIET_SECONDS`).
+
     >>> observe({"steps": {"p2p_read": {"ok": True}, "p2p_write": {"ok": True}},
     ...          "data_verified": True}, {}, timed_out=False)
     ('ok', 'both directions completed and every block verified')
@@ -7,9 +20,21 @@
 
 from __future__ import annotations
 
+import re
+
+FAULT_QUIET_SECONDS = 5.5  # printk ratelimit interval (5 s) plus a margin
+
+REFUSAL = re.compile(r"(?P<client>[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]): cannot be used for "
+                     r"peer-to-peer DMA as the client and provider \((?P<provider>[0-9a-f:.]+)\)")
+
+
+def refusals(dmesg_text: str) -> set[tuple[str, str]]:
+    """(provider BDF, client BDF) pairs the kernel logged as refused."""
+    return {(m["provider"], m["client"]) for m in REFUSAL.finditer(dmesg_text)}
+
 
 def observe(result: dict | None, dmesg: dict[str, list[str]], timed_out: bool,
-            kernel_p2pdma: bool | None = True) -> tuple[str, str]:
+            kernel_p2pdma: bool | None = True, refused_earlier: bool = False) -> tuple[str, str]:
     """(verdict, detail) for one transfer."""
     if kernel_p2pdma is False:
         return "unsupported", "the guest kernel has no CONFIG_PCI_P2PDMA"
@@ -24,17 +49,23 @@ def observe(result: dict | None, dmesg: dict[str, list[str]], timed_out: bool,
         if "no p2pmem" in err:
             return "unsupported", f"no p2pmem provider: {err}"
         return "error", f"p2pmem allocation failed: {err}"
+    if result.get("stage"):
+        return "error", f"the guest tool failed at {result['stage']}: {result.get('error')}"
     steps = result.get("steps", {})
     failed = [k for k in ("p2p_read", "p2p_write", "write", "read")
-              if k in steps and not steps[k].get("ok")]
+              if k in steps and not steps[k].get("ok") and not steps[k].get("skipped")]
+    errnos = {steps[k].get("errno") for k in failed}
     if dmesg.get("rejected"):
         return "rejected", dmesg["rejected"][0]
-    if dmesg.get("iommu-fault"):
+    if failed and refused_earlier and errnos <= {22}:
+        return "rejected", ("EINVAL; the kernel refused this pair earlier in this boot and "
+                            "caches the decision, so it logged nothing new")
+    if dmesg.get("iommu-fault") and (failed or result.get("data_verified") is False):
         return "iommu-fault", dmesg["iommu-fault"][0]
     if failed:
         errs = "; ".join(f"{k}: {steps[k].get('error') or 'failed'}" for k in failed)
         return "error", f"I/O failed without a P2PDMA or IOMMU message: {errs}"
     if result.get("data_verified") is False:
         return "error", (f"data corruption: blocks {result.get('mismatched_blocks', [])[:10]} "
-                         "differ from the pattern")
+                         "differ from the pattern, with no IOMMU fault logged")
     return "ok", "both directions completed and every block verified"

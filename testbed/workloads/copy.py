@@ -9,6 +9,8 @@ seeded pattern, every 4 KiB block checksummed through host memory.
 
 from __future__ import annotations
 
+import time
+
 from ..oracle import pairs, predict
 from .base import Context, Record, Workload, need_bdf, pull_dmesg
 from .classify import observe
@@ -32,8 +34,10 @@ class P2PCopy(Workload):
             raise LookupError(f"{client}: no block device in the guest")
         args = ["copy", "--provider", need_bdf(ctx, provider), "--client", f"/dev/{dev['block']}",
                 "--size", str(ctx.size), "--seed", str(ctx.seed), "--buffer", self.buffer, *extra]
+        ctx.quiet_gap()
         ctx.dmesg_delta()  # start the delta here
         data, res = ctx.tool(args)
+        ctx.last_transfer = time.monotonic()
         return data, res, pull_dmesg(ctx.dmesg_delta())
 
     def run(self, ctx: Context, only: tuple[str, str] | None = None,
@@ -52,7 +56,8 @@ class P2PCopy(Workload):
                 rec.observed, rec.detail = ("error", str(exc)) if self.judged else (None, str(exc))
                 records.append(rec)
                 continue
-            verdict, detail = observe(data, dmesg, res.timed_out, ctx.kernel_p2pdma)
+            verdict, detail = observe(data, dmesg, res.timed_out, ctx.kernel_p2pdma,
+                                      ctx.refused_earlier(provider, client))
             rec.observed = verdict if self.judged else None
             rec.detail = detail if res.ok or res.timed_out else \
                 f"{detail} (tool exit {res.exit_status}: {res.stderr.strip()[-300:]})"

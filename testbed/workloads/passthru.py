@@ -3,6 +3,8 @@ buffer in p2pmem (the userspace P2PDMA series' second path)."""
 
 from __future__ import annotations
 
+import time
+
 from ..oracle import pairs, predict
 from .base import Context, Record, Workload, need_bdf, pull_dmesg
 from .classify import observe
@@ -28,13 +30,16 @@ class Passthru(Workload):
                 rec.observed, rec.detail = "error", f"{client}: no NVMe device in the guest"
                 records.append(rec)
                 continue
+            ctx.quiet_gap()
             ctx.dmesg_delta()
             data, res = ctx.tool(["passthru", "--provider", need_bdf(ctx, provider),
-                                  "--ctrl", f"/dev/{dev['ctrl']}", "--nsid", "1",
+                                  "--ctrl", f"/dev/{dev['generic']}", "--nsid", "1",
                                   "--size", str(min(ctx.size, 256 << 10)),
                                   "--seed", str(ctx.seed)])
+            ctx.last_transfer = time.monotonic()
             dmesg = pull_dmesg(ctx.dmesg_delta())
-            rec.observed, rec.detail = observe(data, dmesg, res.timed_out, ctx.kernel_p2pdma)
+            rec.observed, rec.detail = observe(data, dmesg, res.timed_out, ctx.kernel_p2pdma,
+                                               ctx.refused_earlier(provider, client))
             rec.data_verified = bool(data and data.get("data_verified"))
             rec.seconds, rec.dmesg, rec.data = round(res.seconds, 3), dmesg, data or {}
             records.append(rec)

@@ -18,7 +18,7 @@ class Pmr(Workload):
                          reason="the PMR is a file-backed memory region: data written before "
                                 "a QEMU restart must read back after it")
             write, res = ctx.tool(["pmr", "--bdf", need_bdf(ctx, nvme.name), "write",
-                                   "--seed", str(ctx.seed)])
+                                   "--seed", str(ctx.seed), "--unbind"])
             rec.data["write"] = write or {"stdout": res.stdout[-500:], "stderr": res.stderr[-500:]}
             if not (write and write.get("data_verified", write.get("ok", False))):
                 rec.observed, rec.detail = "error", f"PMR write failed: {res.describe()[:800]}"
@@ -38,7 +38,7 @@ class Pmr(Workload):
             if rec.observed:
                 continue
             read, res = ctx.tool(["pmr", "--bdf", need_bdf(ctx, nvme.name), "read",
-                                  "--seed", str(ctx.seed)])
+                                  "--seed", str(ctx.seed), "--unbind"])
             rec.data["read"] = read or {"stdout": res.stdout[-500:], "stderr": res.stderr[-500:]}
             rec.data_verified = bool(read and read.get("data_verified"))
             rec.observed = "ok" if rec.data_verified else "error"
