@@ -16,7 +16,6 @@ from typing import Callable
 
 from .errors import TestbedError, UsageError
 from .qemu.probe import cpu_info, probe
-from .qemu.script import to_script
 from .results.model import RunResult
 from .results.writer import make_out_dir, write_results
 from .workloads import WORKLOADS, default_workloads
@@ -63,6 +62,10 @@ def run_workloads(guest, topo, names: list[str], opts: RunOptions,
     ctx = Context(guest=guest, topology=topo, cpu=cpu_info(caps, topo.machine.cpu),
                   timeout=opts.timeout, size=opts.size, seed=opts.seed, execs=list(opts.execs))
     records: list[Record] = []
+    try:
+        guest.dmesg_delta()  # deltas start now, not at boot
+    except TestbedError:
+        pass
     for name in names:
         progress(f"workload {name}")
         start = time.monotonic()
@@ -126,7 +129,7 @@ def run_topology(topo, opts: RunOptions, progress: Callable[[str], None] = lambd
         if console is not None and console.exists():
             console_copy = out / "console.log"
             console_copy.write_bytes(console.read_bytes())
-        script = to_script(guest.argv) if guest is not None and guest.argv else None
+        script = guest.script() if guest is not None and guest.argv else None
         write_results(out, result, topology_file=topo.source, qemu_script=script,
                       console=console_copy, dmesg=dmesg,
                       dmesg_deltas=[(f"delta {i}", d) for i, d in

@@ -135,6 +135,21 @@ class Guest:
                 "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
                 "-o", "LogLevel=ERROR", "root@127.0.0.1"]
 
+    def script(self) -> str:
+        """The exact QEMU command line as a runnable script: it recreates the run
+        directory's files (sparse backing images, the boot overlay) when missing."""
+        from ..qemu.cmdline import backing_files
+        from ..qemu.script import quote, to_script
+        rd = str(self.run_dir.path)
+        prelude = [f"# {self.topology.name}: the guest as testbed booted it", 'mkdir -p "$RUN_DIR"']
+        for bf in backing_files(self.topology, self.run_dir.path):
+            q = quote(str(bf.path), rd)
+            prelude.append(f"[ -e {q} ] || truncate -s {bf.size} {q}")
+        overlay = quote(str(self.run_dir / "boot.qcow2"), rd)
+        prelude.append(f"[ -e {overlay} ] || qemu-img create -q -f qcow2 -F qcow2 -b "
+                       f"{quote(str(self.image.disk))} {overlay}")
+        return to_script(self.argv, run_dir=rd, prelude=prelude)
+
     def kernel_key(self) -> Path:
         return self.image.client_key
 

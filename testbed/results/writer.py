@@ -58,7 +58,8 @@ def write_results(out: Path, result: RunResult, *, topology_file: Path | None = 
         _write(out / "qemu.sh", qemu_script)
         os.chmod(out / "qemu.sh", 0o755)
     if console and console.exists():
-        shutil.copyfile(console, out / "console.log")
+        if console.resolve() != (out / "console.log").resolve():
+            shutil.copyfile(console, out / "console.log")
     else:
         _write(out / "console.log", "")
     _write(out / "dmesg.txt", dmesg)

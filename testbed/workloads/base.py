@@ -141,7 +141,8 @@ class Context:
                           self.guest.inventory.get("nvme", {}).items()}
         for line in res.stdout.splitlines():
             parts = line.split()
-            if len(parts) == 3 and parts[1] not in out:
+            # nvmeXcYnZ are the hidden per-path devices of native multipath: skip them
+            if len(parts) == 3 and re.fullmatch(r"nvme\d+n\d+", parts[0]) and parts[1] not in out:
                 out[parts[1]] = {"block": parts[0], "generic": "ng" + parts[0][len("nvme"):],
                                  "ctrl": ctrl_by_serial.get(parts[1]), "lbs": int(parts[2])}
         return out
