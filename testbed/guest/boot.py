@@ -10,6 +10,7 @@ Every failure path shuts QEMU down and removes the run directory (unless
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -63,16 +64,38 @@ def kernel_cmdline(topo: Topology, image_cmdline, extra=()) -> list[str]:
     return out
 
 
-def boot_argv(image, kernel, overlay: Path, port: int, cmdline: list[str]) -> list[str]:
-    argv = ["-kernel", str(kernel.kernel), "-append", " ".join(cmdline), "-no-reboot",
+def firmware(binary: str) -> list[str]:
+    """qboot when this QEMU ships it: it boots a PVH kernel ~1.5 s faster than SeaBIOS
+    under TCG and Linux assigns the BARs behind the switches itself."""
+    for d in _data_dirs(binary):
+        if (Path(d) / "qboot.rom").is_file():
+            return ["-bios", str(Path(d) / "qboot.rom")]
+    return []
+
+
+@functools.lru_cache(maxsize=None)
+def _data_dirs(binary: str) -> tuple[str, ...]:
+    try:
+        out = subprocess.run([binary, "-L", "help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return tuple(line.strip() for line in out.stdout.splitlines() if line.strip())
+
+
+def boot_argv(image, kernel, overlay: Path, port: int, cmdline: list[str],
+              binary: str = "qemu-system-x86_64") -> list[str]:
+    argv = [*firmware(binary),
+            "-kernel", str(kernel.kernel), "-append", " ".join(cmdline), "-no-reboot",
             "-drive", f"file={overlay},if=none,id=tb-boot,format=qcow2,cache=unsafe,discard=unmap",
             "-device", "virtio-blk-pci,drive=tb-boot,id=tb-boot-disk,bus=pcie.0",
             "-netdev", f"user,id=tb-net,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
             "-device", "virtio-net-pci,netdev=tb-net,id=tb-nic,bus=pcie.0,romfile=",
+            "-device", "virtio-rng-pci,id=tb-rng,bus=pcie.0",  # sshd needs entropy at once
             "-device", "pvpanic"]
     if kernel.initrd:
         argv += ["-initrd", str(kernel.initrd)]
     argv += list(getattr(image, "qemu_args", ()) or ())
+    argv += list(getattr(kernel, "qemu_args", ()) or ())  # e.g. a custom kernel's modules disk
     return argv
 
 
@@ -264,7 +287,7 @@ def _launch(guest: "Guest", timeout: float, say) -> None:
     for attempt in range(3):
         guest.lease = reserve_port()
         argv = machine_argv(guest.topology, binary, guest.run_dir.path, guest.accel.name) + \
-            boot_argv(guest.image, guest.kernel, overlay, guest.lease.port, cmdline)
+            boot_argv(guest.image, guest.kernel, overlay, guest.lease.port, cmdline, binary)
         guest.qemu = QemuMachine(argv, guest.run_dir.path, console_log=guest.run_dir / "console.log",
                                  name=f"{guest.topology.name} guest")
         guest.argv = guest.qemu.argv
@@ -311,6 +334,15 @@ def _wait_for_ssh(guest: Guest, deadline: float) -> None:
         if failure:
             raise _fail(guest, f"the guest failed to boot: {failure}")
 
+    marker = getattr(guest.image, "ready_marker", None)
+    if marker and getattr(guest.kernel, "ready_marker", True):
+        # Connecting before the guest's network is up stalls in QEMU's user networking:
+        # wait for the guest to say sshd listens, then connect once.
+        while marker not in guest.console.text():
+            alive()
+            if time.monotonic() > deadline:
+                raise _fail(guest, f"the guest never printed {marker!r} within the boot timeout")
+            time.sleep(0.05)
     try:
         guest.ssh.wait(deadline, alive)
     except TimeoutError as exc:

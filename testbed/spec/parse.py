@@ -32,8 +32,9 @@ TOPOLOGY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESERVED_PREFIX = "tb-"  # the testbed's own QEMU ids (boot disk, NIC, vIOMMU)
 
 # q35's root bus has 32 slots: 00.0 is the host bridge, 1f.* the ICH9 functions,
-# and the testbed itself plugs the boot disk and the NIC there (and virtio-iommu).
-ROOT_BUS_SLOTS = 32 - 2 - 2
+# and the testbed itself plugs the boot disk, the NIC, an RNG and (custom kernels)
+# a modules disk there, plus virtio-iommu or the AMD IOMMU when asked for.
+ROOT_BUS_SLOTS = 32 - 2 - 4
 SWITCH_MAX_PORTS = 32
 MAX_BUSES = 255
 MAX_CMB = 4 << 30

@@ -171,7 +171,8 @@ def test_verify_api(real_qemu):
 @pytest.mark.parametrize("iommu", ["none", "intel", "amd", "virtio"])
 def test_root_complex_limit_is_real(real_qemu, tmp_path, iommu):
     """As many root ports as the parser allows fit on q35's root bus (with the two slots the
-    testbed keeps for its boot disk and NIC still free) -- and one more does not validate."""
+    testbed keeps for its boot disk, NIC, RNG and a custom kernel's modules disk still free) --
+    and one more does not validate."""
     slots = ROOT_BUS_SLOTS - (1 if iommu in ("virtio", "amd") else 0)
     lines = [f"iommu: {iommu}", "machine: {memory: 512M}", "pcie:"]
     lines += [f"  - {{root_port: rp{i}, device: {{nvme: n{i}, namespaces: [{{size: 1M}}]}}}}"
@@ -180,15 +181,19 @@ def test_root_complex_limit_is_real(real_qemu, tmp_path, iommu):
     spec.write_text("\n".join(lines) + "\n")
     topo = load_topology(spec)
     assert verify(topo) == []
-    # the testbed adds two devices on the root bus when it boots a guest: they must still fit
+    # the testbed adds up to four devices on the root bus when it boots a guest: they must fit
     caps = probe(topo.machine.qemu)
     with RunDir.create("verify-root-full") as run:
         create_backing_files(topo, run.path)
         (run.path / "disk.img").write_bytes(bytes(4096))
+        (run.path / "modules.img").write_bytes(bytes(4096))
         argv = machine_argv(topo, caps.path, run.path, accel="tcg") + [
             "-S", "-device", "virtio-blk-pci,id=tb-disk,drive=tb-d,bus=pcie.0",
             "-drive", f"file={run.path / 'disk.img'},if=none,id=tb-d,format=raw",
-            "-netdev", "user,id=tb-net", "-device", "virtio-net-pci,netdev=tb-net,bus=pcie.0"]
+            "-netdev", "user,id=tb-net", "-device", "virtio-net-pci,netdev=tb-net,bus=pcie.0",
+            "-device", "virtio-rng-pci,id=tb-rng,bus=pcie.0",
+            "-drive", f"file={run.path / 'modules.img'},if=none,id=tb-m,format=raw,readonly=on",
+            "-device", "virtio-blk-pci,id=tb-modules,drive=tb-m,bus=pcie.0"]
         with QemuMachine(argv, run.path, name="root-full") as vm:
             assert vm.qmp("query-status")["status"] == "prelaunch"
     spec.write_text("\n".join(lines + [f"  - {{root_port: rpx, device: {{nvme: nx}}}}"]) + "\n")
