@@ -25,7 +25,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..paths import cache_dir
 
-PROBE_TIMEOUT = 25.0
+PROBE_TIMEOUT = 20.0
 PROBE_MARKER = "TESTBED-PROBE-OK"
 
 

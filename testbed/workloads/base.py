@@ -64,7 +64,7 @@ class Record:
         return not self.judged or self.predicted == self.observed
 
     def to_json(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if v is not None and v != {} and v != ""}
+        d = {k: v for k, v in asdict(self).items() if v is not None and v != {}}
         d["name"] = self.name
         if self.judged:
             d["passed"] = self.passed

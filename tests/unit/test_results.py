@@ -1,0 +1,72 @@
+"""Result files from a synthetic run (pure: no guest)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from testbed.errors import UsageError
+from testbed.results.model import RunResult
+from testbed.results.summary import summary
+from testbed.results.writer import make_out_dir, write_results
+from testbed.workloads.base import Record
+
+
+def sample() -> RunResult:
+    return RunResult(
+        topology="switch-cmb", kernel={"release": "7.3.4", "p2pdma": True},
+        qemu={"version": "10.0.2", "accel": "tcg"}, boot_seconds=7.5, seconds=30.0,
+        workloads=[
+            Record("p2p-copy", "nvme0", "nvme1", "ok", "shared switch", "ok", True, 40.0),
+            Record("p2p-copy", "nvme1", "nvme0", "ok", "shared switch", "error", False, None,
+                   detail="data corruption", dmesg={"nvme": ["nvme: I/O error"]}),
+            Record("exec", command="uname -r", exit_status=0, stdout="7.3.4\n", stderr=""),
+        ])
+
+
+def test_status_and_json_fields(tmp_path):
+    r = sample()
+    assert r.status == 1 and len(r.mismatches) == 1
+    out = make_out_dir(tmp_path / "run", "switch-cmb")
+    write_results(out, r, dmesg="boot\n")
+    data = json.loads((out / "results.json").read_text())
+    for key in ("topology", "kernel", "qemu", "boot_seconds", "workloads"):
+        assert key in data
+    assert data["kernel"]["release"] == "7.3.4" and data["qemu"]["accel"] == "tcg"
+    copy = data["workloads"][0]
+    for key in ("name", "provider", "client", "predicted", "reason", "observed",
+                "data_verified", "mb_per_s"):
+        assert key in copy, key
+    ex = data["workloads"][2]
+    assert (ex["command"], ex["exit_status"], ex["stdout"]) == ("uname -r", 0, "7.3.4\n")
+    assert ex["stderr"] == ""
+    for name in ("junit.xml", "report.md", "console.log", "dmesg.txt", "dmesg-workloads.txt"):
+        assert (out / name).exists(), name
+
+
+def test_junit_has_one_failure_per_mismatch(tmp_path):
+    out = make_out_dir(tmp_path / "r", "x")
+    write_results(out, sample())
+    suite = ET.parse(out / "junit.xml").getroot()
+    assert suite.get("tests") == "3" and suite.get("failures") == "1"
+    failure = [tc for tc in suite.iter("testcase") if tc.find("failure") is not None]
+    assert failure[0].get("name") == "p2p-copy[nvme1->nvme0]"
+    assert "nvme: I/O error" in failure[0].find("failure").text
+
+
+def test_report_and_summary_mention_the_mismatch(tmp_path):
+    out = make_out_dir(tmp_path / "r", "x")
+    write_results(out, sample())
+    report = (out / "report.md").read_text()
+    assert "**FAIL**" in report and "data corruption" in report and "`uname -r`" in report
+    text = summary(sample())
+    assert "MISMATCH" in text and text.splitlines()[-1].startswith("FAIL: 1/2")
+
+
+def test_out_dir_is_never_overwritten(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text("{}")
+    with pytest.raises(UsageError, match="not empty"):
+        make_out_dir(tmp_path / "old", "x")
