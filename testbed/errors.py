@@ -44,7 +44,16 @@ class QemuError(TestbedError):
 
 
 class BootError(TestbedError):
-    """The guest did not come up; the message carries the console tail."""
+    """The guest did not come up; the message carries the console tail.
+
+    ``logs`` is a directory that outlives the run (console.log, qemu.log) and
+    ``argv`` the QEMU command line, when QEMU got that far.
+    """
+
+    def __init__(self, message: str, logs=None, argv=None):
+        super().__init__(message)
+        self.logs = logs
+        self.argv = argv
 
 
 class GuestError(TestbedError):

@@ -222,8 +222,9 @@ def pytest_runtest_makereport(item, call):
         dmesg = f"(dmesg unavailable: {exc})"
     for title, text in (("testbed: guest console tail", console),
                         ("testbed: dmesg since the test started", dmesg)):
-        report.sections.append((title, text))
-        if hasattr(report.longrepr, "addsection"):
+        if hasattr(report.longrepr, "addsection"):  # terminal and --junitxml failure text
             report.longrepr.addsection(title, text)
+        else:
+            report.sections.append((title, text))
     item.user_properties.append(("testbed_console_tail", console))
     item.user_properties.append(("testbed_dmesg_delta", dmesg))

@@ -95,6 +95,7 @@ def run_topology(topo, opts: RunOptions, progress: Callable[[str], None] = lambd
     guest = None
     ctx = None
     console = None
+    failed_argv = None
     try:
         if opts.guest_name:
             from .commands.ssh import get_ready
@@ -117,6 +118,10 @@ def run_topology(topo, opts: RunOptions, progress: Callable[[str], None] = lambd
         result.workloads, ctx = run_workloads(guest, topo, names, opts, progress)
     except TestbedError as exc:
         result.error = str(exc)
+        logs = getattr(exc, "logs", None)  # a failed boot keeps its console and QEMU logs
+        if logs is not None and (Path(logs) / "console.log").exists():
+            console = Path(logs) / "console.log"
+        failed_argv = getattr(exc, "argv", None)
     finally:
         dmesg = ""
         if guest is not None:
@@ -130,6 +135,9 @@ def run_topology(topo, opts: RunOptions, progress: Callable[[str], None] = lambd
             console_copy = out / "console.log"
             console_copy.write_bytes(console.read_bytes())
         script = guest.script() if guest is not None and guest.argv else None
+        if script is None and failed_argv:
+            from .qemu.script import to_script
+            script = to_script(failed_argv)
         write_results(out, result, topology_file=topo.source, qemu_script=script,
                       console=console_copy, dmesg=dmesg,
                       dmesg_deltas=[(f"delta {i}", d) for i, d in

@@ -297,8 +297,9 @@ def _launch(guest: "Guest", timeout: float, say) -> None:
         except QemuError as exc:
             guest.lease.release()
             if "host forwarding" not in str(exc) or attempt == 2:
-                raise BootError(f"QEMU did not start: {exc}\n(run directory: "
-                                f"{guest.run_dir.path})") from None
+                logs = preserve_logs(guest.run_dir, guest.topology.name)
+                raise BootError(f"QEMU did not start: {exc}\n(logs: {logs})", logs=logs,
+                                argv=guest.argv) from None
     say(f"QEMU started ({guest.accel.name}: {guest.accel.reason}); waiting for SSH on port "
         f"{guest.lease.port}")
     guest.ssh = GuestSSH("127.0.0.1", guest.lease.port, guest.image.client_key,
@@ -319,7 +320,8 @@ def preserve_logs(run: RunDir, label: str) -> Path:
 def _fail(guest: Guest, what: str) -> BootError:
     logs = preserve_logs(guest.run_dir, guest.topology.name)
     return BootError(f"{guest.topology.name}: {what}\n--- last console lines ---\n"
-                     f"{guest.console.tail(25)}\n--- full console log: {logs / 'console.log'}")
+                     f"{guest.console.tail(25)}\n--- full console log: {logs / 'console.log'}",
+                     logs=logs, argv=guest.argv)
 
 
 def _wait_for_ssh(guest: Guest, deadline: float) -> None:

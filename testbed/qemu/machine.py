@@ -99,8 +99,10 @@ class QemuMachine:
         while True:
             if self.proc.poll() is not None:
                 self.exitcode = self.proc.returncode
-                raise QemuError(f"{self.name}: QEMU exited with status {self.exitcode} before "
-                                f"QMP came up:\n{self.stderr_tail()}")
+                how = (f"was killed by signal {-self.exitcode}" if self.exitcode < 0
+                       else f"exited with status {self.exitcode}")
+                raise QemuError(f"{self.name}: QEMU {how} before QMP came up:\n"
+                                f"{self.stderr_tail() or '(QEMU printed nothing)'}")
             if self.qmp_path.exists():
                 qmp = QEMUMonitorProtocol(str(self.qmp_path))
                 try:

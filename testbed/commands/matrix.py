@@ -1,0 +1,67 @@
+"""Run workloads on every topology with every kernel and compare the kernels.
+
+    testbed matrix --topology switch-cmb --topology rootports-cmb-zen \\
+                   --kernel default --kernel ~/linux-build [--workload p2p-copy] [--out DIR]
+
+The first --kernel is the baseline. Each topology × kernel is an ordinary
+`testbed run` (one guest at a time) with its own results directory under --out
+(<topology>/<kernel>/). The matrix has one cell per topology × kernel × pair
+(predicted, observed, data verified, MB/s) in matrix.json, matrix.md and
+matrix.html (rows: topology and pair, columns: kernels, cells coloured by verdict).
+
+A later kernel's cell is a regression when the baseline's was ok and it is not
+(rejected, iommu-fault, unsupported, error, missing) or the baseline's data was
+verified and it is not. Exit status: 0 no regression, 1 regressions (listed) or a
+run that broke, 2 bad input (unknown topology or workload, bad or duplicate
+kernel), checked before anything boots.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import UsageError
+from ..spec.units import parse_size
+
+HELP = "run workloads on topologies × kernels; report regressions against the first kernel"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--topology", "-t", action="append", default=[], metavar="TOPOLOGY",
+                   help="topology file or library name (repeatable)")
+    p.add_argument("--kernel", "-k", action="append", default=[], metavar="KERNEL",
+                   help="'default', a bzImage, a build tree, an INSTALL_MOD_PATH tree or an "
+                        "unpacked kernel package (repeatable; the first is the baseline)")
+    p.add_argument("--workload", "-w", action="append", default=[], metavar="NAME",
+                   help="workload (repeatable); default: all that apply to each topology")
+    p.add_argument("--out", type=Path, help="output directory (must not exist or be empty); "
+                                            "default runs/<time>-matrix")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    p.add_argument("--size", default="1M", help="transfer size per pair (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per workload command")
+
+
+def run(args) -> int:
+    from ..matrix import plan_matrix, prepare_out, run_matrix, summary, write_matrix
+
+    try:
+        size = parse_size(args.size)
+    except ValueError as exc:
+        raise UsageError(f"--size: {exc}") from None
+    if size < 4096 or size % 4096 or size > (64 << 20):
+        raise UsageError("--size: a multiple of 4K between 4K and 64M")
+    plan = plan_matrix(args.topology, args.kernel, args.workload, size=size,
+                       timeout=args.timeout, accel=args.accel)
+    out = prepare_out(args.out)
+
+    def progress(msg: str) -> None:
+        print(f"matrix: {msg}", file=sys.stderr, flush=True)
+
+    progress(f"{len(plan.topologies)} topolog{'y' if len(plan.topologies) == 1 else 'ies'} × "
+             f"{len(plan.kernels)} kernel(s): " + ", ".join(k.label for k in plan.kernels)
+             + f" (baseline {plan.kernels[0].label}); results in {out}")
+    m = run_matrix(plan, out, progress)
+    write_matrix(m, out)
+    print(summary(m, out))
+    return m.status

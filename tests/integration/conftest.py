@@ -1,0 +1,54 @@
+"""Fixtures shared by the custom-kernel integration tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if found is None:
+        pytest.fail(f"{name} is needed to build the test kernel package "
+                    "(apt-get install e2fsprogs qemu-utils)", pytrace=False)
+    return found
+
+
+@pytest.fixture(scope="session")
+def image():
+    from testbed.image.build import ensure_image
+    return ensure_image()
+
+
+@pytest.fixture(scope="session")
+def image_kernel_package(real_qemu, image, tmp_path_factory) -> Path:
+    """The image's own kernel laid out like an unpacked distro package:
+    ``boot/vmlinuz-<release>``, ``boot/config-<release>``, ``lib/modules/<release>``.
+
+    The modules come out of the base image without mounting it: ``qemu-img convert`` to
+    raw, then ``debugfs -R "rdump /usr/lib/modules DIR"`` (mtimes are kept, so the
+    prepared initramfs and modules disk stay cached across sessions)."""
+    root = tmp_path_factory.mktemp("kernel-package")
+    raw = root / "base.raw"
+    subprocess.run([_tool("qemu-img"), "convert", "-O", "raw", str(image.disk), str(raw)],
+                   check=True, capture_output=True, timeout=300)
+    dump = root / "dump"
+    dump.mkdir()
+    proc = subprocess.run([_tool("debugfs"), "-R", f"rdump /usr/lib/modules {dump}", str(raw)],
+                          capture_output=True, text=True, timeout=300)
+    raw.unlink()
+    rel = image.kernel_release
+    mods = dump / "modules" / rel
+    assert (mods / "modules.dep").is_file(), f"debugfs rdump failed: {proc.stderr[-500:]}"
+    pkg = root / "pkg"
+    (pkg / "boot").mkdir(parents=True)
+    (pkg / "lib/modules").mkdir(parents=True)
+    shutil.copyfile(image.bzimage, pkg / "boot" / f"vmlinuz-{rel}")
+    if (mods / "config").is_file():
+        shutil.copyfile(mods / "config", pkg / "boot" / f"config-{rel}")
+    mods.rename(pkg / "lib/modules" / rel)
+    shutil.rmtree(dump)
+    return pkg
