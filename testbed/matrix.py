@@ -21,6 +21,7 @@ run, ``<topology>/<kernel>/`` (results.json, console.log, dmesg.txt, ...).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -59,6 +60,19 @@ class MatrixPlan:
     size: int = 1 << 20
     timeout: float = 120.0
     accel: str | None = None
+    boot_retries: int = 1  # retries of a run whose boot timed out (not: panicked)
+
+
+def boot_timed_out(error: str) -> bool:
+    """True for a boot that ran out of time without a console failure line.
+
+    >>> boot_timed_out("switch-cmb: the guest never printed 'x' within the boot timeout")
+    True
+    >>> boot_timed_out("switch-cmb: the guest failed to boot: Kernel panic - not syncing")
+    False
+    """
+    first = (error or "").splitlines()[0] if error else ""
+    return "within the boot timeout" in first or "no SSH within" in first
 
 
 def _disambiguate(entries: list[KernelEntry]) -> None:
@@ -175,6 +189,7 @@ class RunEntry:
     p2pdma: bool | None = None
     boot_seconds: float = 0.0
     seconds: float = 0.0
+    first_attempt_error: str = ""  # a boot timeout that was retried
 
 
 @dataclass
@@ -468,15 +483,31 @@ def run_matrix(plan: MatrixPlan, out: Path, progress: Callable[[str], None] = la
             progress(f"[{i}/{total}] {topo.name} × {k.label}")
             opts = RunOptions(workloads=plan.workloads, kernel=k.kernel, accel=plan.accel,
                               size=plan.size, timeout=plan.timeout, out=d)
-            result, rdir = run(topo, opts, lambda msg, p=f"{topo.name} × {k.label}":
-                               progress(f"  {msg}"))
+            result, rdir = run(topo, opts, lambda msg: progress(f"  {msg}"))
             _keep_console(result, rdir)
-            if k.release is None and result.kernel.get("release"):
-                m.kernels[plan.kernels.index(k)]["release"] = result.kernel.get("release")
-            if m.kernels[plan.kernels.index(k)]["p2pdma"] is None:
-                m.kernels[plan.kernels.index(k)]["p2pdma"] = result.kernel.get("p2pdma")
+            first_error = ""
+            if boot_timed_out(result.error) and plan.boot_retries > 0:
+                # A TCG guest on an overloaded host sometimes stalls in early boot (RCU
+                # stall, no console output): that is not the kernel's fault, so one retry.
+                # A panic or any other failure is reported as it is.
+                first_error = result.error.splitlines()[0]
+                kept = d.with_name(d.name + ".attempt1")
+                shutil.rmtree(kept, ignore_errors=True)
+                rdir.rename(kept)
+                progress(f"[{i}/{total}] {topo.name} × {k.label}: boot timed out "
+                         f"({first_error}); retrying once, first attempt kept in {kept}")
+                opts = dataclasses.replace(opts, out=d)
+                result, rdir = run(topo, opts, lambda msg: progress(f"  {msg}"))
+                _keep_console(result, rdir)
+            idx = plan.kernels.index(k)
+            if m.kernels[idx]["release"] is None and result.kernel.get("release"):
+                m.kernels[idx]["release"] = result.kernel.get("release")
+            if m.kernels[idx]["p2pdma"] is None:
+                m.kernels[idx]["p2pdma"] = result.kernel.get("p2pdma")
             add_run(m, topo.name, k.label, result, rdir.relative_to(out)
                     if rdir.is_relative_to(out) else rdir)
+            if first_error:
+                m.runs[-1].first_attempt_error = first_error
             progress(f"[{i}/{total}] {topo.name} × {k.label}: "
                      + (f"run broke: {result.error.splitlines()[0]}" if result.error else
                         f"{len(cells_from_result(topo.name, k.label, result))} cells"))

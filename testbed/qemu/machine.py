@@ -18,8 +18,10 @@ import atexit
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import weakref
@@ -34,6 +36,7 @@ from ..errors import QemuError
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+UNIX_PATH_MAX = 100  # sockaddr_un.sun_path is 108 bytes including the NUL; keep a margin
 _LIVE: "weakref.WeakSet[QemuMachine]" = weakref.WeakSet()
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -61,6 +64,12 @@ class QemuMachine:
         self.console_log = console_log
         self.name = name
         self.qmp_path = self.run_dir / "qmp.sock"
+        self._short_dir: Path | None = None
+        if len(str(self.qmp_path).encode()) >= UNIX_PATH_MAX:
+            # sun_path holds 108 bytes: deep run directories get a private short one
+            self._short_dir = Path(tempfile.mkdtemp(prefix="tb-qmp-"))
+            os.chmod(self._short_dir, 0o700)
+            self.qmp_path = self._short_dir / "qmp.sock"
         self.stderr_log = self.run_dir / "qemu.log"
         self.proc: subprocess.Popen | None = None
         self._qmp: QEMUMonitorProtocol | None = None
@@ -196,6 +205,8 @@ class QemuMachine:
             _close_quietly(self._qmp)
             self._qmp = None
         self.qmp_path.unlink(missing_ok=True)
+        if self._short_dir is not None:
+            shutil.rmtree(self._short_dir, ignore_errors=True)
         _LIVE.discard(self)
 
     def __enter__(self) -> "QemuMachine":

@@ -210,3 +210,27 @@ def test_run_matrix_runs_every_topology_kernel_in_order(tmp_path):
     assert m.status == 1
     assert (tmp_path / "matrix.json").is_file()
     assert m.kernels[1]["p2pdma"] is False and m.kernels[0]["release"] == "7.3.4"
+
+
+def test_a_boot_timeout_is_retried_once_a_panic_is_not(tmp_path):
+    topo = SimpleNamespace(name="switch-cmb")
+    kernels = [KernelEntry("default", "default", None, "image"),
+               KernelEntry("new", "/p", object(), "pkg")]
+    errors = {None: ["switch-cmb: the guest never printed 'ready' within the boot timeout",
+                     ""],
+              "new": ["switch-cmb: the guest failed to boot: Kernel panic - not syncing: VFS"]}
+    calls = []
+
+    def fake_run(t, opts, progress):
+        key = None if opts.kernel is None else "new"
+        calls.append(key)
+        opts.out.mkdir(parents=True)
+        err = errors[key].pop(0)
+        return (result(error=err) if err else result(copy("nvme0", "nvme1"))), opts.out
+
+    m = run_matrix(MatrixPlan([topo], kernels), tmp_path, run=fake_run)
+    assert calls == [None, None, "new"]
+    assert (tmp_path / "switch-cmb/default.attempt1").is_dir()
+    assert m.runs[0].error == "" and "boot timeout" in m.runs[0].first_attempt_error
+    assert "Kernel panic" in m.runs[1].error
+    assert [r.now for r in m.regressions()] == ["error"]
