@@ -323,6 +323,18 @@ def _build_locked(key: str, recipe: Recipe, progress: Progress) -> Image:
                 old.unlink()
             _write(tree, "etc/ssh/ssh_host_ed25519_key", host.private, 0o600)
             _write(tree, "etc/ssh/ssh_host_ed25519_key.pub", (host.public + "\n").encode(), 0o644)
+            if (tree / "usr/bin/dropbearconvert").exists():
+                # dropbear serves SSH (it starts far faster than sshd under TCG) with the
+                # same pinned host key, converted to its own format
+                (tree / "etc/dropbear").mkdir(exist_ok=True)
+                for old in (tree / "etc/dropbear").glob("dropbear_*_host_key"):
+                    old.unlink()
+                conv = subprocess.run([_tool("chroot"), str(tree), "/usr/bin/dropbearconvert",
+                                       "openssh", "dropbear", "/etc/ssh/ssh_host_ed25519_key",
+                                       "/etc/dropbear/dropbear_ed25519_host_key"],
+                                      capture_output=True, text=True, check=False)
+                if conv.returncode != 0:
+                    raise ImageError(f"dropbearconvert failed: {conv.stderr.strip()}")
             (tree / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
             os.chmod(tree / "root/.ssh", 0o700)
             _write(tree, "root/.ssh/authorized_keys", (client.public + "\n").encode(), 0o600)
