@@ -30,7 +30,6 @@ from ..rundir import RunDir
 from ..spec.model import Topology
 from .console import Console
 from .ports import PortLease, reserve_port
-from .ssh import GuestSSH
 from .treecheck import check_tree
 
 log = logging.getLogger(__name__)
@@ -178,11 +177,7 @@ class Guest:
 
     # -- shutdown ------------------------------------------------------------------------
     def poweroff_in_guest(self) -> None:
-        try:
-            self.ssh.run("sync; (busybox poweroff -f || poweroff -f) >/dev/null 2>&1 &",
-                         timeout=3)
-        except GuestError:
-            pass
+        self.ssh.fire("sync; busybox poweroff -f || poweroff -f")
 
     def stop_qemu(self, graceful: bool = True) -> int | None:
         """Stop QEMU (graceful, then hard) but keep the run directory."""
@@ -302,6 +297,7 @@ def _launch(guest: "Guest", timeout: float, say) -> None:
                                 argv=guest.argv) from None
     say(f"QEMU started ({guest.accel.name}: {guest.accel.reason}); waiting for SSH on port "
         f"{guest.lease.port}")
+    from .ssh import GuestSSH  # paramiko takes ~0.3 s to import: do it while QEMU boots
     guest.ssh = GuestSSH("127.0.0.1", guest.lease.port, guest.image.client_key,
                          guest.image.host_public_key)
     _wait_for_ssh(guest, start + timeout)

@@ -150,6 +150,14 @@ class GuestSSH:
         return CommandResult(command, status, out.decode(errors="replace"),
                              err.decode(errors="replace"), time.monotonic() - start, timed_out)
 
+    def fire(self, command: str) -> None:
+        """Start ``command`` and do not wait for it (e.g. a poweroff that ends the session)."""
+        try:
+            chan = self._client().get_transport().open_session(timeout=2)
+            chan.exec_command(command)
+        except (OSError, paramiko.SSHException, AttributeError, GuestError):
+            pass
+
     def put(self, local: Path | str, remote: str, mode: int | None = None) -> None:
         try:
             with self._client().open_sftp() as sftp:
