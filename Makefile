@@ -11,7 +11,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: boot test unit integration image validate verify bench kernel clean setup
+.PHONY: boot test unit integration image validate verify bench kernel test-kernel-build clean setup
 
 $(STAMP): pyproject.toml scripts/setup-host.sh
 	sh scripts/setup-host.sh
@@ -46,6 +46,10 @@ bench: $(STAMP)
 kernel: $(STAMP)
 	@test -n "$(KSRC)" || { echo "usage: make kernel KSRC=/path/to/linux [O=builddir]" >&2; exit 2; }
 	$(PY) -m testbed kernel build $(KSRC) $(if $(O),--output $(O))
+
+test-kernel-build: $(STAMP)
+	@test -n "$(KSRC)" || { echo "usage: make test-kernel-build KSRC=/path/to/linux" >&2; exit 2; }
+	TESTBED_KSRC=$(KSRC) $(PY) -m pytest tests/integration/test_kernel_build.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

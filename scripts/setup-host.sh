@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs zstd openssh-client python3-venv python3-pip"
+PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs zstd kmod openssh-client python3-venv python3-pip"
 
 . /etc/os-release
 missing=""

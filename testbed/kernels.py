@@ -53,7 +53,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ImageError, TestbedError, ToolMissing, UsageError
+from .errors import ImageError, ToolMissing, UsageError
 from .paths import cache_dir, guest_images_dir
 
 LAYOUT_VERSION = 1
@@ -202,7 +202,8 @@ class CustomKernel:
 
     def identity(self) -> str:
         """Identifies the kernel file and modules (for duplicate detection)."""
-        return f"{self.image_file.resolve()}|{self.modules_dir.resolve() if self.modules_dir else ''}"
+        mods = self.modules_dir.resolve() if self.modules_dir else ""
+        return f"{self.image_file.resolve()}|{mods}"
 
     # -- what the boot reads
     @property
@@ -575,7 +576,9 @@ def _build(k: CustomKernel, image, script: Path, directory: Path, progress) -> N
                 raise ImageError(f"depmod failed for {k.modules_dir}: {proc.stderr.strip()}")
         if k.config_file is not None:
             (moddir / "build").mkdir(exist_ok=True)
-            shutil.copyfile(k.config_file, moddir / "build" / ".config")
+            target = moddir / "build" / ".config"
+            target.unlink(missing_ok=True)  # may be a hard link into the user's tree
+            shutil.copyfile(k.config_file, target)
 
         busybox = [e for e in read_cpio(image.initrd.read_bytes()) if e.name == "bin/busybox"]
         if not busybox:
@@ -617,4 +620,4 @@ def kernel_label(kernel: CustomKernel | None) -> str:
     return "default" if kernel is None else kernel.label
 
 
-__all__ = ["CustomKernel", "resolve_kernel", "kernel_label", "TestbedError"]
+__all__ = ["CustomKernel", "resolve_kernel", "kernel_label"]

@@ -397,7 +397,8 @@ def summary(m: Matrix, out: Path | None = None) -> str:
             if c is None:
                 cols.append("-")
                 continue
-            text = c.verdict + ("" if c.data_verified or c.data_verified is None else " (data!)")
+            text = c.verdict + (" (data not verified)" if c.verdict == "ok"
+                                and c.data_verified is False else "")
             if c.mb_per_s is not None:
                 text += f" {c.mb_per_s:.1f}"
             cols.append(text)

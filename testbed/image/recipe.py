@@ -118,6 +118,8 @@ def recipe_hash(images_root: Path | None = None, builder_dir: Path | None = None
         if not base.is_dir():
             continue
         files = _hashed_files(base)
+        if label == "guest-images":  # guest-images/kernel/ belongs to custom kernels
+            files = [p for p in files if p.relative_to(base).parts[0] in ("default", "tools")]
         if label == "builder":
             files = [p for p in files if p.suffix == ".py" and p.parent == base]
         for path in files:

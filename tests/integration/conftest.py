@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -52,3 +53,14 @@ def image_kernel_package(real_qemu, image, tmp_path_factory) -> Path:
     mods.rename(pkg / "lib/modules" / rel)
     shutil.rmtree(dump)
     return pkg
+
+
+def pytest_collection_modifyitems(config, items):
+    """The from-source kernel build is opt-in: deselect it unless TESTBED_KSRC is set
+    (`make test-kernel-build KSRC=...`)."""
+    if os.environ.get("TESTBED_KSRC"):
+        return
+    opt_in = [i for i in items if i.get_closest_marker("kernel_build")]
+    if opt_in:
+        config.hook.pytest_deselected(items=opt_in)
+        items[:] = [i for i in items if not i.get_closest_marker("kernel_build")]

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from testbed.errors import UsageError
-from testbed.matrix import (Cell, KernelEntry, Matrix, MatrixPlan, _disambiguate, add_run,
+from testbed.matrix import (KernelEntry, Matrix, MatrixPlan, _disambiguate, add_run,
                             find_regressions, plan_matrix, prepare_out, render_html, render_md,
                             run_matrix, slug, summary, write_matrix)
 from testbed.results.model import RunResult
@@ -132,7 +132,7 @@ def test_rendering_md_html_json_and_summary(tmp_path):
     md = (tmp_path / "matrix.md").read_text()
     table = [ln for ln in md.splitlines() if ln.startswith("| switch-cmb | p2p-copy")]
     assert table == ["| switch-cmb | p2p-copy | nvme0 → nvme1 | ok | ok, 19.8 MB/s | "
-                     "**rejected** (data not verified) ✗ |"]
+                     "**rejected** ✗ |"]
     assert "| topology | workload | pair | predicted | 7.3.4 (build) | 7.3.4 (build-patched) |\n" \
            "|---|---|---|---|---|---|\n| switch-cmb" in md
     assert "## Regressions" in md and "**FAIL**" in md
