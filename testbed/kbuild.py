@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import TestbedError, ToolMissing, UsageError
+from .image.kernel import parse_config
 from .paths import guest_images_dir
 
 Progress = Callable[[str], None] | None
@@ -94,17 +95,7 @@ def check_build_tools() -> None:
 
 def fragment_options(fragment: Path) -> dict[str, str]:
     """``CONFIG_X -> value`` of a fragment (``# CONFIG_X is not set`` -> ``n``)."""
-    opts: dict[str, str] = {}
-    for line in _read(fragment).splitlines():
-        line = line.strip()
-        m = re.match(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$", line)
-        if m:
-            opts[m.group(1)] = m.group(2)
-            continue
-        m = re.match(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$", line)
-        if m:
-            opts[m.group(1)] = "n"
-    return opts
+    return parse_config("\n".join(line.strip() for line in _read(fragment).splitlines()))
 
 
 def config_values(config: Path) -> dict[str, str]:

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ImageError, ToolMissing, UsageError
+from .image.kernel import parse_config
 from .paths import cache_dir, guest_images_dir
 
 LAYOUT_VERSION = 1
@@ -86,24 +87,6 @@ def kernels_cache() -> Path:
 
 
 # -- small readers ---------------------------------------------------------------------
-
-def parse_config(text: str) -> dict[str, str]:
-    """CONFIG_X -> value; ``# CONFIG_X is not set`` -> ``n``.
-
-    >>> parse_config("CONFIG_A=y\\n# CONFIG_B is not set\\n")
-    {'CONFIG_A': 'y', 'CONFIG_B': 'n'}
-    """
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        m = re.match(r"^(CONFIG_\w+)=(.*)$", line)
-        if m:
-            out[m.group(1)] = m.group(2)
-            continue
-        m = re.match(r"^# (CONFIG_\w+) is not set$", line)
-        if m:
-            out[m.group(1)] = "n"
-    return out
-
 
 def kernel_file_kind(path: Path) -> str | None:
     """``bzImage`` or ``elf`` from the first bytes of ``path``; None if neither."""
