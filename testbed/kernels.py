@@ -46,7 +46,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import struct
 import subprocess

@@ -21,8 +21,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import UsageError
-from ..spec.units import parse_size
 
 HELP = "run workloads on topologies × kernels; report regressions against the first kernel"
 
@@ -45,12 +43,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..matrix import plan_matrix, prepare_out, run_matrix, summary, write_matrix
 
-    try:
-        size = parse_size(args.size)
-    except ValueError as exc:
-        raise UsageError(f"--size: {exc}") from None
-    if size < 4096 or size % 4096 or size > (64 << 20):
-        raise UsageError("--size: a multiple of 4K between 4K and 64M")
+    from .run import transfer_size
+    size = transfer_size(args.size)
     plan = plan_matrix(args.topology, args.kernel, args.workload, size=size,
                        timeout=args.timeout, accel=args.accel)
     out = prepare_out(args.out)

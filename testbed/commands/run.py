@@ -39,6 +39,17 @@ def add_arguments(p) -> None:
     p.add_argument("--keep", action="store_true", help="keep the run directory")
 
 
+def transfer_size(text: str) -> int:
+    """--size as bytes: a multiple of 4K between 4K and 64M (UsageError otherwise)."""
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"--size: {exc}") from None
+    if size < 4096 or size % 4096 or size > (64 << 20):
+        raise UsageError("--size: a multiple of 4K between 4K and 64M")
+    return size
+
+
 def options_from_args(args) -> RunOptions:
     pushes = []
     for item in args.push:
@@ -46,12 +57,7 @@ def options_from_args(args) -> RunOptions:
         if not sep or not local or not remote:
             raise UsageError(f"--push {item!r}: expected LOCAL:REMOTE")
         pushes.append((local, remote))
-    try:
-        size = parse_size(args.size)
-    except ValueError as exc:
-        raise UsageError(f"--size: {exc}") from None
-    if size < 4096 or size % 4096 or size > (64 << 20):
-        raise UsageError("--size: a multiple of 4K between 4K and 64M")
+    size = transfer_size(args.size)
     kernel = None
     if args.kernel and args.kernel != "default":
         from ..kernels import resolve_kernel

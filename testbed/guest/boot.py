@@ -16,9 +16,9 @@ import logging
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import BootError, GuestError, QemuError
 from ..qemu.accel import Accel, ProbeGuest, resolve_accel
@@ -31,6 +31,9 @@ from ..spec.model import Topology
 from .console import Console
 from .ports import PortLease, reserve_port
 from .treecheck import check_tree
+
+if TYPE_CHECKING:  # imported lazily at run time: paramiko is slow to import
+    from .ssh import GuestSSH
 
 log = logging.getLogger(__name__)
 

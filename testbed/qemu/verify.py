@@ -14,7 +14,6 @@ secondary bus number, and the NVMe BARs are checked.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from ..rundir import RunDir
 from ..spec.model import DownstreamPort, Nvme, RootPort, Switch, Topology
