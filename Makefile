@@ -11,7 +11,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: boot test unit integration image validate verify bench kernel test-kernel-build clean setup
+.PHONY: boot test unit integration image validate verify bench kernel test-kernel-build clean setup typecheck
 
 $(STAMP): pyproject.toml scripts/setup-host.sh
 	sh scripts/setup-host.sh
@@ -31,8 +31,12 @@ verify: $(STAMP)
 	$(PY) -m testbed verify topologies/*.yaml
 
 test: $(STAMP)
+	$(PY) -m mypy
 	$(PY) -m testbed image build
 	$(PY) -m pytest -p no:cacheprovider tests/unit tests/integration $(PYTEST_ARGS)
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)

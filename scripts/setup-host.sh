@@ -26,7 +26,9 @@ fi
 if [ -n "$missing" ] || [ -n "$want_backports" ]; then
     echo "setup-host: installing Debian packages:${missing:- (qemu from backports)}"
     if [ -n "$want_backports" ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        # backports from the mirror the host already uses (no address is written here)
+        mirror=$(python3 -c 'from testbed.image.mirror import resolve_mirror; print(resolve_mirror("host"))')
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$mirror" \
             | $SUDO tee /etc/apt/sources.list.d/p2pdma-testbed-backports.sources >/dev/null
     fi
     $SUDO apt-get update -q

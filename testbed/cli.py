@@ -1,7 +1,8 @@
 """``testbed`` command line: one sub-command per module in :mod:`testbed.commands`.
 
 Every user error ends in a message and exit status 2, never a traceback;
-SIGINT/SIGTERM unwind through the same cleanup as a normal exit.
+SIGINT/SIGTERM unwind through the same cleanup as a normal exit.  Progress goes
+to stderr through :mod:`logging` (``-q`` quieter, ``-v`` more).
 """
 
 from __future__ import annotations
@@ -9,40 +10,57 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Sequence
 
-from .errors import TestbedError
+from .errors import SpecError, TestbedError
+from .util.log import setup as setup_logging
+from .util.signals import install_signal_handlers
 
 COMMANDS = ("validate", "render", "verify", "image", "boot", "ssh", "ps", "stop", "run",
             "matrix", "kernel")
+
+
+def _verbosity() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_const", const=1, dest="verbosity",
+                       default=0, help="more progress output (debug)")
+    group.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity",
+                       help="only warnings and errors")
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="testbed", description="PCIe peer-to-peer DMA testbeds on QEMU")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _verbosity()
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f".commands.{name}", __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.endswith(f"commands.{name}"):
-                continue  # not written yet
-            raise
-        p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        module = importlib.import_module(f".commands.{name}", __package__)
+        p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
+                           parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(handler=module.run)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .qemu.machine import install_signal_handlers
-
+def main(argv: Sequence[str] | None = None) -> int:
     install_signal_handlers()
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    rest = None
+    if "--" in argv:  # `testbed ssh NAME [options] -- CMD ...`: CMD is never parsed
+        i = argv.index("--")
+        argv, rest = argv[:i], argv[i + 1:]
     args = parser.parse_args(argv)
+    if rest is not None:
+        if not hasattr(args, "cmd"):
+            parser.error(f"'--' is for `testbed ssh NAME -- CMD`, not for {args.command}")
+        args.cmd = [*args.cmd, *rest]
+    setup_logging(args.verbosity)
     try:
         return int(args.handler(args) or 0)
     except TestbedError as exc:
-        from .spec.problems import SpecError
         # FILE:LINE:COL lines stay at the start of the line, for editors that jump to them
         print(str(exc) if isinstance(exc, SpecError) else f"testbed: {exc}", file=sys.stderr)
         return exc.exit_status

@@ -19,14 +19,26 @@ in its report (and so in ``--junitxml``).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
 from .errors import GuestError, TestbedError
+from .guest import instances
+from .guest.attach import AttachedGuest
+from .guest.boot import BootOptions, boot
+from .guest.protocol import GuestLike
+from .guest.result import CommandResult
+from .kernel.resolve import resolve_kernel
+from .qemu.validate import load_checked
+from .run.runner import RunOptions, run_workloads
+from .spec import resolve
+from .spec.model import Topology
 
-_GUEST_KEY = pytest.StashKey[object]()
+_GUEST_KEY = pytest.StashKey["TestbedGuest"]()
 
 
 def pytest_addoption(parser) -> None:
@@ -49,24 +61,25 @@ class TestbedGuest:
 
     __test__ = False
 
-    def __init__(self, guest, topology):
+    def __init__(self, guest: GuestLike, topology: Topology):
         self._guest = guest
         self.topology = topology
         self._mark = 0
 
     # commands
-    def run(self, cmd, timeout: float = 60.0):
+    def run(self, cmd: str | list[str], timeout: float = 60.0) -> CommandResult:
         """Run ``cmd``; the result has exit_status, stdout, stderr; never raises on failure."""
         return self._guest.run(cmd, timeout=timeout)
 
-    def check(self, cmd, timeout: float = 60.0):
+    def check(self, cmd: str | list[str], timeout: float = 60.0) -> CommandResult:
         """Run ``cmd``; raise GuestError with its output unless it exits 0."""
         return self._guest.check(cmd, timeout=timeout)
 
-    def put(self, local, remote: str, mode: int | None = None) -> None:
+    def put(self, local: str | Path, remote: str, mode: int | None = None) -> None:
+        """Copy a file into the guest (its mode is kept unless ``mode`` is given)."""
         self._guest.put(local, remote, mode)
 
-    def get(self, remote: str, local) -> None:
+    def get(self, remote: str, local: str | Path) -> None:
         self._guest.get(remote, local)
 
     def dmesg(self) -> str:
@@ -76,17 +89,16 @@ class TestbedGuest:
         lines = self._guest.dmesg().splitlines()
         return "\n".join(lines[self._mark:])
 
-    def workload(self, name: str, **options) -> list[dict]:
+    def workload(self, name: str, **options: Any) -> list[dict[str, Any]]:
         """Run a workload (``p2p-copy``, ``pmr``, ...); the records ``testbed run`` writes."""
-        from .runner import RunOptions, run_workloads
         opts = RunOptions(**options)
         records, _ = run_workloads(self._guest, self.topology, [name], opts)
         return [r.to_json() for r in records]
 
     @property
-    def qmp(self):
+    def qmp(self) -> Any:
         """The qemu.qmp client of this guest's QEMU (``guest.qmp.cmd("query-pci")``)."""
-        qemu = getattr(self._guest, "qemu", None)
+        qemu = self._guest.qemu
         if qemu is None or qemu.monitor is None:
             raise GuestError("this guest has no QMP connection here (attached instance)")
         return qemu.monitor
@@ -97,12 +109,8 @@ class TestbedGuest:
         return dict(self._guest.names)
 
     @property
-    def inventory(self) -> dict:
+    def inventory(self) -> dict[str, Any]:
         return self._guest.inventory
-
-    @property
-    def ssh_command(self) -> list[str]:
-        return self._guest.ssh_command()
 
     def console_tail(self, lines: int = 40) -> str:
         return self._guest.console.tail(lines)
@@ -118,19 +126,18 @@ class TestbedGuest:
 
 
 class _ModuleGuests:
-    def __init__(self, config):
+    def __init__(self, config: pytest.Config):
         self.config = config
         self.guests: dict[str, TestbedGuest] = {}
         self.failed: dict[str, str] = {}
 
     def get(self, spec: str) -> TestbedGuest:
-        from .spec import load_topology, resolve
         key = str(resolve(spec).resolve())
         if key in self.failed:
             pytest.fail(f"topology {spec}: an earlier boot in this module failed:\n"
                         f"{self.failed[key]}", pytrace=False)
         if key not in self.guests:
-            topo = load_topology(spec)
+            topo = load_checked(spec)
             try:
                 self.guests[key] = TestbedGuest(self._boot(topo), topo)
             except TestbedError as exc:
@@ -138,33 +145,26 @@ class _ModuleGuests:
                 pytest.fail(f"topology {spec}: {exc}", pytrace=False)
         return self.guests[key]
 
-    def _boot(self, topo):
+    def _boot(self, topo: Topology) -> GuestLike:
         opt = self.config.getoption
-        kernel = None
-        if opt("--testbed-kernel"):
-            from .kernels import resolve_kernel
-            kernel = resolve_kernel(opt("--testbed-kernel"))
+        kernel = resolve_kernel(opt("--testbed-kernel")) if opt("--testbed-kernel") else None
         if opt("--testbed-keep"):
             return _boot_detached(topo, opt("--testbed-kernel"), opt("--testbed-accel"))
-        from .guest.boot import BootOptions, boot
         return boot(topo, options=BootOptions(kernel=kernel, accel=opt("--testbed-accel")))
 
     def close(self) -> None:
         keep = self.config.getoption("--testbed-keep")
         for g in self.guests.values():
-            if keep:
-                name = getattr(g._guest, "instance_name", "?")
+            if keep and isinstance(g._guest, AttachedGuest):
+                name = g._guest.instance_name
                 sys.stderr.write(f"\ntestbed: guest {g.topology.name} left running: "
                                  f"testbed ssh {name}  (testbed stop {name})\n")
             g._guest.shutdown()
         self.guests.clear()
 
 
-def _boot_detached(topo, kernel, accel):
+def _boot_detached(topo: Topology, kernel: str | None, accel: str | None) -> AttachedGuest:
     """--testbed-keep: the guest runs under a supervisor and outlives the session."""
-    import subprocess
-    from . import instances
-    from .guest.attach import AttachedGuest
     name = instances.free_name(f"pytest-{topo.name}")
     argv = [sys.executable, "-m", "testbed", "boot", str(topo.source), "--detach", "--name", name]
     if kernel:
@@ -174,20 +174,18 @@ def _boot_detached(topo, kernel, accel):
     res = subprocess.run(argv, capture_output=True, text=True)
     if res.returncode != 0:
         raise GuestError(f"detached boot failed: {res.stderr.strip()}")
-    guest = AttachedGuest(instances.load(name), topo)
-    guest.instance_name = name
-    return guest
+    return AttachedGuest(instances.get_ready(name), topo)
 
 
 @pytest.fixture(scope="module")
-def _testbed_module_guests(request):
+def _testbed_module_guests(request: pytest.FixtureRequest) -> Iterator[_ModuleGuests]:
     pool = _ModuleGuests(request.config)
     yield pool
     pool.close()
 
 
 @pytest.fixture
-def guest(request, _testbed_module_guests) -> TestbedGuest:
+def guest(request: pytest.FixtureRequest, _testbed_module_guests: _ModuleGuests) -> TestbedGuest:
     """A booted guest of the topology named by ``@pytest.mark.topology(...)``."""
     marker = request.node.get_closest_marker("topology")
     if marker is None or not marker.args:

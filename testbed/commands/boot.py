@@ -6,50 +6,61 @@ supervisor process; reach it with `testbed ssh NAME`, stop it with `testbed stop
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import subprocess
 import sys
 import time
 
-from .. import instances
 from ..errors import BootError, ToolMissing, UsageError
-from ..spec import load_topology
+from ..guest import instances
+from ..guest.boot import BootOptions, boot
+from ..kernel.resolve import KernelSpec, resolve_kernel
+from ..qemu.accel import requested_accel
+from ..qemu.validate import load_checked
+from ..spec.model import Topology
+from ..util.process import identify
+from . import options
 
 HELP = "boot a topology (interactive shell, or --detach)"
+log = logging.getLogger(__name__)
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("topology", nargs="?", default="switch-cmb",
                    help="topology file or library name (default: %(default)s)")
     p.add_argument("--detach", action="store_true", help="leave the guest running")
-    p.add_argument("--name", help="instance name for --detach (default: the topology name)")
-    p.add_argument("--kernel", help="custom kernel: bzImage, build tree or unpacked package")
+    p.add_argument("--name", type=options.name,
+                   help="instance name for --detach (default: the topology name)")
+    p.add_argument("--kernel", type=options.kernel,
+                   help="custom kernel: bzImage, build tree or unpacked package")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="override the topology")
-    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for SSH")
+    p.add_argument("--timeout", type=options.seconds, default=180.0,
+                   help="seconds to wait for SSH")
     p.add_argument("--keep", action="store_true", help="keep the run directory afterwards")
     p.add_argument("--command", "-c", help="run this command in the guest instead of a shell")
 
 
-def _progress(msg: str) -> None:
-    print(f"testbed: {msg}", file=sys.stderr, flush=True)
-
-
-def run(args) -> int:
-    topo = load_topology(args.topology)  # bad input fails here, before anything starts
-    kernel = None
-    if args.kernel and args.kernel != "default":
-        from ..kernels import resolve_kernel
-        kernel = resolve_kernel(args.kernel)
+def run(args: argparse.Namespace) -> int:
+    topo = load_checked(args.topology)  # bad input fails here, before anything starts
+    kernel = resolve_kernel(args.kernel) if args.kernel else None
+    requested_accel(args.accel or topo.machine.accel)
+    if args.name is not None and not args.detach:
+        raise UsageError("--name names a detached instance: use it with --detach")
     if args.detach:
         return _detach(args, topo)
-    from ..guest.boot import BootOptions, boot
     if args.command is None and not sys.stdin.isatty():
         raise UsageError("no terminal for an interactive shell: use --command CMD or --detach")
+    return _interactive(args, topo, kernel)
+
+
+def _interactive(args: argparse.Namespace, topo: Topology, kernel: KernelSpec | None) -> int:
     guest = boot(topo, options=BootOptions(kernel=kernel, accel=args.accel, timeout=args.timeout,
-                                           keep=args.keep), progress=_progress)
+                                           keep=args.keep))
     with guest:
-        _progress(f"{topo.name} is up ({guest.boot_seconds:.1f} s, {guest.accel.name}); "
-                  + ("running the command" if args.command else "exit the shell to shut it down"))
+        log.info("%s is up (%.1f s, %s); %s", topo.name, guest.boot_seconds, guest.accel.name,
+                 "running the command" if args.command else "exit the shell to shut it down")
         if args.command is not None:
             res = guest.run(args.command, timeout=3600)
             sys.stdout.write(res.stdout)
@@ -60,46 +71,52 @@ def run(args) -> int:
                 status = subprocess.call(guest.ssh_command(), stdin=sys.stdin)
             except FileNotFoundError:
                 raise ToolMissing("ssh", "openssh-client") from None
-        _progress("shutting the guest down")
+        log.info("shutting the guest down")
     return status
 
 
-def _detach(args, topo) -> int:
-    name = instances.check_name(args.name) if args.name else instances.free_name(topo.name)
+def _detach(args: argparse.Namespace, topo: Topology) -> int:
+    name = instances.check_name(args.name) if args.name is not None \
+        else instances.free_name(topo.name)
     inst = instances.create(name)
     inst.topology = str(topo.source)
     inst.save()
-    log = open(inst.directory / "supervisor.log", "wb")
-    argv = [sys.executable, "-m", "testbed.supervisor", name, str(topo.source),
+    argv = [sys.executable, "-m", "testbed.guest.supervisor", name, str(topo.source),
             "--timeout", str(args.timeout)]
     if args.kernel:
-        argv += ["--kernel", os.path.abspath(args.kernel) if args.kernel != "default" else "default"]
+        argv += ["--kernel", os.path.abspath(args.kernel) if args.kernel != "default"
+                 else "default"]
     if args.accel:
         argv += ["--accel", args.accel]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, close_fds=True)
-    _progress(f"booting {topo.name} as instance {name!r} (supervisor pid {proc.pid})")
+    with open(inst.directory / "supervisor.log", "wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                close_fds=True)
+    log.info("booting %s as instance %r (supervisor pid %d)", topo.name, name, proc.pid)
+    supervisor = identify(proc.pid)
+    loaded: instances.Instance | None = inst
     try:
         while True:
-            inst = instances.load(name)
-            if inst and inst.status in ("ready", "failed"):
+            loaded = instances.load(name)
+            if loaded and loaded.status in ("ready", "failed"):
                 break
             if proc.poll() is not None:
-                inst = instances.load(name)
+                loaded = instances.load(name)
                 break
             time.sleep(0.2)
     except KeyboardInterrupt:
-        instances.stop(instances.load(name) or instances.Instance(name=name,
-                                                                  supervisor_pid=proc.pid))
+        current = instances.load(name) or instances.Instance(name=name)
+        current.supervisor = current.supervisor or supervisor
+        instances.stop(current)
         raise
-    if inst is None or inst.status != "ready":
-        err = inst.error if inst else "the supervisor died"
+    if loaded is None or loaded.status != "ready":
+        err = loaded.error if loaded else "the supervisor died"
         proc.wait(30)
         instances.remove(name)
         raise BootError(err or "the supervisor exited before the guest was ready")
-    print(f"{name}: ready in {inst.boot_seconds:.1f} s on 127.0.0.1:{inst.port}")
+    print(f"{name}: ready in {loaded.boot_seconds:.1f} s on 127.0.0.1:{loaded.port}")
     print(f"  testbed ssh {name}            # a shell")
     print(f"  testbed ssh {name} -- CMD     # run a command")
     print(f"  testbed stop {name}")
-    print(f"  or: {' '.join(inst.ssh)}")
+    print(f"  or: {' '.join(loaded.ssh)}")
     return 0

@@ -17,16 +17,21 @@ fragment changed or --reconfigure) and only rebuilds what changed.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import sys
+import logging
 from pathlib import Path
 
 from ..errors import UsageError
+from ..kernel.build import build_kernel
+from ..paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 HELP = "build a P2PDMA guest kernel from a Linux source tree"
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("build",), help="what to do (build)")
     p.add_argument("ksrc", type=Path, metavar="KSRC", help="Linux source tree")
     p.add_argument("--output", "-O", type=Path, metavar="DIR",
@@ -39,24 +44,17 @@ def add_arguments(p) -> None:
 
 
 def default_output(ksrc: Path) -> Path:
-    from ..paths import cache_dir
     src = ksrc.resolve()
     tag = hashlib.sha256(str(src).encode()).hexdigest()[:10]
     return cache_dir() / "kernel-builds" / f"{src.name}-{tag}"
 
 
-def run(args) -> int:
-    from ..kbuild import build_kernel
-
+def run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs: at least 1")
-
-    def progress(msg: str) -> None:
-        print(f"kernel: {msg}", file=sys.stderr, flush=True)
-
     output = args.output or default_output(args.ksrc)
-    result = build_kernel(args.ksrc, output, fragment=args.fragment, progress=progress,
-                          jobs=args.jobs, reconfigure=args.reconfigure)
-    progress(f"kernel {result.release or '?'} built in {result.seconds:.0f} s")
+    result = build_kernel(args.ksrc, output, fragment=args.fragment, jobs=args.jobs,
+                          reconfigure=args.reconfigure)
+    log.info("kernel %s built in %.0f s", result.release or "?", result.seconds)
     print(result.bzimage)
     return 0

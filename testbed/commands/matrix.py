@@ -18,17 +18,24 @@ kernel), checked before anything boots.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import logging
 from pathlib import Path
 
+from ..run.matrix import prepare_out, run_matrix
+from ..run.plan import plan_matrix
+from ..run.render import summary, write_matrix
+from . import options
 
 HELP = "run workloads on topologies × kernels; report regressions against the first kernel"
+log = logging.getLogger(__name__)
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", "-t", action="append", default=[], metavar="TOPOLOGY",
                    help="topology file or library name (repeatable)")
     p.add_argument("--kernel", "-k", action="append", default=[], metavar="KERNEL",
+                   type=options.kernel,
                    help="'default', a bzImage, a build tree, an INSTALL_MOD_PATH tree or an "
                         "unpacked kernel package (repeatable; the first is the baseline)")
     p.add_argument("--workload", "-w", action="append", default=[], metavar="NAME",
@@ -36,26 +43,21 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, help="output directory (must not exist or be empty); "
                                             "default runs/<time>-matrix")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"))
-    p.add_argument("--size", default="1M", help="transfer size per pair (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per workload command")
+    p.add_argument("--size", type=options.transfer_size, default=1 << 20,
+                   help="transfer size per pair (default 1M)")
+    p.add_argument("--timeout", type=options.seconds, default=120.0,
+                   help="seconds per workload command")
 
 
-def run(args) -> int:
-    from ..matrix import plan_matrix, prepare_out, run_matrix, summary, write_matrix
-
-    from .run import transfer_size
-    size = transfer_size(args.size)
-    plan = plan_matrix(args.topology, args.kernel, args.workload, size=size,
+def run(args: argparse.Namespace) -> int:
+    plan = plan_matrix(args.topology, args.kernel, args.workload, size=args.size,
                        timeout=args.timeout, accel=args.accel)
     out = prepare_out(args.out)
-
-    def progress(msg: str) -> None:
-        print(f"matrix: {msg}", file=sys.stderr, flush=True)
-
-    progress(f"{len(plan.topologies)} topolog{'y' if len(plan.topologies) == 1 else 'ies'} × "
-             f"{len(plan.kernels)} kernel(s): " + ", ".join(k.label for k in plan.kernels)
-             + f" (baseline {plan.kernels[0].label}); results in {out}")
-    m = run_matrix(plan, out, progress)
+    log.info("%d topolog%s × %d kernel(s): %s (baseline %s); results in %s",
+             len(plan.topologies), "y" if len(plan.topologies) == 1 else "ies",
+             len(plan.kernels), ", ".join(k.label for k in plan.kernels),
+             plan.kernels[0].label, out)
+    m = run_matrix(plan, out)
     write_matrix(m, out)
     print(summary(m, out))
     return m.status

@@ -1,22 +1,31 @@
-"""List detached guests; stale ones (QEMU or supervisor died) are reported and cleaned."""
+"""List detached guests; stale ones (QEMU or supervisor died) are reported and cleaned.
+
+Nothing but the testbed's own state is touched: a recorded process is signalled only
+while it is still the process that was recorded, and only run directories the
+testbed made are removed.
+"""
 
 from __future__ import annotations
 
+import argparse
 import time
 
-from .. import instances
+from ..guest import instances
+from ..util.table import format_table
 
 HELP = "list detached guests"
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     pass
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     rows = []
     for inst in instances.list_instances():
-        if inst.status == "booting" and inst.alive():
+        if inst.status == "broken":
+            state = f"broken: {inst.error} (testbed stop {inst.name} removes it)"
+        elif inst.status == "booting" and inst.alive():
             state = "booting"
         elif inst.alive() and inst.status == "ready":
             state = "running"
@@ -28,8 +37,5 @@ def run(args) -> int:
     if not rows:
         print("no detached guests")
         return 0
-    head = ("NAME", "STATE", "PORT", "AGE", "TOPOLOGY")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
-    for r in [head, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(format_table([("NAME", "STATE", "PORT", "AGE", "TOPOLOGY"), *rows]))
     return 0

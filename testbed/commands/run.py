@@ -1,79 +1,66 @@
 """Boot a topology (or use a detached guest), run P2PDMA workloads, judge and save the results.
 
 Exit status 0 when every judged workload's observed verdict equals the oracle's
-prediction (or the topology's explicit expectation), 1 when any differs, 2 on
-bad input.  Results go to --out (default runs/<time>-<topology>/): results.json,
-junit.xml, report.md, console.log, dmesg.txt, topology.yaml, qemu.sh.
+prediction (or the topology's explicit expectation), 1 when any differs or the run
+did not finish, 2 on bad input (checked before anything is created or started).
+Results go to --out (default runs/<time>-<topology>/): results.json, junit.xml,
+report.md, console.log, dmesg.txt, topology.yaml, qemu.sh.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from ..errors import UsageError
+from ..kernel.resolve import resolve_kernel
+from ..qemu.validate import load_checked
 from ..results.summary import summary
-from ..runner import RunOptions, run_topology
-from ..spec import load_topology
-from ..spec.units import parse_size
+from ..run.runner import RunOptions, run_topology
 from ..workloads import WORKLOADS
+from . import options
 
 HELP = "run P2PDMA workloads on a topology and judge them"
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("topology", help="topology file or library name")
     p.add_argument("--workload", "-w", action="append", default=[], metavar="NAME",
                    help=f"workload to run, repeatable ({', '.join(WORKLOADS)}); default: all "
                         "that apply")
     p.add_argument("--push", action="append", default=[], metavar="LOCAL:REMOTE",
-                   help="copy a file into the guest before the workloads")
+                   help="copy a file into the guest before the workloads (its mode is kept)")
     p.add_argument("--exec", action="append", default=[], metavar="CMD", dest="execs",
                    help="run a command in the guest and record it")
     p.add_argument("--out", type=Path, help="results directory (must not exist or be empty)")
-    p.add_argument("--guest", metavar="NAME", help="use this detached guest instead of booting")
-    p.add_argument("--kernel", help="custom kernel (bzImage, build tree, unpacked package)")
+    p.add_argument("--guest", metavar="NAME", type=options.name,
+                   help="use this detached guest instead of booting")
+    p.add_argument("--kernel", type=options.kernel,
+                   help="custom kernel (bzImage, build tree, unpacked package)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"))
-    p.add_argument("--size", default="1M", help="transfer size per pair (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per workload command")
+    p.add_argument("--size", type=options.transfer_size, default=1 << 20,
+                   help="transfer size per pair (default 1M)")
+    p.add_argument("--timeout", type=options.seconds, default=120.0,
+                   help="seconds per workload command")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
 
 
-def transfer_size(text: str) -> int:
-    """--size as bytes: a multiple of 4K between 4K and 64M (UsageError otherwise)."""
-    try:
-        size = parse_size(text)
-    except ValueError as exc:
-        raise UsageError(f"--size: {exc}") from None
-    if size < 4096 or size % 4096 or size > (64 << 20):
-        raise UsageError("--size: a multiple of 4K between 4K and 64M")
-    return size
-
-
-def options_from_args(args) -> RunOptions:
+def options_from_args(args: argparse.Namespace) -> RunOptions:
     pushes = []
     for item in args.push:
         local, sep, remote = item.partition(":")
         if not sep or not local or not remote:
             raise UsageError(f"--push {item!r}: expected LOCAL:REMOTE")
         pushes.append((local, remote))
-    size = transfer_size(args.size)
-    kernel = None
-    if args.kernel and args.kernel != "default":
-        from ..kernels import resolve_kernel
-        kernel = resolve_kernel(args.kernel)
+    kernel = resolve_kernel(args.kernel) if args.kernel else None
     return RunOptions(workloads=tuple(args.workload), pushes=tuple(pushes),
-                      execs=tuple(args.execs), kernel=kernel, accel=args.accel, size=size,
+                      execs=tuple(args.execs), kernel=kernel, accel=args.accel, size=args.size,
                       timeout=args.timeout, guest_name=args.guest, out=args.out, keep=args.keep)
 
 
-def run(args) -> int:
-    topo = load_topology(args.topology)
+def run(args: argparse.Namespace) -> int:
+    topo = load_checked(args.topology)
     opts = options_from_args(args)
-
-    def progress(msg: str) -> None:
-        print(f"testbed: {msg}", file=sys.stderr, flush=True)
-
-    result, out = run_topology(topo, opts, progress)
+    result, out = run_topology(topo, opts)
     print(summary(result, out))
     return result.status

@@ -1,45 +1,40 @@
-"""Open a shell in a detached guest, or run a command there (its exit status passes through)."""
+"""Open a shell in a detached guest, or run a command there (its exit status passes through).
+
+    testbed ssh NAME                      # an interactive shell
+    testbed ssh NAME [--timeout S] -- CMD ARGS...
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from pathlib import Path
 
-from .. import instances
-from ..errors import GuestError, ToolMissing, UsageError
+from ..errors import ToolMissing
+from ..guest import instances
+from . import options
 
 HELP = "shell or command in a detached guest"
 
 
-def add_arguments(p) -> None:
-    p.add_argument("name", help="instance name (see `testbed ps`)")
-    p.add_argument("cmd", nargs="*", metavar="-- CMD", help="command to run in the guest")
-    p.add_argument("--timeout", type=float, default=3600.0)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", type=options.name, help="instance name (see `testbed ps`)")
+    p.add_argument("cmd", nargs="*", metavar="CMD", help="command to run in the guest "
+                   "(after --)")
+    p.add_argument("--timeout", type=options.seconds, default=3600.0)
 
 
-def get_ready(name: str) -> instances.Instance:
-    inst = instances.load(name)
-    if inst is None:
-        names = ", ".join(i.name for i in instances.list_instances()) or "none"
-        raise UsageError(f"no instance named {name!r} (running: {names})")
-    if not inst.alive():
-        how = instances.stop(inst)
-        raise GuestError(f"instance {name!r} is stale: its QEMU or supervisor died ({how})"
-                         + (f": {inst.error}" if inst.error else ""))
-    if inst.status != "ready":
-        raise GuestError(f"instance {name!r} is {inst.status}")
-    return inst
-
-
-def run(args) -> int:
-    inst = get_ready(args.name)
+def run(args: argparse.Namespace) -> int:
+    instances.check_name(args.name)
+    inst = instances.get_ready(args.name)
     if not args.cmd:
         try:
             os.execvp(inst.ssh[0], inst.ssh)
         except FileNotFoundError:
             raise ToolMissing("ssh", "openssh-client") from None
-    from ..guest.ssh import GuestSSH
-    ssh = GuestSSH("127.0.0.1", inst.port, inst.key, inst.host_public_key)
+    from ..guest.ssh import GuestSSH  # paramiko is slow to import: only when it is used
+    ssh = GuestSSH("127.0.0.1", inst.port, Path(inst.key), inst.host_public_key)
     try:
         res = ssh.run(args.cmd if len(args.cmd) > 1 else args.cmd[0], timeout=args.timeout)
     finally:

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from .. import instances
+import argparse
+
 from ..errors import UsageError
+from ..guest import instances
+from . import options
 
 HELP = "stop a detached guest"
 
 
-def add_arguments(p) -> None:
-    p.add_argument("names", nargs="+", metavar="NAME")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="+", metavar="NAME", type=options.name)
 
 
-def run(args) -> int:
-    status = 0
+def run(args: argparse.Namespace) -> int:
+    for name in args.names:  # every name is checked before any instance is stopped
+        instances.check_name(name)
     for name in args.names:
         inst = instances.load(name)
         if inst is None:
-            if (instances.instances_dir() / name).exists():
-                instances.remove(name)
-                print(f"{name}: removed a broken instance directory")
-                continue
             raise UsageError(f"no instance named {name!r}")
         print(f"{name}: {instances.stop(inst)}")
-    return status
+    return 0

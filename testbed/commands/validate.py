@@ -1,28 +1,32 @@
 """Check topology files without starting a guest: every problem as FILE:LINE:COL: field: problem.
 
-Exit status 0 when every file is valid, 2 otherwise.
+Each file is parsed, then checked against the machine the testbed builds and the
+QEMU binary it names (which is run, with --version and -device help, to probe
+it; --no-probe skips that).  Exit status 0 when every file is valid, 2 otherwise.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from ..spec import SpecError, load_topology
+from ..errors import SpecError
+from ..qemu.validate import load_checked
 
 HELP = "check topology files (exit 0 valid, 2 invalid)"
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="topology file or library name")
     p.add_argument("--no-probe", action="store_true",
-                   help="skip the checks against the QEMU binary")
+                   help="skip the checks against the QEMU binary (and do not run it)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     status = 0
     for f in args.files:
         try:
-            topo = load_topology(f, probe_qemu=not args.no_probe)
+            topo = load_checked(f, probe_qemu=not args.no_probe)
         except SpecError as exc:
             print(exc, file=sys.stderr)
             status = 2

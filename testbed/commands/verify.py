@@ -5,18 +5,20 @@ Exit status 0 when every topology matches, 1 when any differs, 2 on bad input.
 
 from __future__ import annotations
 
+import argparse
+
+from ..qemu.validate import load_checked
 from ..qemu.verify import verify
-from ..spec import load_topology
 
 HELP = "compare a live (paused) QEMU's PCI tree with the spec"
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="topology file or library name")
 
 
-def run(args) -> int:
-    topos = [load_topology(f) for f in args.files]  # all bad input first, before any QEMU
+def run(args: argparse.Namespace) -> int:
+    topos = [load_checked(f) for f in args.files]  # all bad input first, before any QEMU
     status = 0
     for f, topo in zip(args.files, topos):
         diffs = verify(topo)

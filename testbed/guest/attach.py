@@ -1,49 +1,36 @@
 """Attach to a detached guest (``testbed boot --detach``) instead of booting one.
 
-The attached guest offers the same command interface as a booted
-:class:`~testbed.guest.boot.Guest` but cannot be restarted, and leaving it does
-not shut it down.
+The attached guest offers the same commands as a booted one (both implement
+:class:`~testbed.guest.protocol.GuestLike`) but cannot be restarted, has no QMP
+here (its supervisor holds it), and leaving it does not shut it down.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 from ..errors import GuestError
-from .boot import GUEST_TOOL, Guest
+from ..qemu.accel import Accel
+from ..spec.model import Topology
 from .console import Console
+from .guest import GUEST_TOOL, SshGuest
+from .instances import Instance
 from .ssh import GuestSSH
 from .treecheck import map_names
 
 
-class AttachedGuest(Guest):
-    def __init__(self, inst, topology):
-        self.topology = topology
-        self.image = SimpleNamespace(host_public_key=inst.host_public_key,
-                                     client_key=Path(inst.key))
-        self.kernel = None
-        self.run_dir = SimpleNamespace(path=Path(inst.run_dir), keep=True,
-                                       __truediv__=lambda self, n: Path(inst.run_dir) / n)
-        self.qemu = None
-        self.lease = None
-        self.accel = SimpleNamespace(name="?", reason=f"attached to instance {inst.name}")
-        self.argv = []
-        self.ssh = GuestSSH("127.0.0.1", inst.port, Path(inst.key), inst.host_public_key)
-        self.console = Console(Path(inst.run_dir) / "console.log")
+class AttachedGuest(SshGuest):
+    def __init__(self, inst: Instance, topology: Topology):
+        super().__init__(topology, GuestSSH("127.0.0.1", inst.port, Path(inst.key),
+                                            inst.host_public_key),
+                         Console(Path(inst.run_dir) / "console.log"), Path(inst.run_dir))
+        self.instance_name = inst.name
         self.boot_seconds = inst.boot_seconds
-        self._dmesg_mark = 0
+        self.accel = Accel("?", f"attached to instance {inst.name}")
         res = self.run([GUEST_TOOL, "inventory"], timeout=60)
         try:
             self.inventory = json.loads(res.stdout)
         except ValueError:
             raise GuestError(f"instance {inst.name}: inventory failed: {res.describe()}") from None
         self.names = map_names(topology, self.inventory)[0]
-        self.restart = None  # a detached guest belongs to its supervisor
-
-    def shutdown(self, graceful: bool = True):
-        self.ssh.close()  # the instance keeps running
-
-    def kill(self) -> None:
-        self.ssh.close()

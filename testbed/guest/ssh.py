@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import logging
 import shlex
-import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 
 from ..errors import GuestError
+from .result import CommandResult
 
 GUEST_USER = "root"
 
@@ -27,25 +26,6 @@ GUEST_USER = "root"
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 logging.getLogger("paramiko").propagate = False
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    command: str
-    exit_status: int  # -1 when the command timed out
-    stdout: str
-    stderr: str
-    seconds: float
-    timed_out: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_status == 0
-
-    def describe(self) -> str:
-        status = "timed out" if self.timed_out else f"exit status {self.exit_status}"
-        return (f"{self.command!r}: {status}\n--- stdout ---\n{self.stdout[-2000:]}"
-                f"\n--- stderr ---\n{self.stderr[-2000:]}")
 
 
 def _host_key(public: str) -> paramiko.PKey:
@@ -112,6 +92,12 @@ class GuestSSH:
         assert self.client is not None
         return self.client
 
+    def _session(self, timeout: float) -> paramiko.Channel:
+        transport = self._client().get_transport()
+        if transport is None:
+            raise GuestError("the SSH connection to the guest is closed")
+        return transport.open_session(timeout=timeout)
+
     def run(self, command: str | list[str], timeout: float = 60.0,
             stdin: bytes | None = None) -> CommandResult:
         """Run ``command`` (a string for the guest shell, or an argv list that gets quoted)."""
@@ -119,8 +105,8 @@ class GuestSSH:
             command = " ".join(shlex.quote(c) for c in command)
         start = time.monotonic()
         try:
-            chan = self._client().get_transport().open_session(timeout=timeout)
-        except (OSError, paramiko.SSHException, AttributeError) as exc:
+            chan = self._session(timeout)
+        except (OSError, paramiko.SSHException) as exc:
             raise GuestError(f"cannot open an SSH session to the guest: {exc}") from None
         chan.settimeout(1.0)
         chan.exec_command(command)
@@ -153,9 +139,9 @@ class GuestSSH:
     def fire(self, command: str) -> None:
         """Start ``command`` and do not wait for it (e.g. a poweroff that ends the session)."""
         try:
-            chan = self._client().get_transport().open_session(timeout=2)
+            chan = self._session(2)
             chan.exec_command(command)
-        except (OSError, paramiko.SSHException, AttributeError, GuestError):
+        except (OSError, paramiko.SSHException, GuestError):
             pass
 
     def put(self, local: Path | str, remote: str, mode: int | None = None) -> None:
@@ -178,11 +164,3 @@ class GuestSSH:
         if self.client is not None:
             self.client.close()
             self.client = None
-
-
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False

@@ -12,21 +12,18 @@ Every CMB must appear as a p2pmem provider of the CMB's size.
 
 from __future__ import annotations
 
-from ..spec.model import DownstreamPort, Nvme, RootPort, Switch, Topology
+from typing import Any
+
+from ..qemu.devices import DEVICES
+from ..spec.model import Topology
 from ..spec.units import format_size
 
-# QEMU's PCI IDs for each kind of spec node.
-PCI_IDS = {
-    RootPort: ("0x1b36", "0x000c"),
-    Switch: ("0x104c", "0x8232"),
-    DownstreamPort: ("0x104c", "0x8233"),
-    Nvme: ("0x1b36", "0x0010"),
-}
-KIND_NAMES = {RootPort: "root port", Switch: "switch upstream port",
-              DownstreamPort: "switch downstream port", Nvme: "NVMe controller"}
+# QEMU's PCI IDs and a label for each kind of spec node (from the one device table).
+PCI_IDS = {cls: kind.pci_id for cls, kind in DEVICES.items()}
+KIND_NAMES = {cls: kind.label for cls, kind in DEVICES.items()}
 
 
-def map_names(topo: Topology, inventory: dict) -> tuple[dict[str, str], list[str]]:
+def map_names(topo: Topology, inventory: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
     """Spec name -> guest BDF, and the differences found on the way."""
     diffs: list[str] = []
     pci = inventory.get("pci", {})
@@ -57,7 +54,7 @@ def map_names(topo: Topology, inventory: dict) -> tuple[dict[str, str], list[str
     return names, diffs
 
 
-def check_tree(topo: Topology, inventory: dict) -> list[str]:
+def check_tree(topo: Topology, inventory: dict[str, Any]) -> list[str]:
     names, diffs = map_names(topo, inventory)
     pci = inventory.get("pci", {})
     for kind, ids in PCI_IDS.items():

@@ -2,17 +2,11 @@
 kernel (CONFIG_PCI_P2PDMA=y), its own tiny initramfs and a lean boot path
 (busybox init, static network, sshd; no systemd, no udev).
 
-    from testbed.image import ensure_image
-    image = ensure_image(progress=print)
-    argv = ["qemu-system-x86_64", *image.kernel_args(), ...]
+    from testbed.image.build import ensure_image
+    image = ensure_image()
 
-Modules: recipe (recipe file + cache key), build (mmdebstrap, mke2fs, qcow2,
-cache and lock), kernel (config check, vmlinux/PVH extraction), kmod
-(modules.dep resolution), initramfs (the cpio contents), cpio (newc writer),
-keys (ed25519 key pairs), model (the Image dataclass).
+Modules: recipe (the recipe file and the cache key), mirror (the host's Debian
+mirror), build (mmdebstrap, mke2fs, qcow2, the cache and its lock), keys (ed25519
+key pairs), model (the Image dataclass).  Kernel files, modules and initramfs images
+are :mod:`testbed.kernel`'s.
 """
-
-from testbed.image.build import cached_image, ensure_image
-from testbed.image.model import Image
-
-__all__ = ["Image", "cached_image", "ensure_image"]

@@ -1,6 +1,6 @@
 """Build (or fetch from the cache) the default guest image.
 
-    image = ensure_image(progress=print)
+    image = ensure_image()
 
 Layout: ``<cache_dir()>/images/<recipe-hash>/`` holds base.qcow2, vmlinux
 (PVH) and vmlinuz (bzImage), initrd.cpio, id_ed25519(.pub) (the client key),
@@ -18,24 +18,27 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
-import stat
 import subprocess
 import time
-from collections import deque
 from pathlib import Path
-from typing import Callable
 
-from testbed.errors import ImageError, ToolMissing
-from testbed.image.initramfs import build_initramfs
-from testbed.image.kernel import extract_vmlinux, find_kernel, has_pvh_entry, parse_config
-from testbed.image.keys import generate_ed25519
-from testbed.image.model import MANIFEST, Image
-from testbed.image.recipe import Recipe, load_recipe, recipe_hash
-from testbed.paths import cache_dir
+from ..errors import ImageError
+from ..kernel.config import Kconfig
+from ..kernel.format import extract_vmlinux, has_pvh_entry
+from ..kernel.initramfs import build_initramfs
+from ..paths import cache_dir
+from ..util.procs import find_tool, run_step
+from .keys import generate_ed25519
+from .mirror import resolve_mirror
+from .model import MANIFEST, Image
+from .recipe import Recipe, load_recipe, recipe_hash
+from .tree import (dpkg_versions, find_kernel, install_overlay, symlink,
+                   tree_bytes, write_file)
 
-Progress = Callable[[str], None] | None
+log = logging.getLogger(__name__)
 
 # host tool -> Debian package that ships it
 HOST_TOOLS = {
@@ -61,15 +64,11 @@ def images_dir() -> Path:
 
 def check_host_tools() -> None:
     for tool, package in HOST_TOOLS.items():
-        if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin:/sbin") is None:
-            raise ToolMissing(tool, package=package)
+        find_tool(tool, package)
 
 
 def _tool(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
-    if found is None:
-        raise ToolMissing(name, package=HOST_TOOLS.get(name, name))
-    return found
+    return find_tool(name, HOST_TOOLS.get(name, name))
 
 
 def cached_image(key: str | None = None) -> Image | None:
@@ -84,7 +83,7 @@ def cached_image(key: str | None = None) -> Image | None:
         return None
 
 
-def ensure_image(progress: Progress = None, rebuild: bool = False) -> Image:
+def ensure_image(rebuild: bool = False) -> Image:
     """The default guest image: from the cache, or built now (about a minute)."""
     key = recipe_hash()
     if not rebuild:
@@ -98,8 +97,7 @@ def ensure_image(progress: Progress = None, rebuild: bool = False) -> Image:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if progress:
-                progress(f"waiting for another build of image {key[:12]} (lock {lock_path})")
+            log.info("waiting for another build of image %s (lock %s)", key[:12], lock_path)
             fcntl.flock(lock, fcntl.LOCK_EX)
             image = cached_image(key)
             if image is not None:
@@ -108,20 +106,18 @@ def ensure_image(progress: Progress = None, rebuild: bool = False) -> Image:
             image = cached_image(key)
             if image is not None:
                 return image
-        return _build_locked(key, load_recipe(), progress)
+        return _build_locked(key, load_recipe())
 
 
 class _Stages:
-    def __init__(self, progress: Progress):
-        self.progress = progress
+    def __init__(self) -> None:
         self.start = time.monotonic()
         self.times: dict[str, float] = {}
         self._stage: str | None = None
         self._t0 = 0.0
 
     def say(self, message: str) -> None:
-        if self.progress:
-            self.progress(f"[{time.monotonic() - self.start:6.1f}s] {message}")
+        log.info("image: [%6.1fs] %s", time.monotonic() - self.start, message)
 
     def __call__(self, name: str) -> "_Stages":
         self._stage = name
@@ -134,7 +130,7 @@ class _Stages:
 
     def __exit__(self, exc_type, exc, tb):
         took = time.monotonic() - self._t0
-        self.times[self._stage] = round(took, 2)
+        self.times[self._stage or "?"] = round(took, 2)
         if exc_type is None:
             self.say(f"{self._stage} done ({took:.1f}s)")
         return False
@@ -167,21 +163,14 @@ def _remove_tree(path: Path) -> None:
 
 def _run(argv: list[str], what: str, stages: _Stages, stream: bool = False) -> None:
     """Run a build step; on failure raise ImageError with the output's tail."""
-    tail: deque[str] = deque(maxlen=40)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, errors="replace")
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail.append(line)
+    def show(line: str) -> None:
         if stream and line[:2] in ("I:", "W:", "E:"):
             stages.say(f"  {what}: {line}")
-    rc = proc.wait()
-    if rc != 0:
-        raise ImageError(f"{what} failed (exit status {rc}): {' '.join(argv)}\n" + "\n".join(tail))
+
+    run_step(argv, what, error=ImageError, on_line=show)
 
 
-def _mmdebstrap(recipe: Recipe, target: Path, stages: _Stages) -> None:
+def _mmdebstrap(recipe: Recipe, mirror: str, target: Path, stages: _Stages) -> None:
     if os.geteuid() != 0:
         raise ImageError("building the guest image needs root (mmdebstrap --mode=root, "
                          "and mke2fs -d must see root-owned files)")
@@ -191,86 +180,14 @@ def _mmdebstrap(recipe: Recipe, target: Path, stages: _Stages) -> None:
             "--aptopt=APT::Install-Recommends \"false\""]
     argv += [f"--dpkgopt=path-exclude={p}" for p in recipe.path_exclude]
     argv += [f"--dpkgopt=path-include={p}" for p in recipe.path_include]
-    argv += [recipe.suite, str(target), *recipe.sources()]
+    argv += [recipe.suite, str(target), *recipe.sources(mirror)]
     _run(argv, "mmdebstrap", stages, stream=True)
 
 
-def _write(root: Path, rel: str, data: bytes, mode: int) -> None:
-    """Write a file in the tree, replacing (never following) what is there."""
-    dest = root / rel.lstrip("/")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_symlink() or dest.exists():
-        if dest.is_dir() and not dest.is_symlink():
-            raise ImageError(f"cannot overwrite directory /{rel} in the image")
-        dest.unlink()
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(dest, mode)
-
-
-def _symlink(root: Path, rel: str, target: str) -> None:
-    dest = root / rel.lstrip("/")
-    if dest.is_symlink() or dest.exists():
-        raise ImageError(f"/{rel} already exists in the image (a systemd or sysvinit install?)")
-    dest.symlink_to(target)
-
-
-def _install_overlay(recipe: Recipe, root: Path) -> list[str]:
-    """Copy guest-images/<recipe>/rootfs/ and guest-images/tools/ into the tree."""
-    installed = []
-    src = recipe.rootfs_dir
-    if src.is_dir():
-        for path in sorted(src.rglob("*")):
-            rel = path.relative_to(src).as_posix()
-            if path.is_dir() and not path.is_symlink():
-                (root / rel).mkdir(parents=True, exist_ok=True)
-                continue
-            if path.name.endswith("~") or "__pycache__" in path.parts:
-                continue
-            mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
-            _write(root, rel, path.read_bytes(), mode)
-            installed.append("/" + rel)
-    if recipe.tools_dir.is_dir():
-        for path in sorted(recipe.tools_dir.iterdir()):
-            if not path.is_file() or path.name.startswith(".") or path.name.endswith("~"):
-                continue
-            rel = f"usr/local/bin/{path.name}"
-            _write(root, rel, path.read_bytes(), 0o755)
-            installed.append("/" + rel)
-    return installed
-
-
-def _dpkg_versions(root: Path) -> dict[str, str]:
-    versions = {}
-    text = (root / "var/lib/dpkg/status").read_text(errors="replace")
-    for para in text.split("\n\n"):
-        fields = {}
-        for line in para.splitlines():
-            if line and not line[0].isspace() and ":" in line:
-                k, _, v = line.partition(":")
-                fields[k] = v.strip()
-        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
-            versions[fields["Package"]] = fields.get("Version", "")
-    return versions
-
-
-def _tree_bytes(root: Path) -> int:
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-    return total
-
-
-def _build_locked(key: str, recipe: Recipe, progress: Progress) -> Image:
-    stages = _Stages(progress)
+def _build_locked(key: str, recipe: Recipe) -> Image:
+    stages = _Stages()
     check_host_tools()
+    mirror = resolve_mirror(recipe.mirror)
     images = images_dir()
     for stale in images.glob(f".tmp-{key}-*"):
         stages.say(f"removing stale build directory {stale.name}")
@@ -288,18 +205,18 @@ def _build_locked(key: str, recipe: Recipe, progress: Progress) -> Image:
             (work / "ssh_host_ed25519_key.pub").write_text(host.public + "\n")
 
         with stages("mmdebstrap"):
-            _mmdebstrap(recipe, tree, stages)
+            _mmdebstrap(recipe, mirror, tree, stages)
 
         with stages("kernel"):
             release, vmlinuz, config_path = find_kernel(tree)
-            config = parse_config(config_path.read_text())
-            missing = [c for c in recipe.require_config if config.get(c) != "y"]
-            p2pdma = config.get("CONFIG_PCI_P2PDMA") == "y"
+            config = Kconfig.read(config_path)
+            missing = [c for c in recipe.require_config if not config.builtin(c)]
+            p2pdma = config.p2pdma
             if missing:
                 raise ImageError(
                     f"the guest kernel {release} lacks " + ", ".join(f"{c}=y" for c in missing)
                     + f" (its /boot/config-{release} has "
-                    + ", ".join(f"{c}={config.get(c, 'n')}" for c in missing)
+                    + ", ".join(f"{c}={config[c]}" for c in missing)
                     + "); the testbed needs a kernel with PCI peer-to-peer DMA "
                     "(Debian's trixie-backports linux-image-amd64 has it)")
             bz = vmlinuz.read_bytes()
@@ -317,12 +234,12 @@ def _build_locked(key: str, recipe: Recipe, progress: Progress) -> Image:
                 initrd.unlink()  # tiny-initramfs's; the testbed boots with its own
 
         with stages("customize"):
-            installed = _install_overlay(recipe, tree)
+            installed = install_overlay(recipe, tree)
             ssh = tree / "etc/ssh"
             for old in ssh.glob("ssh_host_*"):
                 old.unlink()
-            _write(tree, "etc/ssh/ssh_host_ed25519_key", host.private, 0o600)
-            _write(tree, "etc/ssh/ssh_host_ed25519_key.pub", (host.public + "\n").encode(), 0o644)
+            write_file(tree, "etc/ssh/ssh_host_ed25519_key", host.private, 0o600)
+            write_file(tree, "etc/ssh/ssh_host_ed25519_key.pub", (host.public + "\n").encode(), 0o644)
             if (tree / "usr/bin/dropbearconvert").exists():
                 # dropbear serves SSH (it starts far faster than sshd under TCG) with the
                 # same pinned host key, converted to its own format
@@ -337,16 +254,16 @@ def _build_locked(key: str, recipe: Recipe, progress: Progress) -> Image:
                     raise ImageError(f"dropbearconvert failed: {conv.stderr.strip()}")
             (tree / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
             os.chmod(tree / "root/.ssh", 0o700)
-            _write(tree, "root/.ssh/authorized_keys", (client.public + "\n").encode(), 0o600)
+            write_file(tree, "root/.ssh/authorized_keys", (client.public + "\n").encode(), 0o600)
             # busybox init is PID 1; poweroff/reboot/halt signal it.
             for name in ("init", "poweroff", "reboot", "halt"):
-                _symlink(tree, f"usr/sbin/{name}", "../bin/busybox")
+                symlink(tree, f"usr/sbin/{name}", "../bin/busybox")
             proc = subprocess.run([_tool("chroot"), str(tree), "/usr/bin/python3", "-c", PYTHON_CHECK],
                                   capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise ImageError("the guest's python3 lacks modules the guest tools need:\n"
                                  + proc.stderr.strip())
-            versions = _dpkg_versions(tree)
+            versions = dpkg_versions(tree)
 
         with stages("initramfs"):
             cpio, plan = build_initramfs(tree, release, recipe.initramfs_init,
@@ -355,7 +272,7 @@ def _build_locked(key: str, recipe: Recipe, progress: Progress) -> Image:
             (work / "initrd.cpio").write_bytes(cpio)
 
         with stages("mke2fs"):
-            used = _tree_bytes(tree)
+            used = tree_bytes(tree)
             size_mib = recipe.disk_size_mib
             if size_mib * 2**20 < used * 1.3 + 256 * 2**20:
                 raise ImageError(f"disk size {size_mib} MiB is too small for a {used >> 20} MiB tree")
@@ -374,7 +291,7 @@ def _build_locked(key: str, recipe: Recipe, progress: Progress) -> Image:
             "recipe": recipe.name,
             "recipe_hash": key,
             "suite": recipe.suite,
-            "mirror": recipe.mirror,
+            "mirror": mirror,
             "kernel_release": release,
             "p2pdma": p2pdma,
             "pvh": pvh,

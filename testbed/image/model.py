@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.errors import ImageError
+from ..errors import ImageError
 
 MANIFEST = "manifest.json"
 # Printed on the serial console by the guest's /etc/testbed/rc once sshd is
@@ -38,23 +38,12 @@ class Image:
     def manifest_path(self) -> Path:
         return self.directory / MANIFEST
 
-    def manifest(self) -> dict:
+    def manifest(self) -> dict[str, object]:
         return json.loads(self.manifest_path.read_text())
 
     @property
     def client_public_key(self) -> Path:
         return self.client_key.with_name(self.client_key.name + ".pub")
-
-    def append(self, extra: list[str] | tuple[str, ...] = ()) -> str:
-        """The -append string: the image's words, then ``extra``."""
-        return " ".join((*self.cmdline, *extra))
-
-    def kernel_args(self, extra_cmdline: list[str] | tuple[str, ...] = ()) -> list[str]:
-        """QEMU arguments for direct kernel boot: -kernel, -initrd, -append."""
-        args = ["-kernel", str(self.kernel)]
-        if self.initrd is not None:
-            args += ["-initrd", str(self.initrd)]
-        return args + ["-append", self.append(extra_cmdline)]
 
     @classmethod
     def from_directory(cls, directory: Path) -> "Image":

@@ -1,9 +1,12 @@
 """The image recipe (guest-images/default/recipe.toml) and its cache key.
 
-The key is a sha256 over every file under ``guest-images/`` (the recipe, the
-root-filesystem overlay, the initramfs init, the guest tools) and over the
-builder's own sources (``testbed/image/*.py``): change any of them and a new
-image is built; change nothing and the cached one is reused.
+The key is a sha256 over every file under ``guest-images/default`` and
+``guest-images/tools`` (the recipe, the root-filesystem overlay, the initramfs
+init, extra tools) and over the builder's own sources: ``testbed/image/*.py``, the
+kernel-file and initramfs modules it uses, and the guest tool package
+(``testbed/guest_tool``, installed as ``/usr/local/bin/p2pdma-guest``).  Change any of
+them and a new image is built; change nothing and the cached one is reused.  The
+mirror is not part of the key: the same packages from another mirror are the same.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from testbed.errors import ImageError
 from testbed.paths import guest_images_dir
 
 BUILDER_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = BUILDER_DIR.parent
+GUEST_TOOL_DIR = PACKAGE_DIR / "guest_tool"
+# modules outside testbed/image/ whose code ends up in the image
+KERNEL_MODULES = ("format.py", "config.py", "kmod.py", "cpio.py", "initramfs.py")
 DEFAULT_RECIPE = "default"
 # Bumped by hand when the cache layout changes in a way the sources don't show.
 LAYOUT_VERSION = "1"
@@ -26,9 +33,9 @@ LAYOUT_VERSION = "1"
 class Recipe:
     name: str
     directory: Path  # guest-images/<name>
-    tools_dir: Path  # guest-images/tools: copied to /usr/local/bin in the guest
+    tools_dir: Path  # guest-images/tools: extra files copied to /usr/local/bin in the guest
     suite: str
-    mirror: str
+    mirror: str  # "host": the host's own Debian mirror (see testbed.image.mirror), or a URL
     extra_suites: tuple[str, ...]
     variant: str
     packages: tuple[str, ...]
@@ -50,9 +57,15 @@ class Recipe:
     def initramfs_init(self) -> Path:
         return self.directory / "initramfs-init"
 
-    def sources(self) -> list[str]:
+    @property
+    def guest_tool(self) -> Path:
+        """The guest tool package, zipped into /usr/local/bin/p2pdma-guest."""
+        return GUEST_TOOL_DIR
+
+    def sources(self, mirror: str | None = None) -> list[str]:
         """One-line apt sources for mmdebstrap (main suite first)."""
-        return [f"deb {self.mirror} {suite} main" for suite in (self.suite, *self.extra_suites)]
+        mirror = mirror or self.mirror
+        return [f"deb {mirror} {suite} main" for suite in (self.suite, *self.extra_suites)]
 
 
 def _tuple(table: dict, key: str, where: str) -> tuple[str, ...]:
@@ -79,7 +92,7 @@ def load_recipe(name: str = DEFAULT_RECIPE, root: Path | None = None) -> Recipe:
             directory=directory,
             tools_dir=base / "tools",
             suite=deb["suite"],
-            mirror=deb["mirror"],
+            mirror=str(deb.get("mirror", "host")),
             extra_suites=_tuple(deb, "extra_suites", str(path)),
             variant=deb.get("variant", "minbase"),
             packages=_tuple(deb, "packages", str(path)),
@@ -110,25 +123,39 @@ def _hashed_files(base: Path) -> list[Path]:
     return sorted(files)
 
 
+def builder_sources() -> list[tuple[str, Path]]:
+    """(label, file) of every source file whose code ends up in the image."""
+    files = [(f"builder/{p.name}", p) for p in sorted(BUILDER_DIR.glob("*.py"))]
+    files += [(f"kernel/{n}", PACKAGE_DIR / "kernel" / n) for n in KERNEL_MODULES]
+    files += [(f"guest_tool/{p.name}", p) for p in sorted(GUEST_TOOL_DIR.glob("*.py"))]
+    return files
+
+
+def _entry(h: "hashlib._Hash", label: str, path: Path) -> None:
+    if path.is_symlink():
+        kind, content = "l", str(path.readlink()).encode()
+    else:
+        kind = "x" if path.stat().st_mode & 0o111 else "f"
+        content = path.read_bytes()
+    h.update(f"{label}\0{kind}\0{len(content)}\0".encode())
+    h.update(content)
+
+
 def recipe_hash(images_root: Path | None = None, builder_dir: Path | None = None) -> str:
-    """sha256 (hex) over the recipe files and the builder's source files."""
+    """sha256 (hex) over the recipe files and the builder's source files
+    (``builder_dir``: hash that directory's ``*.py`` instead, for tests)."""
     h = hashlib.sha256(f"p2pdma-testbed image layout {LAYOUT_VERSION}\0".encode())
-    for label, base in (("guest-images", images_root if images_root is not None else guest_images_dir()),
-                        ("builder", builder_dir if builder_dir is not None else BUILDER_DIR)):
-        if not base.is_dir():
-            continue
-        files = _hashed_files(base)
-        if label == "guest-images":  # guest-images/kernel/ belongs to custom kernels
-            files = [p for p in files if p.relative_to(base).parts[0] in ("default", "tools")]
-        if label == "builder":
-            files = [p for p in files if p.suffix == ".py" and p.parent == base]
-        for path in files:
-            rel = path.relative_to(base).as_posix()
-            if path.is_symlink():
-                kind, content = "l", str(path.readlink()).encode()
-            else:
-                kind = "x" if path.stat().st_mode & 0o111 else "f"
-                content = path.read_bytes()
-            h.update(f"{label}/{rel}\0{kind}\0{len(content)}\0".encode())
-            h.update(content)
+    base = images_root if images_root is not None else guest_images_dir()
+    if base.is_dir():
+        for path in _hashed_files(base):
+            rel = path.relative_to(base)
+            if rel.parts[0] in ("default", "tools"):  # guest-images/kernel/: custom kernels
+                _entry(h, f"guest-images/{rel.as_posix()}", path)
+    if builder_dir is not None:
+        sources = [(f"builder/{p.name}", p) for p in sorted(builder_dir.glob("*.py"))]
+    else:
+        sources = builder_sources()
+    for label, path in sources:
+        if path.is_file():
+            _entry(h, label, path)
     return h.hexdigest()

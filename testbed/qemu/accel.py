@@ -3,8 +3,10 @@
 ``/dev/kvm`` opening is not proof: on this project's CI machines it is a
 software nested hypervisor under which a Linux guest crashes or spins.  So
 ``auto`` boots the testbed's own kernel under KVM once, with a hard timeout,
-and uses KVM only if that guest printed its marker and powered off.  The result
-is cached per host kernel, KVM module list and QEMU binary.
+and uses KVM only if that guest printed its marker and powered off.  A working
+KVM boots the probe guest in well under a second; the timeout gives up on a
+broken one after a few.  The result is cached per host kernel, KVM module list
+and QEMU binary.
 
     >>> resolve_accel("tcg", caps=None).name
     'tcg'
@@ -13,7 +15,6 @@ is cached per host kernel, KVM module list and QEMU binary.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -24,9 +25,13 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..paths import cache_dir
+from ..util.files import JsonCache
+from .cmdline import probe_argv
+from .probe import Capabilities
 
-PROBE_TIMEOUT = 20.0
+PROBE_TIMEOUT = 5.0  # a working KVM boots the probe guest in well under a second
 PROBE_MARKER = "TESTBED-PROBE-OK"
+ACCELS = ("auto", "kvm", "tcg")
 
 
 @dataclass(frozen=True)
@@ -54,33 +59,35 @@ def kvm_usable() -> bool:
     return True
 
 
-def _cache_file(caps) -> Path:
+def _cache(caps: Capabilities) -> JsonCache:
     try:
         modules = "".join(line for line in Path("/proc/modules").read_text().splitlines(True)
                           if line.startswith("kvm"))
     except OSError:
         modules = ""
     key = f"{platform.release()}|{modules}|{caps.path}|{caps.version_text}"
-    return cache_dir() / "probe" / f"kvm-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+    return JsonCache(cache_dir() / "probe" /
+                     f"kvm-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json")
 
 
-def probe_kvm(caps, guest: ProbeGuest, timeout: float = PROBE_TIMEOUT) -> Accel:
-    """Boot ``guest`` under KVM with a hard timeout; the verdict is cached."""
-    cache = _cache_file(caps)
+def _cached(caps: Capabilities) -> Accel | None:
+    data = _cache(caps).load()
     try:
-        data = json.loads(cache.read_text())
         return Accel(data["name"], data["reason"] + " (cached probe)")
-    except (OSError, ValueError, KeyError):
-        pass
+    except (KeyError, TypeError):
+        return None
+
+
+def probe_kvm(caps: Capabilities, guest: ProbeGuest, timeout: float = PROBE_TIMEOUT) -> Accel:
+    """Boot ``guest`` under KVM with a hard timeout; the verdict is cached."""
+    cached = _cached(caps)
+    if cached is not None:
+        return cached
     with tempfile.TemporaryDirectory(prefix="kvm-probe-") as tmp:
         console = Path(tmp) / "console.log"
-        argv = [caps.path, "-machine", "q35", "-accel", "kvm", "-cpu", "qemu64", "-m", "512M",
-                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-                "-serial", f"file:{console}", "-kernel", str(guest.kernel),
-                "-append", " ".join((*guest.cmdline, "console=ttyS0", "panic=-1",
-                                     "testbed.probe"))]
-        if guest.initrd:
-            argv += ["-initrd", str(guest.initrd)]
+        argv = probe_argv(caps.path, "kvm", guest.kernel, guest.initrd,
+                          (*guest.cmdline, "console=ttyS0", "panic=-1", "testbed.probe"),
+                          console)
         start = time.monotonic()
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
@@ -93,22 +100,24 @@ def probe_kvm(caps, guest: ProbeGuest, timeout: float = PROBE_TIMEOUT) -> Accel:
         except subprocess.TimeoutExpired:
             ok, reason = False, f"KVM probe guest hung for {timeout:.0f} s"
     accel = Accel("kvm" if ok else "tcg", reason)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"name": accel.name, "reason": reason}))
-    except OSError:
-        pass
+    _cache(caps).store({"name": accel.name, "reason": reason})
     return accel
 
 
-def resolve_accel(requested: str, caps, guest: ProbeGuest | None = None,
+def requested_accel(requested: str) -> str:
+    """The accelerator asked for, after ``TESTBED_ACCEL`` (UsageError when it is bad)."""
+    env = os.environ.get("TESTBED_ACCEL")
+    if env is not None and env != "":
+        if env not in ACCELS:
+            raise UsageError(f"TESTBED_ACCEL={env!r}: expected auto, kvm or tcg")
+        return env if requested == "auto" else requested
+    return requested
+
+
+def resolve_accel(requested: str, caps: Capabilities | None, guest: ProbeGuest | None = None,
                   allow_probe: bool = True) -> Accel:
     """``tcg``/``kvm``/``auto`` -> the accelerator to use, with the reason."""
-    env = os.environ.get("TESTBED_ACCEL")
-    if env:
-        if env not in ("auto", "kvm", "tcg"):
-            raise UsageError(f"TESTBED_ACCEL={env!r}: expected auto, kvm or tcg")
-        requested = env if requested == "auto" else requested
+    requested = requested_accel(requested)
     if requested == "tcg":
         return Accel("tcg", "requested")
     if requested == "kvm":
@@ -118,10 +127,10 @@ def resolve_accel(requested: str, caps, guest: ProbeGuest | None = None,
         return Accel("kvm", "requested")
     if not kvm_usable():
         return Accel("tcg", "no usable /dev/kvm")
-    cache = _cache_file(caps)
-    if cache.exists() or (allow_probe and guest is not None):
-        if guest is None:
-            data = json.loads(cache.read_text())
-            return Accel(data["name"], data["reason"] + " (cached probe)")
+    assert caps is not None
+    cached = _cached(caps)
+    if cached is not None:
+        return cached
+    if allow_probe and guest is not None:
         return probe_kvm(caps, guest)
     return Accel("tcg", "KVM not yet proven on this host (the first boot probes it)")

@@ -6,8 +6,14 @@ back to QMP ``quit`` and then SIGKILL.  QEMU never outlives its orchestrator:
 the child asks the kernel for SIGKILL when its parent dies
 (``PR_SET_PDEATHSIG``), and every live machine is shut down on exit.
 
-    >>> with QemuMachine(["qemu-system-x86_64", "-machine", "q35", "-S"],
-    ...                  run_dir=Path("/tmp/r")) as vm:                # doctest: +SKIP
+The command line comes from :mod:`testbed.qemu.cmdline`; the machine only picks
+the QMP socket's path (a short private directory when the run directory's path
+would not fit a unix socket address) and hands it to the builder.
+
+    >>> vm = QemuMachine(lambda qmp: ["qemu-system-x86_64", "-machine", "q35", "-S",
+    ...                               "-qmp", f"unix:{qmp},server=on,wait=off"],
+    ...                  run_dir=Path("/tmp/r"))                       # doctest: +SKIP
+    >>> with vm:                                                       # doctest: +SKIP
     ...     vm.qmp("query-status")["status"]
     'prelaunch'
 """
@@ -26,12 +32,12 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from ..errors import QemuError
+from ..errors import PortInUse, QemuError, QemuStartError
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +61,14 @@ atexit.register(_kill_all)
 
 
 class QemuMachine:
-    """A QEMU process driven over QMP (qemu.qmp) on a unix socket in ``run_dir``."""
+    """A QEMU process driven over QMP (qemu.qmp) on a unix socket.
 
-    def __init__(self, argv: list[str], run_dir: Path, *, console_log: Path | None = None,
+    ``build(qmp_socket_path) -> argv`` makes the command line (it must serve QMP on
+    that socket: :func:`testbed.qemu.cmdline.build` with ``qmp=``)."""
+
+    def __init__(self, build: Callable[[Path], list[str]], run_dir: Path, *,
                  name: str = "qemu"):
-        self.base_argv = list(argv)
         self.run_dir = Path(run_dir)
-        self.console_log = console_log
         self.name = name
         self.qmp_path = self.run_dir / "qmp.sock"
         self._short_dir: Path | None = None
@@ -70,6 +77,7 @@ class QemuMachine:
             self._short_dir = Path(tempfile.mkdtemp(prefix="tb-qmp-"))
             os.chmod(self._short_dir, 0o700)
             self.qmp_path = self._short_dir / "qmp.sock"
+        self.argv = list(build(self.qmp_path))
         self.stderr_log = self.run_dir / "qemu.log"
         self.proc: subprocess.Popen | None = None
         self._qmp: QEMUMonitorProtocol | None = None
@@ -77,13 +85,6 @@ class QemuMachine:
         self.exitcode: int | None = None
 
     # -- launch ---------------------------------------------------------------------------
-    @property
-    def argv(self) -> list[str]:
-        argv = self.base_argv + ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
-        if self.console_log is not None:
-            argv += ["-serial", f"file:{self.console_log}"]
-        return argv
-
     def launch(self, timeout: float = 30.0) -> None:
         """Start QEMU and connect QMP; QemuError (with QEMU's stderr) on failure."""
         if self.proc is not None:
@@ -95,7 +96,8 @@ class QemuMachine:
                                              stderr=subprocess.STDOUT, close_fds=True,
                                              preexec_fn=_child_setup)
             except OSError as exc:
-                raise QemuError(f"{self.name}: cannot start {self.argv[0]}: {exc}") from None
+                raise QemuStartError(f"{self.name}: cannot start {self.argv[0]}: {exc}") \
+                    from None
         _LIVE.add(self)
         try:
             self._connect(timeout)
@@ -104,14 +106,20 @@ class QemuMachine:
             raise
 
     def _connect(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                self.exitcode = self.proc.returncode
-                how = (f"was killed by signal {-self.exitcode}" if self.exitcode < 0
-                       else f"exited with status {self.exitcode}")
-                raise QemuError(f"{self.name}: QEMU {how} before QMP came up:\n"
-                                f"{self.stderr_tail() or '(QEMU printed nothing)'}")
+                self.exitcode = code = self.proc.returncode
+                how = (f"was killed by signal {-code}" if code < 0
+                       else f"exited with status {code}")
+                stderr = self.stderr_tail()
+                message = (f"{self.name}: QEMU {how} before QMP came up:\n"
+                           f"{stderr or '(QEMU printed nothing)'}")
+                # QEMU's own words are the only way to know the port was taken
+                if "host forwarding" in stderr:
+                    raise PortInUse(message, stderr, code)
+                raise QemuStartError(message, stderr, code)
             if self.qmp_path.exists():
                 qmp = QEMUMonitorProtocol(str(self.qmp_path))
                 try:
@@ -127,7 +135,7 @@ class QemuMachine:
             time.sleep(0.02)
 
     # -- use ------------------------------------------------------------------------------
-    def qmp(self, command: str, **args):
+    def qmp(self, command: str, **args: Any) -> Any:
         """Run one QMP command and return its result (QemuError on failure)."""
         with self._lock:
             if self._qmp is None:
@@ -139,8 +147,26 @@ class QemuMachine:
 
     @property
     def monitor(self) -> QEMUMonitorProtocol | None:
-        """The qemu.qmp client itself, for callers that need events."""
+        """The qemu.qmp client itself, for callers that need more than commands."""
         return self._qmp
+
+    def event_wait(self, name: str, timeout: float = 60.0,
+                   match: Callable[[dict], bool] | None = None) -> dict | None:
+        """The next QMP event called ``name`` (and passing ``match``) within ``timeout``
+        seconds, or None (like QEMUMachine.event_wait)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._qmp is None:
+                    raise QemuError(f"{self.name}: QMP is not connected")
+                try:
+                    event = self._qmp.pull_event(wait=min(1.0, max(0.01, deadline -
+                                                                   time.monotonic())))
+                except (QMPError, OSError, EOFError, TimeoutError):
+                    event = None
+            if event and event.get("event") == name and (match is None or match(event)):
+                return event
+        return None
 
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -222,13 +248,3 @@ def _close_quietly(qmp: QEMUMonitorProtocol) -> None:
         qmp.close()
     except Exception:
         pass
-
-
-def install_signal_handlers() -> None:
-    """Turn SIGTERM and SIGHUP into SystemExit so every ``finally`` cleans up."""
-    def handler(signum, frame):
-        signal.signal(signum, signal.SIG_IGN)  # one cleanup, not two
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)

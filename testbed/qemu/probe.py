@@ -11,23 +11,22 @@ not start QEMU every time.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import QemuError
+from ..errors import QemuNotFound
 from ..paths import cache_dir
+from ..util.files import JsonCache
+from .cmdline import bare_argv
+from .machine import QemuMachine
 
 PROBE_TIMEOUT = 30
-_FORMAT = 2
-
-
-class QemuNotFound(QemuError):
-    """The QEMU binary does not exist or does not run."""
+_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,10 @@ class Capabilities:
     nvme_props: frozenset[str] = field(default_factory=frozenset)
     nvme_ns_props: frozenset[str] = field(default_factory=frozenset)
     cpu_models: frozenset[str] = field(default_factory=frozenset)
+    # properties of other devices the testbed may set (e.g. pcie-root-port's disable-acs,
+    # amd-iommu's dma-remap), by device
+    device_props: dict[str, frozenset[str]] = field(default_factory=dict, hash=False,
+                                                     compare=False)
 
     @property
     def version_str(self) -> str:
@@ -59,13 +62,19 @@ def find_binary(name: str) -> str:
 
 def _run(argv: list[str]) -> str:
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT,
+        out = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT,
                              stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise QemuNotFound(f"cannot run {argv[0]}: {exc}") from None
+    stdout = out.stdout.decode("utf-8", errors="replace")
     if out.returncode != 0:
-        raise QemuNotFound(f"{' '.join(argv)} failed: {(out.stderr or out.stdout).strip()[:300]}")
-    return out.stdout
+        err = (out.stderr.decode("utf-8", errors="replace") or stdout).strip()
+        raise QemuNotFound(f"{' '.join(argv)} failed: {err[:300]}")
+    return stdout
+
+
+# devices whose properties the testbed asks for (beyond nvme / nvme-ns)
+PROPS_OF = ("pcie-root-port", "amd-iommu", "intel-iommu")
 
 
 def _props(text: str) -> frozenset[str]:
@@ -82,9 +91,15 @@ def _probe_uncached(path: str) -> Capabilities:
     ns = _props(_run([path, "-device", "nvme-ns,help"])) if "nvme-ns" in devices else frozenset()
     cpus = frozenset(re.findall(r"^(?:x86\s+)?\s+(\S+)", _run([path, "-cpu", "help"])
                                 .split("Recognized CPUID flags")[0], re.M)) - {"Available"}
-    return Capabilities(path=path, version=tuple(int(x) for x in m.groups()),
-                        version_text=version_text, devices=devices, nvme_props=nvme,
-                        nvme_ns_props=ns, cpu_models=cpus | {"host", "max"})
+    other = {d: _props(_run([path, "-device", f"{d},help"])) for d in PROPS_OF if d in devices}
+    return Capabilities(path=path, version=_version(m), version_text=version_text,
+                        devices=devices, nvme_props=nvme, nvme_ns_props=ns,
+                        cpu_models=cpus | {"host", "max"}, device_props=other)
+
+
+def _version(m: re.Match[str]) -> tuple[int, int, int]:
+    major, minor, micro = (int(x) for x in m.groups())
+    return (major, minor, micro)
 
 
 def probe(name: str = "qemu-system-x86_64") -> Capabilities:
@@ -92,28 +107,26 @@ def probe(name: str = "qemu-system-x86_64") -> Capabilities:
     path = find_binary(name)
     st = os.stat(path)
     key = hashlib.sha256(f"{_FORMAT}:{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
-    cache = cache_dir() / "probe" / f"qemu-{key[:20]}.json"
+    cache = JsonCache(cache_dir() / "probe" / f"qemu-{key[:20]}.json")
+    data = cache.load()
     try:
-        data = json.loads(cache.read_text())
-        return Capabilities(path=data["path"], version=tuple(data["version"]),
+        major, minor, micro = (int(x) for x in data["version"])
+        return Capabilities(path=data["path"], version=(major, minor, micro),
                             version_text=data["version_text"],
                             devices=frozenset(data["devices"]),
                             nvme_props=frozenset(data["nvme_props"]),
                             nvme_ns_props=frozenset(data["nvme_ns_props"]),
-                            cpu_models=frozenset(data["cpu_models"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+                            cpu_models=frozenset(data["cpu_models"]),
+                            device_props={k: frozenset(v) for k, v in
+                                          data["device_props"].items()})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass  # no cache yet, or one from an older format
     caps = _probe_uncached(path)
     data = asdict(caps)
     for k in ("devices", "nvme_props", "nvme_ns_props", "cpu_models"):
         data[k] = sorted(data[k])
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(cache)
-    except OSError:
-        pass  # a read-only cache only costs speed
+    data["device_props"] = {k: sorted(v) for k, v in caps.device_props.items()}
+    cache.store(data)
     return caps
 
 
@@ -132,17 +145,15 @@ class CpuInfo:
 
 def cpu_info(caps: Capabilities, model: str) -> CpuInfo:
     """Vendor and family of a CPU model, asked of QEMU over QMP (cached)."""
-    cache = cache_dir() / "probe" / f"cpu-{hashlib.sha256(f'{caps.path}|{caps.version_text}|{model}'.encode()).hexdigest()[:20]}.json"
+    key = hashlib.sha256(f"{caps.path}|{caps.version_text}|{model}".encode()).hexdigest()[:20]
+    cache = JsonCache(cache_dir() / "probe" / f"cpu-{key}.json")
+    d = cache.load()
     try:
-        d = json.loads(cache.read_text())
         return CpuInfo(d["model"], d["vendor"], d["family"])
-    except (OSError, ValueError, KeyError):
+    except (KeyError, TypeError):
         pass
-    import tempfile
-    from .machine import QemuMachine
     with tempfile.TemporaryDirectory(prefix="cpu-probe-") as tmp:
-        vm = QemuMachine([caps.path, "-machine", "none", "-accel", "tcg", "-S", "-nodefaults",
-                          "-display", "none"], Path(tmp), name="cpu probe")
+        vm = QemuMachine(lambda qmp: bare_argv(caps.path, qmp), Path(tmp), name="cpu probe")
         vm.launch()
         try:
             props = vm.qmp("query-cpu-model-expansion", type="full",
@@ -150,9 +161,5 @@ def cpu_info(caps: Capabilities, model: str) -> CpuInfo:
         finally:
             vm.shutdown()
     info = CpuInfo(model, str(props.get("vendor", "")), int(props.get("family", 0)))
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(asdict(info)))
-    except OSError:
-        pass
+    cache.store(asdict(info))
     return info

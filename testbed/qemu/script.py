@@ -11,18 +11,37 @@
 
 from __future__ import annotations
 
+import re
 import shlex
+from typing import Sequence
+
+
+def _prefix(run_dir: str) -> re.Pattern[str]:
+    """``run_dir`` where it starts a path: at the start of an argument or of an option
+    value (after ``=``, ``,`` or ``:``), and followed by ``/``, ``,`` or the end."""
+    return re.compile(r"(?:^|(?<=[=,:]))" + re.escape(run_dir.rstrip("/") or "/")
+                      + r"(?=/|,|$)")
 
 
 def quote(arg: str, run_dir: str | None = None) -> str:
-    """Shell-quote ``arg``, spelling ``run_dir`` inside it as ``"$RUN_DIR"``."""
-    if not run_dir or run_dir not in arg:
+    """Shell-quote ``arg``, spelling ``run_dir`` as ``"$RUN_DIR"`` where it is the start
+    of a path (never inside a word: ``--run-dir q`` leaves ``q35`` alone).
+
+    >>> quote("file=/r/a.img,if=none", "/r")
+    'file="$RUN_DIR"/a.img,if=none'
+    >>> quote("q35", "q")
+    'q35'
+    """
+    if not run_dir:
         return shlex.quote(arg)
-    pieces = arg.split(run_dir)
+    pieces = _prefix(run_dir).split(arg)
+    if len(pieces) == 1:
+        return shlex.quote(arg)
     return '"$RUN_DIR"'.join(shlex.quote(p) if p else "" for p in pieces)
 
 
-def to_script(argv: list[str], run_dir: str | None = None, prelude: list[str] = ()) -> str:
+def to_script(argv: Sequence[str], run_dir: str | None = None,
+              prelude: Sequence[str] = ()) -> str:
     """The argv as ``exec`` line(s); occurrences of ``run_dir`` become ``$RUN_DIR``."""
     lines = ["#!/bin/sh"]
     if run_dir:

@@ -14,17 +14,17 @@ secondary bus number, and the NVMe BARs are checked.
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from ..rundir import RunDir
-from ..spec.model import DownstreamPort, Nvme, RootPort, Switch, Topology
+from ..spec.model import Topology
 from ..spec.units import format_size
-from .cmdline import ROOT_BUS, create_backing_files, machine_argv
+from ..util.rundir import RunDir
+from .backing import create_backing_files
+from .cmdline import build
+from .devices import CMB_BAR, DEVICES, PMR_BAR, ROOT_BUS
 from .machine import QemuMachine
 from .probe import probe
 
-QOM_TYPES = {RootPort: "pcie-root-port", Switch: "x3130-upstream",
-             DownstreamPort: "xio3130-downstream", Nvme: "nvme"}
-CMB_BAR, PMR_BAR = 2, 4
 ENUMERATION_TIMEOUT = 30.0
 
 
@@ -38,8 +38,8 @@ def verify(topo: Topology, binary: str | None = None) -> list[str]:
     caps = probe(binary or topo.machine.qemu)
     with RunDir.create(f"verify-{topo.name}") as run:
         create_backing_files(topo, run.path)
-        argv = machine_argv(topo, caps.path, run.path, accel="tcg") + ["-S"]
-        vm = QemuMachine(argv, run.path, name=f"verify {topo.name}")
+        vm = QemuMachine(lambda qmp: build(topo, caps.path, run.path, "tcg", qmp=qmp,
+                                           paused=True), run.path, name=f"verify {topo.name}")
         vm.launch()
         try:
             diffs = _check_qom(vm, topo)
@@ -60,7 +60,7 @@ def _check_qom(vm: QemuMachine, topo: Topology) -> list[str]:
         except Exception as exc:
             diffs.append(f"{node.name}: not found in QEMU ({exc})")
             continue
-        want_type = QOM_TYPES[type(node)]
+        want_type = DEVICES[type(node)].qom_type
         if qtype != want_type:
             diffs.append(f"{node.name}: QEMU made a {qtype}, the spec says {want_type}")
         parent = expected_parents(topo)[node.name]
@@ -71,10 +71,10 @@ def _check_qom(vm: QemuMachine, topo: Topology) -> list[str]:
     return diffs
 
 
-def _pci_devices(buses) -> dict[str, dict]:
+def _pci_devices(buses: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {}
 
-    def visit(devices):
+    def visit(devices: list[dict[str, Any]]) -> None:
         for d in devices:
             if d.get("qdev_id"):
                 out[d["qdev_id"]] = d
@@ -87,7 +87,7 @@ def _pci_devices(buses) -> dict[str, dict]:
     return out
 
 
-def _numbered(buses, topo) -> bool:
+def _numbered(buses: list[dict[str, Any]], topo: Topology) -> bool:
     devices = _pci_devices(buses)
     return all(n.name in devices for n in topo.nodes())
 

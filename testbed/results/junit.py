@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from ..verdicts.record import Record
 from .model import RunResult
 
 
-def case_name(rec) -> str:
+def case_name(rec: Record) -> str:
     if rec.command:
         return f"exec: {rec.command}"
     pair = "->".join(x for x in (rec.provider, rec.client) if x)
@@ -15,13 +16,19 @@ def case_name(rec) -> str:
 
 
 def to_junit(result: RunResult) -> str:
+    broken = bool(result.error) or not result.finished
     suite = ET.Element("testsuite", name=f"p2pdma-testbed.{result.topology}",
-                       tests=str(len(result.workloads) + (1 if result.error else 0)),
+                       tests=str(len(result.workloads) + (1 if broken else 0)),
                        failures=str(len(result.mismatches)),
-                       errors="1" if result.error else "0", time=f"{result.seconds:.2f}")
-    if result.error:
-        case = ET.SubElement(suite, "testcase", classname=result.topology, name="boot")
-        ET.SubElement(case, "error", message=result.error.splitlines()[0][:200]).text = result.error
+                       errors="1" if broken else "0", time=f"{result.seconds:.2f}")
+    if broken:
+        message = result.error or "the run did not finish"
+        case = ET.SubElement(suite, "testcase", classname=result.topology,
+                             name="boot" if result.error_kind.startswith(("boot", "driver",
+                                                                          "guest-view"))
+                             else "run")
+        ET.SubElement(case, "error", message=message.splitlines()[0][:200],
+                      type=result.error_kind or "incomplete").text = message
     for rec in result.workloads:
         case = ET.SubElement(suite, "testcase", classname=result.topology, name=case_name(rec),
                              time=f"{rec.seconds:.2f}")

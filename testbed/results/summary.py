@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..util.table import format_table
 from .model import RunResult
 
 
-def summary(result: RunResult, out_dir=None) -> str:
+def summary(result: RunResult, out_dir: Path | None = None) -> str:
     rows = [("WORKLOAD", "PROVIDER", "CLIENT", "PREDICTED", "OBSERVED", "DATA", "MB/S", "")]
     for r in result.workloads:
         if r.name == "inventory":
@@ -17,11 +20,10 @@ def summary(result: RunResult, out_dir=None) -> str:
         rows.append((r.name, r.provider or "", r.client or "", r.predicted or "-",
                      r.observed or "-", "yes" if r.data_verified else "no",
                      "" if r.mb_per_s is None else f"{r.mb_per_s:.1f}", mark))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"{result.topology}: kernel {result.kernel.get('release', '?')}, "
-             f"{result.qemu.get('accel', '?')}, boot {result.boot_seconds:.1f} s"]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    verdict = "PASS" if result.status == 0 else "FAIL"
+             f"{result.qemu.get('accel', '?')}, boot {result.boot_seconds:.1f} s",
+             format_table(rows)]
+    verdict = result.verdict.upper()
     n = len(result.judged)
     lines.append(f"{verdict}: {n - len(result.mismatches)}/{n} judged verdicts as predicted"
                  + (f"; {result.error.splitlines()[0]}" if result.error else "")

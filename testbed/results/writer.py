@@ -5,38 +5,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
+from typing import Sequence
 
 import jinja2
 
-from ..errors import UsageError
+from ..util.files import atomic_write, new_out_dir
 from .junit import to_junit
 from .model import RunResult
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
-def default_out_dir(topology: str, base: Path = Path("runs")) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return base / f"{stamp}-{topology}"
-
-
 def make_out_dir(path: Path | None, topology: str) -> Path:
     """Create the output directory; never overwrite an existing run."""
-    if path is None:
-        path = default_out_dir(topology)
-        base, n = path, 1
-        while path.exists():
-            path = base.with_name(f"{base.name}-{n}")
-            n += 1
-    if path.exists() and any(path.iterdir()):
-        raise UsageError(f"--out {path}: exists and is not empty (a run never overwrites another)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {path}: cannot create: {exc.strerror}") from None
-    return path
+    return new_out_dir(path, topology)
 
 
 def render_report(result: RunResult) -> str:
@@ -48,7 +31,7 @@ def render_report(result: RunResult) -> str:
 
 def write_results(out: Path, result: RunResult, *, topology_file: Path | None = None,
                   qemu_script: str | None = None, console: Path | None = None,
-                  dmesg: str = "", dmesg_deltas: list[tuple[str, str]] = ()) -> None:
+                  dmesg: str = "", dmesg_deltas: Sequence[tuple[str, str]] = ()) -> None:
     _write(out / "results.json", json.dumps(result.to_json(), indent=1) + "\n")
     _write(out / "junit.xml", to_junit(result) + "\n")
     _write(out / "report.md", render_report(result))
@@ -68,6 +51,4 @@ def write_results(out: Path, result: RunResult, *, topology_file: Path | None = 
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, text)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Mapping, Union
 
 from .units import MiB
 
@@ -138,6 +138,21 @@ class Topology:
     pcie: tuple[Node, ...] = ()  # RootPort or Nvme on the root complex
     expect: tuple[Expectation, ...] = ()
     source: Path | None = None
+    # where things were written, for problems found after parsing (see :meth:`position`)
+    where: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+    key_where: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False,
+                                                     repr=False)
+    node_paths: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    filename: str = field(default="", compare=False)  # the file as the user named it
+
+    def position(self, path: str, key: bool = False) -> tuple[int, int]:
+        """(line, column) of the value (or the key) at field ``path``; (1, 1) if unknown."""
+        table = self.key_where if key else self.where
+        while path:
+            if path in table:
+                return table[path]
+            path = path.rsplit(".", 1)[0] if "." in path else ""
+        return (1, 1)
 
     def nodes(self) -> Iterator[Node]:
         return walk(self.pcie)
@@ -168,9 +183,16 @@ class Topology:
         """Nodes from ``name`` up to (excluding) the root complex, nearest first."""
         parents = self.parents()
         path = [self.find(name)]
-        while parents[path[-1].name] is not None:
-            path.append(parents[path[-1].name])
+        while (up := parents[path[-1].name]) is not None:
+            path.append(up)
         return path
+
+    def nvme(self, name: str) -> Nvme:
+        """The NVMe controller called ``name`` (KeyError when there is none)."""
+        node = self.find(name)
+        if not isinstance(node, Nvme):
+            raise KeyError(f"{name} is not an NVMe controller")
+        return node
 
 
 def walk(nodes) -> Iterator[Node]:

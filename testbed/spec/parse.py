@@ -1,7 +1,8 @@
 """Turn a :class:`Sourced` YAML tree into a :class:`Topology`, collecting every problem.
 
-The checks here need nothing but the file itself; checks against the QEMU
-binary (does it have ``pmrdev``?) live in :mod:`testbed.qemu.capabilities`.
+The checks here need nothing but the file itself.  What the QEMU machine makes of
+the tree (root-bus slots, devices and properties the binary has) is a second pass,
+:func:`testbed.qemu.validate`, which points at lines through ``Topology.where``.
 
     >>> from .yamlsource import load
     >>> text = '''
@@ -17,25 +18,36 @@ binary (does it have ``pmrdev``?) live in :mod:`testbed.qemu.capabilities`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .model import (ACCELS, IOMMU_MODELS, IOMMU_MODES, VERDICTS, DownstreamPort, Expectation,
-                    Iommu, Machine, Namespace, Nvme, Pmr, RootPort, Switch, Topology)
-from .problems import Problem, SpecError, did_you_mean
+from ..errors import Problem, SpecError, did_you_mean
+from .model import (
+    ACCELS,
+    IOMMU_MODELS,
+    IOMMU_MODES,
+    VERDICTS,
+    DownstreamPort,
+    Expectation,
+    Iommu,
+    Machine,
+    Namespace,
+    Nvme,
+    Pmr,
+    RootPort,
+    Switch,
+    Topology,
+)
 from .units import MiB, format_size, is_power_of_two, parse_size
-from .yamlsource import Sourced
+from .yamlsource import Sourced, positions
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 TOPOLOGY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESERVED_PREFIX = "tb-"  # the testbed's own QEMU ids (boot disk, NIC, vIOMMU)
 
-# q35's root bus has 32 slots: 00.0 is the host bridge, 1f.* the ICH9 functions,
-# and the testbed itself plugs the boot disk, the NIC, an RNG and (custom kernels)
-# a modules disk there, plus virtio-iommu or the AMD IOMMU when asked for.
-ROOT_BUS_SLOTS = 32 - 2 - 4
-SWITCH_MAX_PORTS = 32
+SWITCH_MAX_PORTS = 32  # a PCI bus has 32 device slots
 MAX_BUSES = 255
 MAX_CMB = 4 << 30
 MAX_PMR = 4 << 30
@@ -58,20 +70,16 @@ EXPECT_KEYS = ("provider", "client", "verdict", "reason")
 ALL_KNOWN_KEYS = sorted({k for keys in KIND_KEYS.values() for k in keys})
 
 
-IOMMU_DEVICES = {"intel": "intel-iommu", "amd": "amd-iommu", "virtio": "virtio-iommu-pci"}
-
 
 class _Parser:
-    def __init__(self, filename: str, base_dir: Path, probe: Callable | None):
+    def __init__(self, filename: str, base_dir: Path):
         self.filename = filename
         self.base_dir = base_dir
-        self.probe = probe
-        self.caps = None
+        self.node_paths: dict[str, str] = {}
         self.problems: list[Problem] = []
         self.names: dict[str, int] = {}  # name -> line first seen
         self.bus_count = 0
         self.expect_nodes: list = []
-        self.qemu_binary: str | None = Machine().qemu  # probed even if other settings are bad
         self.serials: dict[str, int] = {}  # NVMe serial -> line first seen
 
     # -- reporting --------------------------------------------------------------------------
@@ -191,10 +199,6 @@ class _Parser:
             name = None
         description = self.string(top["description"], "description") if "description" in top else ""
         machine = self.machine(top.get("machine"))
-        if self.qemu_binary is not None and self.probe is not None:
-            self.probe_qemu(self.qemu_binary, top.get("machine"))
-            if machine is not None:
-                self.check_cpu(machine, top.get("machine"))
         iommu = self.iommu(top.get("iommu"))
         cmdline = self.cmdline(top.get("kernel_cmdline"))
         if "pcie" not in top:
@@ -210,7 +214,7 @@ class _Parser:
         if machine and iommu and iommu.model != "none" and machine.cpus > 254 and iommu.model != "intel":
             self.problem(top.get("machine"), "machine.cpus", "more than 254 vCPUs need x2APIC "
                          "interrupt remapping, which only the intel vIOMMU provides here")
-        if None in (name, machine, iommu, cmdline):
+        if name is None or machine is None or iommu is None or cmdline is None:
             return None
         return Topology(name=name, description=description or "", machine=machine, iommu=iommu,
                         kernel_cmdline=cmdline, pcie=pcie, expect=expect,
@@ -240,55 +244,18 @@ class _Parser:
         if "accel" in m:
             kw["accel"] = self.choice(m["accel"], "machine.accel", ACCELS)
         if "qemu" in m:
-            kw["qemu"] = self.qemu_binary = self.string(m["qemu"], "machine.qemu")
+            kw["qemu"] = self.string(m["qemu"], "machine.qemu")
         if None in kw.values():
             return None
         return Machine(**kw)
 
-    def probe_qemu(self, binary: str, node: Sourced | None) -> None:
-        from ..errors import TestbedError
-        try:
-            self.caps = self.probe(binary)
-        except TestbedError as exc:
-            at = node.value["qemu"] if node is not None and isinstance(node.value, dict) \
-                and "qemu" in node.value else None
-            self.problem(at, "machine.qemu", str(exc))
-
-    def check_cpu(self, machine: Machine, node: Sourced | None) -> None:
-        if self.caps is None or not self.caps.cpu_models or machine.cpu in self.caps.cpu_models:
-            return
-        at = node.value.get("cpu") if node is not None and isinstance(node.value, dict) else None
-        self.problem(at, "machine.cpu", f"{self.caps.describe()} has no CPU model "
-                     f"{machine.cpu!r}{did_you_mean(machine.cpu, self.caps.cpu_models)}")
-
-    def need(self, node: Sourced, path: str, device: str, prop: str | None = None,
-             props_of: str = "nvme_props", at_key: str | None = None) -> bool:
-        """True if the probed QEMU has ``device`` (and its property ``prop``)."""
-        caps = self.caps
-        if caps is None:
-            return True
-        if device not in caps.devices:
-            self.problem(node, path, f"{caps.describe()} has no {device!r} device", at_key=at_key)
-            return False
-        if prop and prop not in getattr(caps, props_of):
-            self.problem(node, path, f"{caps.describe()} lacks the {device} property {prop!r}",
-                         at_key=at_key)
-            return False
-        return True
-
     def iommu(self, node: Sourced | None) -> Iommu | None:
-        iommu = self._iommu(node)
-        if iommu and iommu.model != "none":
-            self.need(node, "iommu", IOMMU_DEVICES[iommu.model])
-        return iommu
-
-    def _iommu(self, node: Sourced | None) -> Iommu | None:
         if node is None:
             return Iommu()
         if not isinstance(node.value, dict):
             model = self.choice(node, "iommu", IOMMU_MODELS)
             return Iommu(model=model) if model else None
-        m = self.mapping(node, "iommu", IOMMU_KEYS, "vIOMMU settings")
+        m = self.mapping(node, "iommu", IOMMU_KEYS, "vIOMMU settings") or {}
         model = self.choice(m["model"], "iommu.model", IOMMU_MODELS) if "model" in m else None
         if "model" not in m:
             self.problem(node, "iommu.model", f"missing: one of {', '.join(IOMMU_MODELS)}")
@@ -306,9 +273,9 @@ class _Parser:
             return tuple(node.value.split())
         if isinstance(node.value, list):
             words = [self.string(w, f"kernel_cmdline[{i}]") for i, w in enumerate(node.value)]
-            if None in words:
+            if any(w is None for w in words):
                 return None
-            return tuple(w for word in words for w in word.split())
+            return tuple(w for word in words if word is not None for w in word.split())
         self.problem(node, "kernel_cmdline", f"expected a string or a list of strings, got "
                      f"{_describe(node.value)}")
         return None
@@ -318,10 +285,6 @@ class _Parser:
         if not isinstance(node.value, list):
             self.problem(node, "pcie", f"expected a list of devices, got {_describe(node.value)}")
             return ()
-        slots = ROOT_BUS_SLOTS - (1 if iommu and iommu.model in ("virtio", "amd") else 0)
-        if len(node.value) > slots:
-            self.problem(node, "pcie", f"too many devices on the root complex: {len(node.value)}"
-                         f", at most {slots} slots are free (put switches under root ports)")
         out = []
         for i, item in enumerate(node.value):
             dev = self.node(item, f"pcie[{i}]", allowed=("root_port", "nvme"),
@@ -355,8 +318,10 @@ class _Parser:
         if kind not in allowed:
             self.problem(item, f"{path}.{kind}", _placement_error(kind, where), at_key=kind)
             return None
-        m = self.mapping(item, path, KIND_KEYS[kind], f"a {kind}")
+        m = self.mapping(item, path, KIND_KEYS[kind], f"a {kind}") or {}
         name = self.name(m[kind], f"{path}.{kind}", kind.replace("_", " "))
+        if name is not None:
+            self.node_paths[name] = path
         return getattr(self, kind)(item, m, path, name)
 
     def port_device(self, m: dict[str, Sourced], path: str, port: str):
@@ -375,20 +340,16 @@ class _Parser:
                          where=f"in {port}")
 
     def root_port(self, item, m, path, name):
-        self.need(item, f"{path}.root_port", "pcie-root-port", at_key="root_port")
         self.bus_count += 1
         device = self.port_device(m, path, "a root port")
         return RootPort(name, device) if name else None
 
     def downstream_port(self, item, m, path, name):
-        self.need(item, f"{path}.downstream_port", "xio3130-downstream", at_key="downstream_port")
         self.bus_count += 1
         device = self.port_device(m, path, "a downstream port")
         return DownstreamPort(name, device) if name else None
 
     def switch(self, item, m, path, name):
-        self.need(item, f"{path}.switch", "x3130-upstream", at_key="switch")
-        self.need(item, f"{path}.switch", "xio3130-downstream", at_key="switch")
         self.bus_count += 1  # the bus below the upstream port
         ports = []
         ds = m.get("downstream")
@@ -417,13 +378,13 @@ class _Parser:
                     port = None
                 elif port:
                     self.names[port.name] = entry.line
+                    self.node_paths[port.name] = sub
             if port is not None:
                 ports.append(port)
         return Switch(name, tuple(ports)) if name else None
 
     def nvme(self, item, m, path, name):
-        ok = self.need(item, f"{path}.nvme", "nvme", at_key="nvme") and \
-            self.need(item, f"{path}.nvme", "nvme-ns", at_key="nvme")
+        ok = True
         serial = name
         if "serial" in m:
             serial = self.string(m["serial"], f"{path}.serial")
@@ -445,12 +406,10 @@ class _Parser:
                 ok = False
             else:
                 self.serials[serial] = at.line
-        cmb = 0
+        cmb: int | None = 0
         if "cmb" in m and m["cmb"].value not in (None, 0, False):
             cmb = self.size(m["cmb"], f"{path}.cmb")
-            if not self.need(m["cmb"], f"{path}.cmb", "nvme", "cmb_size_mb"):
-                ok = False
-            elif cmb is None:
+            if cmb is None:
                 ok = False
             elif cmb:  # "0M", like 0, means no CMB
                 fix = format_size(max(2 * MiB, 1 << (cmb - 1).bit_length()))
@@ -471,18 +430,17 @@ class _Parser:
         pmr = self.pmr(m["pmr"], f"{path}.pmr") if "pmr" in m and m["pmr"].value is not None else None
         if "pmr" in m and m["pmr"].value is not None and pmr is None:
             ok = False
-        if pmr is not None and not self.need(m["pmr"], f"{path}.pmr", "nvme", "pmrdev"):
-            ok = False
         namespaces = self.namespaces(m.get("namespaces"), f"{path}.namespaces")
         if namespaces is None:
             ok = False
-        if not (ok and name and serial is not None):
+        if not (ok and name and serial is not None and cmb is not None
+                and namespaces is not None):
             return None
         return Nvme(name=name, serial=serial, cmb=cmb, pmr=pmr, namespaces=namespaces)
 
     def pmr(self, node: Sourced, path: str) -> Pmr | None:
         if isinstance(node.value, dict):
-            m = self.mapping(node, path, PMR_KEYS, "PMR settings")
+            m = self.mapping(node, path, PMR_KEYS, "PMR settings") or {}
             if "size" not in m:
                 self.problem(node, f"{path}.size", "missing: the PMR size, a power of two such as 16M")
                 return None
@@ -528,10 +486,7 @@ class _Parser:
             size = self.size(m["size"], f"{sub}.size")
             bs = self.integer(m["block_size"], f"{sub}.block_size", 1, 1 << 16) \
                 if "block_size" in m else 512
-            if bs not in (None, 512) and not self.need(m["block_size"], f"{sub}.block_size", "nvme-ns",
-                                                       "logical_block_size", "nvme_ns_props"):
-                bs = None
-            elif bs is not None and bs not in BLOCK_SIZES:
+            if bs is not None and bs not in BLOCK_SIZES:
                 self.problem(m["block_size"], f"{sub}.block_size", f"block size must be one of "
                              f"{', '.join(map(str, BLOCK_SIZES))}, got {bs}")
                 bs = None
@@ -572,8 +527,8 @@ class _Parser:
                     self.problem(m[key], f"{sub}.{key}", f"no device named {val!r}"
                                  + did_you_mean(val, self.names))
                     val = None
-            if None not in (provider, client, verdict) and provider in self.names \
-                    and client in self.names:
+            if provider is not None and client is not None and verdict is not None \
+                    and provider in self.names and client in self.names:
                 exp = Expectation(provider, client, verdict, reason or "stated in the topology file")
                 self.expect_nodes.append((exp, m, sub))
                 out.append(exp)
@@ -612,18 +567,19 @@ def _describe(value) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def parse(root: Sourced, filename: str, base_dir: Path | None = None,
-          probe: Callable | None = None) -> Topology:
+def parse(root: Sourced, filename: str, base_dir: Path | None = None) -> Topology:
     """Validate and build; raise :class:`SpecError` listing every problem.
 
-    ``probe(binary) -> Capabilities`` (see :mod:`testbed.qemu.probe`) adds the
-    checks against the QEMU binary the file names; without it they are skipped.
+    The result records where every field was written (``Topology.where``) so the
+    checks against QEMU (:func:`testbed.qemu.validate`) can name lines too.
     """
-    parser = _Parser(filename, base_dir or Path(filename).resolve().parent, probe)
+    parser = _Parser(filename, base_dir or Path(filename).resolve().parent)
     topo = parser.topology(root)
     if topo is not None:
         parser.check_expectations(topo)
     if parser.problems:
         raise SpecError(parser.problems)
     assert topo is not None
-    return topo
+    values, keys = positions(root)
+    return dataclasses.replace(topo, where=values, key_where=keys,
+                               node_paths=dict(parser.node_paths), filename=filename)

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .problems import Problem, SpecError
+from ..errors import Problem, SpecError
 
 MAX_NODES = 100_000  # alias bombs expand to more nodes than any topology needs
 
@@ -60,6 +60,33 @@ class Lines:
         if line == 1 and self.bom and index > 0:
             col -= 1
         return line, col
+
+
+def positions(root: Sourced) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """Where every value and every key of the document was written, by field path
+    (``pcie[0].device.cmb``), so later passes can point at a line without the YAML.
+
+    >>> values, keys = positions(load("a:\\n  b: [1, 2]\\n", "x.yaml"))
+    >>> values["a.b[1]"], keys["a.b"]
+    ((2, 10), (2, 3))
+    """
+    values: dict[str, tuple[int, int]] = {}
+    keys: dict[str, tuple[int, int]] = {}
+
+    def visit(node: Sourced, path: str) -> None:
+        values[path] = (node.line, node.col)
+        if isinstance(node.value, dict):
+            for k, v in node.value.items():
+                sub = f"{path}.{k}" if path else k
+                if k in node.key_line:
+                    keys[sub] = node.key_line[k]
+                visit(v, sub)
+        elif isinstance(node.value, list):
+            for i, v in enumerate(node.value):
+                visit(v, f"{path}[{i}]")
+
+    visit(root, "")
+    return values, keys
 
 
 def position(text: str, index: int) -> tuple[int, int]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from ..spec.model import Topology
 from .base import Context, Record, Workload
 from .copy import HostBaseline, P2PCopy
 from .exec import Exec
@@ -16,10 +17,9 @@ from .pmr import Pmr
 WORKLOADS: dict[str, type[Workload]] = {
     w.name: w for w in (Inventory, P2PCopy, HostBaseline, Passthru, Pmr, Exec)
 }
-DEFAULT = ("inventory", "p2p-copy", "host-baseline", "passthru", "pmr")
 
 
-def default_workloads(topo) -> list[str]:
+def default_workloads(topo: Topology) -> list[str]:
     """The default set, minus workloads the topology has nothing for."""
     out = ["inventory"]
     if any(n.cmb for n in topo.nvmes()) and len(topo.nvmes()) > 1:
@@ -29,4 +29,4 @@ def default_workloads(topo) -> list[str]:
     return out
 
 
-__all__ = ["WORKLOADS", "DEFAULT", "default_workloads", "Context", "Record", "Workload"]
+__all__ = ["WORKLOADS", "default_workloads", "Context", "Record", "Workload"]

@@ -10,10 +10,12 @@ seeded pattern, every 4 KiB block checksummed through host memory.
 from __future__ import annotations
 
 import time
+from typing import Any, Sequence
 
-from ..oracle import pairs, predict
-from .base import Context, Record, Workload, need_bdf, pull_dmesg
-from .classify import observe
+from ..guest.result import CommandResult
+from ..verdicts.observe import observe, pull_dmesg
+from ..verdicts.predict import pairs, predict
+from .base import Context, Record, Workload, need_bdf
 
 
 def _mb_per_s(result: dict | None) -> float | None:
@@ -27,9 +29,10 @@ class P2PCopy(Workload):
     judged = True
     buffer = "p2pmem"
 
-    def transfer(self, ctx: Context, provider: str, client: str, devices: dict,
-                 extra: list[str] = ()) -> tuple[dict | None, object, dict]:
-        dev = devices.get(ctx.topology.find(client).serial)
+    def transfer(self, ctx: Context, provider: str, client: str, devices: dict[str, Any],
+                 extra: Sequence[str] = ()
+                 ) -> tuple[dict[str, Any] | None, CommandResult, dict[str, list[str]]]:
+        dev = devices.get(ctx.topology.nvme(client).serial)
         if dev is None:
             raise LookupError(f"{client}: no block device in the guest")
         args = ["copy", "--provider", need_bdf(ctx, provider), "--client", f"/dev/{dev['block']}",
@@ -41,7 +44,7 @@ class P2PCopy(Workload):
         return data, res, pull_dmesg(ctx.dmesg_delta())
 
     def run(self, ctx: Context, only: tuple[str, str] | None = None,
-            extra: list[str] = ()) -> list[Record]:
+            extra: Sequence[str] = ()) -> list[Record]:
         devices = ctx.block_devices()
         records = []
         for provider, client in [only] if only else pairs(ctx.topology):

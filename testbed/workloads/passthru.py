@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from ..oracle import pairs, predict
-from .base import Context, Record, Workload, need_bdf, pull_dmesg
-from .classify import observe
+from ..verdicts.observe import observe, pull_dmesg
+from ..verdicts.predict import pairs, predict
+from .base import Context, Record, Workload, need_bdf
 
 
 class Passthru(Workload):
@@ -25,7 +25,7 @@ class Passthru(Workload):
             pred = predict(ctx.topology, provider, client, ctx.cpu, ctx.kernel_p2pdma)
             rec = Record(name=self.name, provider=provider, client=client,
                          predicted=pred.verdict, reason=pred.reason, qemu_limit=pred.qemu_limit)
-            dev = devices.get(ctx.topology.find(client).serial)
+            dev = devices.get(ctx.topology.nvme(client).serial)
             if dev is None or not dev.get("ctrl"):
                 rec.observed, rec.detail = "error", f"{client}: no NVMe device in the guest"
                 records.append(rec)

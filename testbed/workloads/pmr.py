@@ -27,13 +27,12 @@ class Pmr(Workload):
             records.append(rec)
         if not targets:
             return []
-        restart = getattr(ctx.guest, "restart", None)
-        if restart is None:
+        if not ctx.guest.can_restart:
             for rec in records:
                 rec.observed = rec.observed or "error"
                 rec.detail = rec.detail or "this guest cannot be restarted (attached instance)"
             return records
-        seconds = restart()
+        seconds = ctx.guest.restart()
         for rec, nvme in zip(records, targets):
             if rec.observed:
                 continue

@@ -154,24 +154,25 @@ def test_stale_instance_is_reported_and_cleaned(real_qemu, tmp_path):
     state = tmp_path / "state"
     run_cli("boot", "switch-cmb", "--detach", "--name", "doomed", state=state)
     inst = json.loads((state / "instances" / "doomed" / "instance.json").read_text())
-    os.kill(inst["qemu_pid"], signal.SIGKILL)
-    assert wait_gone(inst["qemu_pid"])
+    os.kill(inst["qemu"]["pid"], signal.SIGKILL)
+    assert wait_gone(inst["qemu"]["pid"])
     time.sleep(1)
     ps = run_cli("ps", state=state).stdout
     assert "stale" in ps, ps
     assert not (state / "instances" / "doomed").exists()
-    assert wait_gone(inst["supervisor_pid"])
+    assert wait_gone(inst["supervisor"]["pid"])
 
 
-def test_a_stalled_boot_is_retried_once(real_qemu, tmp_path, monkeypatch):
+def test_a_stalled_boot_is_retried_once(real_qemu, tmp_path, monkeypatch, caplog):
     """A guest that shows no ready line within the stall limit is booted again (an early
     TCG stall seen on loaded hosts); here the limit is shrunk so the first attempt 'stalls'."""
     import testbed.guest.boot as boot_module
     monkeypatch.setenv("TESTBED_STATE", str(tmp_path / "state"))
     monkeypatch.setattr(boot_module, "STALL_SECONDS", 0.5)
-    said = []
-    with boot(load_topology("switch-cmb"), progress=said.append) as g:
+    caplog.set_level("INFO", logger="testbed")
+    with boot(load_topology("switch-cmb")) as g:
         assert g.run("cat /sys/bus/pci/devices/*/p2pmem/size").stdout.split() == ["67108864"] * 2
+    said = [r.getMessage() for r in caplog.records]
     assert sum("QEMU started" in m for m in said) == 2
     assert any("booting the guest once more" in m for m in said)
     assert not qemu_pids(tmp_path)

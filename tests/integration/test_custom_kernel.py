@@ -10,8 +10,9 @@ import pytest
 
 from testbed.errors import BootError
 from testbed.guest.boot import BootOptions, boot
-from testbed.kernels import MODULES_SERIAL, resolve_kernel
-from testbed.runner import RunOptions, run_workloads
+from testbed.kernel.prepare import MODULES_SERIAL
+from testbed.kernel.resolve import resolve_kernel
+from testbed.run.runner import RunOptions, run_workloads
 from testbed.spec import load_topology
 
 
@@ -26,7 +27,7 @@ def test_package_kernel_boots_with_its_modules(image_kernel_package, image, tmp_
         # the guest runs that kernel, through its own initramfs, with the modules disk
         assert guest.check(["uname", "-r"]).stdout.strip() == kernel.release
         argv = " ".join(guest.argv)
-        assert f"serial={MODULES_SERIAL}" in argv and str(kernel.initrd) in argv
+        assert f"serial={MODULES_SERIAL}" in argv and str(guest.kernel.initrd) in argv
         moddir = f"/lib/modules/{kernel.release}"
         mount = guest.check(["findmnt", "-n", "-o", "SOURCE,FSTYPE,OPTIONS", moddir]).stdout
         source = mount.split()[0]

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from testbed.guest.boot import BootOptions, boot
-from testbed.kernels import resolve_kernel
-from testbed.runner import RunOptions, run_workloads
+from testbed.kernel.resolve import resolve_kernel
+from testbed.run.runner import RunOptions, run_workloads
 from testbed.spec import load_topology
 
 KSRC = os.environ.get("TESTBED_KSRC")

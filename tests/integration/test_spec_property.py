@@ -21,6 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from testbed.qemu.validate import load_checked
 from testbed.qemu.verify import verify
 from testbed.spec import SpecError, Topology, load_topology
 from testbed.spec.parse import TOP_KEYS
@@ -158,7 +159,7 @@ def load_text(text: str, probe_qemu: bool) -> Topology:
     with tempfile.TemporaryDirectory(prefix="spec-prop-") as tmp:
         path = Path(tmp) / "random.yaml"
         path.write_text(text)
-        return load_topology(path, probe_qemu=probe_qemu)
+        return load_checked(path, probe_qemu=probe_qemu)
 
 
 @settings(max_examples=400, deadline=None, derandomize=True, database=None,

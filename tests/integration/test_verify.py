@@ -17,14 +17,16 @@ from pathlib import Path
 import pytest
 
 from testbed.paths import topologies_dir
-from testbed.qemu.cmdline import create_backing_files, machine_argv
+from testbed.qemu.backing import create_backing_files
+from testbed.qemu.cmdline import BootMedia, Drive, build
+from testbed.qemu.devices import free_root_slots
 from testbed.qemu.machine import QemuMachine
 from testbed.qemu.probe import probe
+from testbed.qemu.validate import load_checked
 from testbed.qemu.verify import _check_bars, _check_qom, verify
-from testbed.rundir import RunDir
 from testbed.spec import load_topology
-from testbed.spec.model import DownstreamPort, Nvme, Pmr, RootPort, Switch, Topology
-from testbed.spec.parse import ROOT_BUS_SLOTS
+from testbed.spec.model import DownstreamPort, Iommu, Nvme, Pmr, RootPort, Switch, Topology
+from testbed.util.rundir import RunDir
 from testbed.spec.units import MiB
 
 LIBRARY = sorted(p.stem for p in topologies_dir().glob("*.yaml"))
@@ -83,8 +85,8 @@ def verify_claim(real: Topology, claimed: Topology, bars: bool = True) -> list[s
     caps = probe(real.machine.qemu)
     with RunDir.create(f"verify-claim-{real.name}") as run:
         create_backing_files(real, run.path)
-        argv = machine_argv(real, caps.path, run.path, accel="tcg") + ["-S"]
-        vm = QemuMachine(argv, run.path, name=f"verify {real.name}")
+        vm = QemuMachine(lambda qmp: build(real, caps.path, run.path, "tcg", qmp=qmp,
+                                           paused=True), run.path, name=f"verify {real.name}")
         vm.launch()
         try:
             diffs = _check_qom(vm, claimed)
@@ -110,7 +112,7 @@ def with_nvme(topo: Topology, name: str, **changes) -> Topology:
 
 @pytest.fixture(scope="module")
 def switch_cmb() -> Topology:
-    return load_topology("switch-cmb", probe_qemu=False)
+    return load_topology("switch-cmb")
 
 
 def test_the_honest_claim_matches(real_qemu, switch_cmb):
@@ -120,7 +122,7 @@ def test_the_honest_claim_matches(real_qemu, switch_cmb):
 def test_wrong_specs_are_caught(real_qemu, switch_cmb):
     """One QEMU per claim would be slow; instead one QEMU per *real* machine, and several
     false claims about it.  Each claim must yield exactly the difference it plants."""
-    pmr = load_topology("nvme-pmr", probe_qemu=False)
+    pmr = load_topology("nvme-pmr")
     claims = {
         "bigger CMB": (switch_cmb, with_nvme(switch_cmb, "nvme0", cmb=128 * MiB),
                        ["nvme0: CMB BAR2 is 64M, spec asks for 128M"]),
@@ -161,7 +163,7 @@ def test_wrong_device_type_is_caught(real_qemu):
 
 
 def test_verify_api(real_qemu):
-    topo = load_topology("rootports-cmb", probe_qemu=False)
+    topo = load_topology("rootports-cmb")
     assert verify(topo, binary=real_qemu) == []
     assert qemu_children() == []
 
@@ -169,11 +171,11 @@ def test_verify_api(real_qemu):
 # -- the parser's limits are QEMU's limits ------------------------------------------------------
 
 @pytest.mark.parametrize("iommu", ["none", "intel", "amd", "virtio"])
-def test_root_complex_limit_is_real(real_qemu, tmp_path, iommu):
+def test_root_complex_limit_is_real(real_qemu, tmp_path, iommu, image):
     """As many root ports as the parser allows fit on q35's root bus (with the two slots the
     testbed keeps for its boot disk, NIC, RNG and a custom kernel's modules disk still free) --
     and one more does not validate."""
-    slots = ROOT_BUS_SLOTS - (1 if iommu in ("virtio", "amd") else 0)
+    slots = free_root_slots(Iommu(iommu))
     lines = [f"iommu: {iommu}", "machine: {memory: 512M}", "pcie:"]
     lines += [f"  - {{root_port: rp{i}, device: {{nvme: n{i}, namespaces: [{{size: 1M}}]}}}}"
               for i in range(slots)]
@@ -181,25 +183,24 @@ def test_root_complex_limit_is_real(real_qemu, tmp_path, iommu):
     spec.write_text("\n".join(lines) + "\n")
     topo = load_topology(spec)
     assert verify(topo) == []
-    # the testbed adds up to four devices on the root bus when it boots a guest: they must fit
+    # everything the testbed adds on the root bus when it boots a guest (from the one
+    # command-line builder: boot disk, NIC, RNG, a custom kernel's modules disk) must fit
     caps = probe(topo.machine.qemu)
     with RunDir.create("verify-root-full") as run:
         create_backing_files(topo, run.path)
-        (run.path / "disk.img").write_bytes(bytes(4096))
+        disk = run.path / "disk.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1M"], check=True)
         (run.path / "modules.img").write_bytes(bytes(4096))
-        argv = machine_argv(topo, caps.path, run.path, accel="tcg") + [
-            "-S", "-device", "virtio-blk-pci,id=tb-disk,drive=tb-d,bus=pcie.0",
-            "-drive", f"file={run.path / 'disk.img'},if=none,id=tb-d,format=raw",
-            "-netdev", "user,id=tb-net", "-device", "virtio-net-pci,netdev=tb-net,bus=pcie.0",
-            "-device", "virtio-rng-pci,id=tb-rng,bus=pcie.0",
-            "-drive", f"file={run.path / 'modules.img'},if=none,id=tb-m,format=raw,readonly=on",
-            "-device", "virtio-blk-pci,id=tb-modules,drive=tb-m,bus=pcie.0"]
-        with QemuMachine(argv, run.path, name="root-full") as vm:
+        media = BootMedia(kernel=image.kernel, initrd=image.initrd, cmdline=(), disk=disk,
+                          ssh_port=1,
+                          drives=(Drive(run.path / "modules.img", "tb-modules", "tb-modules"),))
+        with QemuMachine(lambda qmp: build(topo, caps.path, run.path, "tcg", media=media, qmp=qmp,
+                                           paused=True), run.path, name="root-full") as vm:
             assert vm.qmp("query-status")["status"] == "prelaunch"
     spec.write_text("\n".join(lines + [f"  - {{root_port: rpx, device: {{nvme: nx}}}}"]) + "\n")
     from testbed.spec import SpecError
     with pytest.raises(SpecError, match="too many devices on the root complex"):
-        load_topology(spec)
+        load_checked(spec, probe_qemu=False)
 
 
 def test_switch_port_limit_is_real(real_qemu, tmp_path):

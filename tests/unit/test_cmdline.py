@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed.qemu.cmdline import (IOMMU_CMDLINE, backing_files, create_backing_files,
-                                  iommu_cmdline, machine_argv)
+from testbed.qemu.backing import create_backing_files
+from testbed.qemu.cmdline import IOMMU_CMDLINE, backing_files, iommu_cmdline, machine_argv
 from testbed.qemu.script import to_script
 from testbed.spec import load_topology
 from testbed.spec.parse import parse
@@ -54,7 +54,7 @@ COMMON = ["-machine", "q35", "-accel", "tcg", "-cpu", "qemu64", "-m", "1024M", "
 
 
 def test_switch_cmb_argv():
-    argv = machine_argv(load_topology("switch-cmb", probe_qemu=False), "qemu", RUN, "tcg")
+    argv = machine_argv(load_topology("switch-cmb"), "qemu", RUN, "tcg")
     assert argv == ["qemu", *COMMON,
                     "-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=0",
                     "-device", "x3130-upstream,id=sw0,bus=rp0",
@@ -71,7 +71,7 @@ def test_switch_cmb_argv():
 
 
 def test_nvme_pmr_argv():
-    topo = load_topology("nvme-pmr", probe_qemu=False)
+    topo = load_topology("nvme-pmr")
     argv = machine_argv(topo, "qemu", RUN, "tcg")
     i = argv.index("-object")
     assert argv[i:i + 4] == [
@@ -86,7 +86,7 @@ def test_nvme_pmr_argv():
 
 
 def test_every_spec_node_is_one_device_on_its_parent_bus():
-    topo = load_topology("fabric-large", probe_qemu=False)
+    topo = load_topology("fabric-large")
     argv = machine_argv(topo, "qemu", RUN, "tcg")
     by_id = {p["id"]: p for p in map(props, devices(argv)) if "id" in p}
     parents = topo.parents()
@@ -102,7 +102,7 @@ def test_every_spec_node_is_one_device_on_its_parent_bus():
 
 @pytest.mark.parametrize("name", ["switch-cmb", "fabric-large", "rootports-cmb"])
 def test_chassis_numbers_unique(name):
-    argv = machine_argv(load_topology(name, probe_qemu=False), "qemu", RUN, "tcg")
+    argv = machine_argv(load_topology(name), "qemu", RUN, "tcg")
     ports = [props(d) for d in devices(argv)
              if d.startswith(("pcie-root-port,", "xio3130-downstream,"))]
     chassis = [p["chassis"] for p in ports]
@@ -148,9 +148,9 @@ def test_viommu_comes_before_every_pci_device(model, mode):
 
 
 def test_no_viommu_without_model():
-    argv = machine_argv(load_topology("switch-cmb", probe_qemu=False), "qemu", RUN, "tcg")
+    argv = machine_argv(load_topology("switch-cmb"), "qemu", RUN, "tcg")
     assert not any("iommu" in a for a in argv)
-    assert iommu_cmdline(load_topology("switch-cmb", probe_qemu=False)) == ()
+    assert iommu_cmdline(load_topology("switch-cmb")) == ()
 
 
 @pytest.mark.parametrize("name, words", [
@@ -159,7 +159,7 @@ def test_no_viommu_without_model():
     ("switch-cmb-virtio-iommu", ("iommu.strict=1", "iommu.passthrough=0")),
 ])
 def test_iommu_kernel_cmdline_words(name, words):
-    assert iommu_cmdline(load_topology(name, probe_qemu=False)) == words
+    assert iommu_cmdline(load_topology(name)) == words
 
 
 @pytest.mark.parametrize("model", ["intel", "amd", "virtio"])
@@ -257,7 +257,7 @@ def run_with_printf(script: str, binary: str, env: dict | None = None) -> list[s
 @pytest.mark.parametrize("name", ["switch-cmb", "nvme-pmr", "switch-cmb-intel-iommu",
                                   "fabric-large"])
 def test_script_reproduces_argv(name, tmp_path):
-    argv = machine_argv(load_topology(name, probe_qemu=False), "/usr/bin/qemu-system-x86_64",
+    argv = machine_argv(load_topology(name), "/usr/bin/qemu-system-x86_64",
                         Path("/tmp/run dir"), "tcg")
     script = to_script(argv, run_dir="/tmp/run dir", prelude=["# a comment"])
     path = tmp_path / "run.sh"

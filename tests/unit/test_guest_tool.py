@@ -1,32 +1,33 @@
-"""The pure parts of guest-images/tools/p2pdma-guest (the script that runs inside the guest).
+"""The pure parts of the guest tool (testbed/guest_tool, the stdlib-only package that runs
+inside the guest as /usr/local/bin/p2pdma-guest).
 
-The script is stdlib-only Python with no .py suffix, so it is loaded from its path.  The
-end-to-end ``copy --buffer host`` test runs the whole copy workflow against a file when the
+The end-to-end ``copy --buffer host`` test runs the whole copy workflow against a file when the
 filesystem under pytest's tmp_path supports O_DIRECT (tmpfs does not: then it is skipped).
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
-from pathlib import Path
+import zipfile
+from types import ModuleType
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[2] / "guest-images" / "tools" / "p2pdma-guest"
+from testbed.guest_tool import cli, copy, dio, inventory, passthru, pattern, pmr, sysfs
 
 
-def _load():
-    loader = importlib.machinery.SourceFileLoader("p2pdma_guest", str(TOOL))
-    spec = importlib.util.spec_from_loader("p2pdma_guest", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+class _Tool:
+    """The tool's modules seen as one namespace (as the single-file script once was)."""
+
+    def __init__(self, *modules: ModuleType):
+        for m in modules:
+            for name, value in vars(m).items():
+                if not name.startswith("__"):
+                    setattr(self, name, value)
 
 
-g = _load()
+g = _Tool(sysfs, pattern, dio, inventory, copy, passthru, pmr, cli)
 B = g.BLOCK
 
 
@@ -222,3 +223,20 @@ def test_copy_region_must_fit(capsys, tmp_path):
     status, doc = _run(capsys, ["copy", "--buffer", "host", "--client", str(dev),
                                 "--size", "64K"])
     assert status == 2 and "smaller" in doc["error"]
+
+
+def test_the_zipapp_runs_and_holds_only_the_package(tmp_path):
+    """The image ships the package as a zipapp: it must run with a bare python3 (no
+    testbed on its path) and contain nothing but the tool."""
+    import subprocess
+    import sys
+    from testbed.image.tree import guest_tool_zipapp
+    from testbed.image.recipe import GUEST_TOOL_DIR
+    app = tmp_path / "p2pdma-guest"
+    app.write_bytes(guest_tool_zipapp(GUEST_TOOL_DIR))
+    names = zipfile.ZipFile(app).namelist()
+    assert "__main__.py" in names and all(n == "__main__.py" or n.startswith("p2pdma_guest/")
+                                          for n in names)
+    out = subprocess.run([sys.executable, "-I", str(app), "copy", "--help"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=30)
+    assert out.returncode == 0 and "--provider" in out.stdout, out.stderr

@@ -11,7 +11,7 @@ from testbed.image.recipe import load_recipe, recipe_hash
 RECIPE = """
 [debian]
 suite = "trixie"
-mirror = "http://deb.debian.org/debian"
+mirror = "http://mirror.example/debian"
 extra_suites = ["trixie-backports"]
 packages = ["linux-image-amd64/trixie-backports", "openssh-server"]
 [kernel]
@@ -81,8 +81,8 @@ def test_load_recipe(tree):
     r = load_recipe("default", root=images)
     assert r.suite == "trixie"
     assert r.packages[0] == "linux-image-amd64/trixie-backports"
-    assert r.sources() == ["deb http://deb.debian.org/debian trixie main",
-                           "deb http://deb.debian.org/debian trixie-backports main"]
+    assert r.sources() == ["deb http://mirror.example/debian trixie main",
+                           "deb http://mirror.example/debian trixie-backports main"]
     assert r.tools_dir == images / "tools"
     assert r.cmdline == ("console=ttyS0",)
 
@@ -102,3 +102,8 @@ def test_repository_recipe_loads():
     assert "CONFIG_PCI_P2PDMA" in r.require_config
     assert any(w.startswith("root=") for w in r.cmdline)
     assert "panic=-1" in r.cmdline
+
+
+def test_the_repository_names_no_mirror():
+    """The image is built from the host's own mirror: the recipe says "host"."""
+    assert load_recipe().mirror == "host"

@@ -10,11 +10,12 @@ from types import SimpleNamespace
 import pytest
 
 from testbed.errors import UsageError
-from testbed.matrix import (KernelEntry, Matrix, MatrixPlan, _disambiguate, add_run,
-                            find_regressions, plan_matrix, prepare_out, render_html, render_md,
-                            run_matrix, slug, summary, write_matrix)
+from testbed.run.cells import Matrix, add_run, find_regressions
+from testbed.run.matrix import prepare_out, run_matrix, slug
+from testbed.run.plan import KernelEntry, MatrixPlan, _disambiguate, plan_matrix
+from testbed.run.render import render_html, render_md, summary, write_matrix
 from testbed.results.model import RunResult
-from testbed.workloads.base import Record
+from testbed.verdicts.record import Record
 
 
 def copy(provider, client, observed="ok", data=True, mbps=20.0, predicted="ok", detail=""):
@@ -27,10 +28,13 @@ def baseline(provider, client, data=True, mbps=300.0):
                   mb_per_s=mbps)
 
 
-def result(*records, error="", release="7.3.4", p2pdma=True):
+def result(*records, error="", release="7.3.4", p2pdma=True, error_kind=""):
     r = RunResult(topology="switch-cmb", kernel={"release": release, "p2pdma": p2pdma})
     r.workloads = [Record(name="inventory"), *records]
     r.error = error
+    r.error_kind = error_kind or ("boot-timeout" if "boot timeout" in error else
+                                  "boot-failed" if error else "")
+    r.finished = not error
     r.boot_seconds = 4.2
     return r
 
@@ -194,7 +198,7 @@ def test_run_matrix_runs_every_topology_kernel_in_order(tmp_path):
     plan = MatrixPlan([topo], kernels, ("p2p-copy",))
     calls = []
 
-    def fake_run(t, opts, progress):
+    def fake_run(t, opts):
         calls.append((t.name, opts.kernel, opts.out.relative_to(tmp_path).as_posix()))
         opts.out.mkdir(parents=True)
         if opts.kernel is None:
@@ -221,7 +225,7 @@ def test_a_boot_timeout_is_retried_once_a_panic_is_not(tmp_path):
               "new": ["switch-cmb: the guest failed to boot: Kernel panic - not syncing: VFS"]}
     calls = []
 
-    def fake_run(t, opts, progress):
+    def fake_run(t, opts):
         key = None if opts.kernel is None else "new"
         calls.append(key)
         opts.out.mkdir(parents=True)

@@ -11,7 +11,7 @@ from testbed.errors import UsageError
 from testbed.results.model import RunResult
 from testbed.results.summary import summary
 from testbed.results.writer import make_out_dir, write_results
-from testbed.workloads.base import Record
+from testbed.verdicts.record import Record
 
 
 def sample() -> RunResult:
@@ -23,7 +23,7 @@ def sample() -> RunResult:
             Record("p2p-copy", "nvme1", "nvme0", "ok", "shared switch", "error", False, None,
                    detail="data corruption", dmesg={"nvme": ["nvme: I/O error"]}),
             Record("exec", command="uname -r", exit_status=0, stdout="7.3.4\n", stderr=""),
-        ])
+        ], finished=True)
 
 
 def test_status_and_json_fields(tmp_path):

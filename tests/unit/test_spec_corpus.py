@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from testbed.paths import project_root
+from testbed.qemu.validate import load_checked
 from testbed.spec import Problem, SpecError, load_topology
 
 CORPUS = Path(__file__).resolve().parent.parent / "bad-specs"
@@ -65,7 +66,7 @@ def test_corpus_is_complete():
 def test_corpus_file(name):
     path = CORPUS / name
     with pytest.raises(SpecError) as info:
-        load_topology(path, probe_qemu=name in PROBE)
+        load_checked(path, probe_qemu=name in PROBE)
     check(info.value.problems, name, str(path))
     # the exception's text is what the CLI prints: one problem a line
     assert str(info.value).splitlines() == [str(p) for p in info.value.problems]
@@ -74,20 +75,20 @@ def test_corpus_file(name):
 def test_missing_file(tmp_path):
     path = tmp_path / "no-such-topology.yaml"
     with pytest.raises(SpecError) as info:
-        load_topology(path, probe_qemu=False)
+        load_topology(path)
     assert [str(p) for p in info.value.problems] == [f"{path}:1:1: no such file"]
 
 
 def test_unknown_library_name_suggests():
     with pytest.raises(SpecError) as info:
-        load_topology("switch-cbm", probe_qemu=False)
+        load_topology("switch-cbm")
     (p,) = info.value.problems
     assert "did you mean 'switch-cmb'?" in p.message and "library:" in p.message
 
 
 def test_directory_is_not_a_topology(tmp_path):
     with pytest.raises(SpecError) as info:
-        load_topology(str(tmp_path), probe_qemu=False)
+        load_topology(str(tmp_path))
     assert "is a directory" in info.value.problems[0].message
 
 
@@ -101,7 +102,7 @@ def test_generated_binary_garbage(tmp_path, data):
     path = tmp_path / "garbage.yaml"
     path.write_bytes(data)
     with pytest.raises(SpecError) as info:
-        load_topology(path, probe_qemu=False)
+        load_topology(path)
     (p,) = info.value.problems
     assert (p.line, p.col, p.path) == (1, 1, "") and "binary data" in p.message
 
@@ -110,7 +111,7 @@ def test_large_file_is_refused(tmp_path):
     path = tmp_path / "huge.yaml"
     path.write_text("# padding\n" * 200_000)
     with pytest.raises(SpecError) as info:
-        load_topology(path, probe_qemu=False)
+        load_topology(path)
     assert "larger than 1 MiB" in info.value.problems[0].message
 
 
@@ -121,7 +122,7 @@ def test_alias_bomb_is_bounded(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text("\n".join(lines) + "\npcie: []\n")
     with pytest.raises(SpecError) as info:
-        load_topology(path, probe_qemu=False)
+        load_topology(path)
     assert "too large" in str(info.value)
 
 
@@ -131,7 +132,7 @@ def test_deep_nesting_is_refused(tmp_path, text):
     path = tmp_path / "deep.yaml"
     path.write_text(text)
     with pytest.raises(SpecError) as info:
-        load_topology(path, probe_qemu=False)
+        load_topology(path)
     assert [str(p) for p in info.value.problems] == [f"{path}:1:1: document is nested too deeply"]
 
 

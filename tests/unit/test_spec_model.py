@@ -20,7 +20,7 @@ def names(nodes) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fabric() -> Topology:
-    return load_topology("fabric-large", probe_qemu=False)
+    return load_topology("fabric-large")
 
 
 def test_walk_is_depth_first_parents_first(fabric):
@@ -98,20 +98,20 @@ def test_library_lists_topologies():
 def test_library_names_resolve(name):
     path = resolve(name)
     assert path == topologies_dir() / f"{name}.yaml"
-    topo = load_topology(name, probe_qemu=False)
+    topo = load_topology(name)
     assert topo.name == name  # each file's name: matches its file name
     assert topo.source == path.resolve()
     assert topo.description
     assert topo.nvmes()
-    assert load_topology(path, probe_qemu=False) == topo  # by name == by path
+    assert load_topology(path) == topo  # by name == by path
 
 
 def test_library_iommu_variants():
-    assert load_topology("switch-cmb-intel-iommu", probe_qemu=False).iommu.translating
-    assert not load_topology("switch-cmb-iommu-pt", probe_qemu=False).iommu.translating
-    assert load_topology("switch-cmb-virtio-iommu", probe_qemu=False).iommu.model == "virtio"
-    assert load_topology("rootports-cmb-zen", probe_qemu=False).machine.cpu == "EPYC"
-    assert load_topology("nvme-pmr", probe_qemu=False).find("nvme0").pmr.size == 16 * MiB
+    assert load_topology("switch-cmb-intel-iommu").iommu.translating
+    assert not load_topology("switch-cmb-iommu-pt").iommu.translating
+    assert load_topology("switch-cmb-virtio-iommu").iommu.model == "virtio"
+    assert load_topology("rootports-cmb-zen").machine.cpu == "EPYC"
+    assert load_topology("nvme-pmr").find("nvme0").pmr.size == 16 * MiB
 
 
 def test_paths_are_not_library_names(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """The topology language: shorthands, defaults, positions and the checks against a QEMU binary.
 
-Pure tests: no QEMU is started; capability checks get a fake ``probe`` callable that returns a
-:class:`testbed.qemu.probe.Capabilities`.
+Pure tests: no QEMU is started; the second pass (testbed.qemu.validate) gets a fake ``probe``
+callable that returns a :class:`testbed.qemu.probe.Capabilities`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from testbed.errors import UsageError
-from testbed.qemu.probe import Capabilities, QemuNotFound
+from testbed.errors import QemuNotFound
+from testbed.qemu.probe import Capabilities
+from testbed.qemu.validate import check_document
 from testbed.spec import SpecError
 from testbed.spec.model import (DownstreamPort, Iommu, Machine, Namespace, Nvme, Pmr, RootPort,
                                 Switch)
@@ -25,8 +27,12 @@ G = 1 << 30
 
 
 def spec(text: str, base_dir: Path | None = None, probe=None):
+    """Parse ``text``; with ``probe``, also the second pass against that (fake) QEMU."""
     text = textwrap.dedent(text)
-    return parse(load(text, "t.yaml"), "t.yaml", base_dir or Path("/nonexistent"), probe=probe)
+    if probe is None:
+        return parse(load(text, "t.yaml"), "t.yaml", base_dir or Path("/nonexistent"))
+    return check_document(load(text, "t.yaml"), "t.yaml", base_dir or Path("/nonexistent"),
+                          probe)
 
 
 def problems(text: str, base_dir: Path | None = None, probe=None) -> list[str]:

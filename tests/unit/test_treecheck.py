@@ -33,7 +33,7 @@ def switch_cmb_inventory():
     }
 
 
-TOPO = load_topology("switch-cmb", probe_qemu=False)
+TOPO = load_topology("switch-cmb")
 
 
 def test_match_and_mapping_by_serial():

@@ -1,0 +1,59 @@
+"""Option values every command checks the same way (argparse ``type=`` functions):
+each bad value is an argparse error, exit 2, naming the option.
+
+    >>> seconds("2.5")
+    2.5
+    >>> seconds("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a number of seconds above 0, got 'nan'
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..spec.units import parse_size
+
+MAX_SECONDS = 7 * 24 * 3600.0
+
+
+def seconds(text: str) -> float:
+    """A timeout: a finite number of seconds above 0 (and at most a week)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}"
+                                         + (" (at most a week)" if math.isfinite(value)
+                                            and value > MAX_SECONDS else ""))
+    return value
+
+
+def kernel(text: str) -> str:
+    """``default`` or a path; an empty value is refused (it used to mean default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value: give 'default' or a path")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("a NUL byte in the path")
+    return text
+
+
+def transfer_size(text: str) -> int:
+    """--size: a multiple of 4K between 4K and 64M."""
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size < 4096 or size % 4096 or size > (64 << 20):
+        raise argparse.ArgumentTypeError("a multiple of 4K between 4K and 64M")
+    return size
+
+
+def name(text: str) -> str:
+    """An instance name (checked fully by testbed.guest.instances.check_name)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty name")
+    return text

@@ -1,0 +1,32 @@
+"""inventory: the PCI tree, NVMe controllers and p2pmem providers as JSON."""
+
+import json
+import os
+import sys
+import time
+
+from .sysfs import kernel_config, nvme_controllers, pci_devices, read
+
+
+def inventory(args):
+    deadline = time.monotonic() + args.wait
+    want_nvme = args.expect_nvme
+    while True:
+        devices = pci_devices()
+        nvmes = nvme_controllers()
+        n_nvme_pci = sum(1 for d in devices.values() if d["class"] and d["class"].startswith("0x0108"))
+        live = [c for c in nvmes.values() if c["state"] == "live"]
+        want_p2p = args.expect_p2pmem
+        have_p2p = sum(1 for d in devices.values() if "p2pmem" in d)
+        ready = len(live) >= (want_nvme if want_nvme is not None else n_nvme_pci) \
+            and (want_p2p is None or have_p2p >= want_p2p)
+        if ready or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    json.dump({
+        "kernel": {"release": os.uname().release, "p2pdma": kernel_config(),
+                   "cmdline": read("/proc/cmdline")},
+        "pci": devices, "nvme": nvmes, "ready": ready,
+    }, sys.stdout, indent=1)
+    print()
+    return 0

@@ -1,0 +1,50 @@
+"""The JSON documents p2pdma-guest prints, written down once.
+
+The guest side builds them; the host side (:mod:`testbed.verdicts.observe`) reads them
+through these names instead of string literals of its own.
+
+A transfer document (``copy``, ``passthru``)::
+
+    {"steps": {STEP: Step, ...}, "data_verified": bool, "mismatched_blocks": [int],
+     "mb_per_s": {"read": float|None, "write": float|None}, ...}
+
+or, when the transfer could not start, ``{"stage": STAGE, "error": str, "errno": int|None}``.
+"""
+
+from typing import List, Optional, TypedDict
+
+# -- stages at which a sub-command can give up before any transfer -------------------------
+STAGE_USAGE = "usage"        # bad arguments (exit status 2)
+STAGE_ALLOCATE = "allocate"  # the p2pmem buffer could not be had
+STAGE_OPEN = "open"          # the client device could not be opened
+NO_P2PMEM = "no p2pmem"      # the error of STAGE_ALLOCATE when the provider publishes none
+
+# -- step names -----------------------------------------------------------------------------
+SEED, CORRUPT = "seed", "corrupt"
+P2P_READ, P2P_WRITE = "p2p_read", "p2p_write"          # copy: device -> buffer, buffer -> device
+VERIFY_READ, VERIFY_WRITE = "verify_read", "verify_write"
+PREPARE, WRITE, READ = "prepare", "write", "read"      # passthru
+VERIFY, VERIFY_DEVICE = "verify", "verify_device"
+# steps whose failure means the I/O itself failed (not the verification)
+TRANSFER_STEPS = (P2P_READ, P2P_WRITE, WRITE, READ)
+
+
+class Step(TypedDict, total=False):
+    ok: bool
+    skipped: bool
+    errno: Optional[int]
+    error: Optional[str]
+    seconds: float
+    bytes: int
+    reason: str
+    mismatched_blocks: List[int]
+
+
+class Transfer(TypedDict, total=False):
+    steps: dict
+    data_verified: bool
+    mismatched_blocks: List[int]
+    mb_per_s: dict
+    stage: str
+    error: str
+    errno: Optional[int]

@@ -1,0 +1,61 @@
+"""What the guest's sysfs says: PCI devices with their upstream chains, NVMe
+controllers, p2pmem pools, the kernel's P2PDMA config."""
+
+import gzip
+import os
+
+SYS_PCI = "/sys/bus/pci/devices"
+
+
+def read(path, default=None):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return default
+
+
+def kernel_config():
+    """CONFIG_PCI_P2PDMA as the running kernel reports it (None: unknown)."""
+    release = os.uname().release
+    for path in ("/proc/config.gz", f"/boot/config-{release}",
+                 f"/lib/modules/{release}/build/.config"):
+        try:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt") as f:
+                for line in f:
+                    if line.startswith("CONFIG_PCI_P2PDMA="):
+                        return line.split("=", 1)[1].strip() == "y"
+                return False
+        except OSError:
+            continue
+    return os.path.isdir("/sys/module/p2pdma") or None
+
+
+def pci_devices():
+    out = {}
+    for bdf in sorted(os.listdir(SYS_PCI)):
+        d = os.path.join(SYS_PCI, bdf)
+        real = os.path.realpath(d)
+        chain = [p for p in real.split("/") if p.count(":") == 2 and "." in p]
+        out[bdf] = {
+            "vendor": read(f"{d}/vendor"), "device": read(f"{d}/device"),
+            "class": read(f"{d}/class"), "driver": os.path.basename(
+                os.path.realpath(f"{d}/driver")) if os.path.exists(f"{d}/driver") else None,
+            "chain": chain[:-1],  # upstream bridges, root port first
+        }
+        p2p = f"{d}/p2pmem"
+        if os.path.isdir(p2p):
+            out[bdf]["p2pmem"] = {k: read(f"{p2p}/{k}") for k in ("size", "available", "published")}
+    return out
+
+
+def nvme_controllers():
+    out = {}
+    base = "/sys/class/nvme"
+    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        dev = os.path.realpath(f"{base}/{name}/device")
+        out[name] = {"serial": read(f"{base}/{name}/serial"),
+                     "bdf": os.path.basename(dev), "state": read(f"{base}/{name}/state"),
+                     "model": read(f"{base}/{name}/model")}
+    return out

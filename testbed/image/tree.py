@@ -1,0 +1,124 @@
+"""The guest's root tree while it is built: the installed kernel, files the testbed adds
+(written without following what is there), the guest tool as a zipapp, package versions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import zipapp
+from pathlib import Path
+
+from ..errors import ImageError
+from .recipe import Recipe
+
+GUEST_TOOL = "usr/local/bin/p2pdma-guest"
+
+
+def find_kernel(root: Path) -> tuple[str, Path, Path]:
+    """(release, vmlinuz, config) of the single kernel installed in ``root``."""
+    boot = root / "boot"
+    kernels = sorted(boot.glob("vmlinuz-*"))
+    if not kernels:
+        raise ImageError(f"no kernel (vmlinuz-*) in {boot}")
+    if len(kernels) > 1:
+        raise ImageError("more than one kernel in the image: " + ", ".join(p.name for p in kernels))
+    release = kernels[0].name[len("vmlinuz-"):]
+    config = boot / f"config-{release}"
+    if not config.is_file():
+        raise ImageError(f"the kernel {release} has no {config.name} in /boot")
+    if not (root / "lib/modules" / release / "modules.dep").is_file():
+        raise ImageError(f"the kernel {release} has no modules.dep")
+    return release, kernels[0], config
+
+
+def write_file(root: Path, rel: str, data: bytes, mode: int) -> None:
+    """Write a file in the tree, replacing (never following) what is there."""
+    dest = root / rel.lstrip("/")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_symlink() or dest.exists():
+        if dest.is_dir() and not dest.is_symlink():
+            raise ImageError(f"cannot overwrite directory /{rel} in the image")
+        dest.unlink()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(dest, mode)
+
+
+def symlink(root: Path, rel: str, target: str) -> None:
+    dest = root / rel.lstrip("/")
+    if dest.is_symlink() or dest.exists():
+        raise ImageError(f"/{rel} already exists in the image (a systemd or sysvinit install?)")
+    dest.symlink_to(target)
+
+
+def install_overlay(recipe: Recipe, root: Path) -> list[str]:
+    """Copy guest-images/<recipe>/rootfs/ and guest-images/tools/ into the tree."""
+    installed = []
+    src = recipe.rootfs_dir
+    if src.is_dir():
+        for path in sorted(src.rglob("*")):
+            rel = path.relative_to(src).as_posix()
+            if path.is_dir() and not path.is_symlink():
+                (root / rel).mkdir(parents=True, exist_ok=True)
+                continue
+            if path.name.endswith("~") or "__pycache__" in path.parts:
+                continue
+            mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            write_file(root, rel, path.read_bytes(), mode)
+            installed.append("/" + rel)
+    write_file(root, GUEST_TOOL, guest_tool_zipapp(recipe.guest_tool), 0o755)
+    installed.append("/" + GUEST_TOOL)
+    if recipe.tools_dir.is_dir():
+        for path in sorted(recipe.tools_dir.iterdir()):
+            if not path.is_file() or path.name.startswith(".") or path.name.endswith("~"):
+                continue
+            rel = f"usr/local/bin/{path.name}"
+            write_file(root, rel, path.read_bytes(), 0o755)
+            installed.append("/" + rel)
+    return installed
+
+
+def guest_tool_zipapp(package: Path) -> bytes:
+    """The guest tool package as an executable zipapp (``#!/usr/bin/python3``): the
+    package becomes ``p2pdma_guest`` inside it, started by its ``cli.main``."""
+    with tempfile.TemporaryDirectory(prefix="guest-tool-") as tmp:
+        src = Path(tmp) / "src"
+        (src / "p2pdma_guest").mkdir(parents=True)
+        for f in sorted(package.glob("*.py")):
+            shutil.copyfile(f, src / "p2pdma_guest" / f.name)
+        (src / "__main__.py").write_text("import sys\n\nfrom p2pdma_guest.cli import main\n\n"
+                                         "sys.exit(main())\n")
+        target = Path(tmp) / "p2pdma-guest.pyz"
+        zipapp.create_archive(src, target, interpreter="/usr/bin/python3")
+        return target.read_bytes()
+
+
+def dpkg_versions(root: Path) -> dict[str, str]:
+    versions = {}
+    text = (root / "var/lib/dpkg/status").read_text(errors="replace")
+    for para in text.split("\n\n"):
+        fields = {}
+        for line in para.splitlines():
+            if line and not line[0].isspace() and ":" in line:
+                k, _, v = line.partition(":")
+                fields[k] = v.strip()
+        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            versions[fields["Package"]] = fields.get("Version", "")
+    return versions
+
+
+def tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total

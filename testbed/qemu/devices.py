@@ -1,0 +1,98 @@
+"""Everything the testbed knows about how QEMU realises each kind of topology node:
+one table, read by the command-line builder, the live QEMU check, the guest-side tree
+check and the oracle.
+
+    >>> from testbed.spec.model import RootPort, Nvme
+    >>> DEVICES[RootPort].qemu_device, DEVICES[RootPort].pci_id, DEVICES[RootPort].acs
+    ('pcie-root-port', ('0x1b36', '0x000c'), True)
+    >>> DEVICES[Nvme].label
+    'NVMe controller'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spec.model import DownstreamPort, Iommu, Node, Nvme, RootPort, Switch, Topology
+
+
+@dataclass(frozen=True)
+class DeviceKind:
+    """How one kind of spec node exists in QEMU and in the guest."""
+
+    kind: str                    # the spec's word: root_port, switch, ...
+    qemu_device: str             # -device NAME (also the QOM type)
+    pci_id: tuple[str, str]      # vendor, device as the guest's sysfs prints them
+    label: str                   # for people: "switch downstream port"
+    acs: bool                    # has an ACS extended capability in QEMU's model
+    hotplug_slot: bool           # the device below it can be hot-plugged / unplugged
+    props: tuple[str, ...] = ()  # properties of ``qemu_device`` the testbed may set
+
+    @property
+    def qom_type(self) -> str:
+        return self.qemu_device
+
+
+DEVICES: dict[type, DeviceKind] = {
+    RootPort: DeviceKind("root_port", "pcie-root-port", ("0x1b36", "0x000c"), "root port",
+                         acs=True, hotplug_slot=True, props=("chassis", "slot")),
+    Switch: DeviceKind("switch", "x3130-upstream", ("0x104c", "0x8232"),
+                       "switch upstream port", acs=False, hotplug_slot=False),
+    DownstreamPort: DeviceKind("downstream_port", "xio3130-downstream", ("0x104c", "0x8233"),
+                               "switch downstream port", acs=False, hotplug_slot=True,
+                               props=("chassis", "slot")),
+    Nvme: DeviceKind("nvme", "nvme", ("0x1b36", "0x0010"), "NVMe controller", acs=False,
+                     hotplug_slot=False),
+}
+NVME_NAMESPACE = "nvme-ns"
+# The switch needs its downstream port device too, even when the spec lists no port.
+EXTRA_DEVICES: dict[type, tuple[str, ...]] = {Switch: ("xio3130-downstream",),
+                                              Nvme: (NVME_NAMESPACE,)}
+
+
+def kind_of(node: Node) -> DeviceKind:
+    return DEVICES[type(node)]
+
+
+# -- the vIOMMU ----------------------------------------------------------------------------
+IOMMU_DEVICES = {"intel": "intel-iommu", "amd": "amd-iommu", "virtio": "virtio-iommu-pci"}
+VIOMMU_ID = "tb-viommu"
+# Guest kernel command line words for each vIOMMU model and mode.
+IOMMU_CMDLINE: dict[tuple[str, str], tuple[str, ...]] = {
+    ("intel", "strict"): ("intel_iommu=on", "iommu.strict=1", "iommu.passthrough=0"),
+    ("intel", "passthrough"): ("intel_iommu=on", "iommu=pt"),
+    ("amd", "strict"): ("amd_iommu=on", "iommu.strict=1", "iommu.passthrough=0"),
+    ("amd", "passthrough"): ("amd_iommu=on", "iommu=pt"),
+    ("virtio", "strict"): ("iommu.strict=1", "iommu.passthrough=0"),
+    ("virtio", "passthrough"): ("iommu=pt", "iommu.passthrough=1"),
+}
+
+
+def iommu_cmdline(of: Iommu | Topology) -> tuple[str, ...]:
+    """Guest kernel command line words the vIOMMU choice implies."""
+    iommu = of.iommu if isinstance(of, Topology) else of
+    return IOMMU_CMDLINE.get((iommu.model, iommu.mode), ())
+
+
+# -- the q35 machine ----------------------------------------------------------------------
+MACHINE = "q35"
+ROOT_BUS = "pcie.0"
+HOST_BRIDGE_ID = ("8086", "29c0")  # q35's host bridge; not on Linux's P2PDMA allow-list
+# q35's root bus has 32 slots: 00.0 is the host bridge, 1f.* the ICH9 functions.
+ROOT_BUS_SLOTS = 32 - 2
+# What the testbed itself plugs into the root bus for a boot (see cmdline.boot_argv):
+# boot disk, NIC, RNG, and a custom kernel's modules disk.
+TESTBED_ROOT_DEVICES = 4
+# virtio-iommu-pci and amd-iommu take a root-bus slot too (intel-iommu does not).
+IOMMU_TAKES_SLOT = ("virtio", "amd")
+
+CMB_BAR, PMR_BAR = 2, 4  # QEMU's NVMe puts the CMB in BAR2 and the PMR in BAR4
+
+
+def free_root_slots(iommu: Iommu) -> int:
+    """Root-bus slots left for the topology's own devices."""
+    return ROOT_BUS_SLOTS - TESTBED_ROOT_DEVICES - (1 if iommu.model in IOMMU_TAKES_SLOT else 0)
+
+
+# CPU models that only a hardware accelerator provides (TCG refuses them).
+KVM_ONLY_CPUS = ("host",)

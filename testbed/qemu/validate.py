@@ -1,0 +1,157 @@
+"""The second validation pass: what the QEMU machine makes of a parsed topology.
+
+Two kinds of checks, both reported like the parser's (``FILE:LINE:COL: field: problem``,
+through the positions the parser recorded in ``Topology.where``):
+
+- constraints of the machine the testbed builds (root-bus slots), always;
+- what the QEMU binary the topology names can do (devices, NVMe properties, CPU
+  models), unless probing is off (``testbed validate --no-probe``).
+
+    >>> topo = load_checked("switch-cmb", probe=False)
+    >>> topo.name
+    'switch-cmb'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import Problem, QemuError, SpecError, did_you_mean
+from ..spec.model import Machine, Nvme, Topology
+from ..spec.parse import parse
+from ..spec.source import read_text, resolve
+from ..spec.yamlsource import Sourced, load
+from .devices import (
+    DEVICES,
+    EXTRA_DEVICES,
+    IOMMU_DEVICES,
+    KVM_ONLY_CPUS,
+    NVME_NAMESPACE,
+    free_root_slots,
+)
+from .probe import Capabilities, probe
+
+
+def _problem(topo: Topology, path: str, message: str, key: bool = False) -> Problem:
+    line, col = topo.position(path, key=key)
+    return Problem(topo.filename, line, col, path, message)
+
+
+def constraints(topo: Topology) -> list[Problem]:
+    """Limits of the machine the testbed builds, whatever the binary."""
+    out = []
+    slots = free_root_slots(topo.iommu)
+    if len(topo.pcie) > slots:
+        out.append(_problem(topo, "pcie", f"too many devices on the root complex: "
+                            f"{len(topo.pcie)}, at most {slots} slots are free (put switches "
+                            "under root ports)"))
+    return out
+
+
+def capabilities(topo: Topology, caps: Capabilities, accel: str | None = None) -> list[Problem]:
+    """What the probed binary lacks for this topology.  ``accel`` is the accelerator that
+    will be used, when known (``tcg`` cannot provide every CPU model)."""
+    out: list[Problem] = []
+
+    def need(path: str, device: str, prop: str | None = None, props: frozenset[str] = frozenset(),
+             key: bool = False) -> bool:
+        if device not in caps.devices:
+            out.append(_problem(topo, path, f"{caps.describe()} has no {device!r} device", key))
+            return False
+        if prop and prop not in props:
+            out.append(_problem(topo, path, f"{caps.describe()} lacks the {device} property "
+                                f"{prop!r}", key))
+            return False
+        return True
+
+    cpu = topo.machine.cpu
+    if caps.cpu_models and cpu not in caps.cpu_models:
+        out.append(_problem(topo, "machine.cpu", f"{caps.describe()} has no CPU model {cpu!r}"
+                            + did_you_mean(cpu, caps.cpu_models)))
+    elif cpu in KVM_ONLY_CPUS and accel == "tcg":
+        out.append(_problem(topo, "machine.cpu", f"CPU model {cpu!r} needs KVM, and this "
+                            "machine runs guests under TCG: name a model such as EPYC, "
+                            "Skylake-Server or qemu64"))
+    if topo.iommu.model != "none":
+        need("iommu", IOMMU_DEVICES[topo.iommu.model])
+    for node in topo.nodes():
+        kind = DEVICES[type(node)]
+        path = f"{topo.node_paths.get(node.name, '')}.{kind.kind}".lstrip(".")
+        if path not in topo.key_where:
+            continue  # an implied downstream port: its switch asks for the device
+        for device in (kind.qemu_device, *EXTRA_DEVICES.get(type(node), ())):
+            if not need(path, device, key=True) and isinstance(node, Nvme):
+                break  # no point asking about nvme-ns without nvme
+        if isinstance(node, Nvme):
+            base = topo.node_paths.get(node.name, "")
+            if node.cmb:
+                need(f"{base}.cmb", "nvme", "cmb_size_mb", caps.nvme_props)
+            if node.pmr:
+                need(f"{base}.pmr", "nvme", "pmrdev", caps.nvme_props)
+            for i, ns in enumerate(node.namespaces):
+                if ns.block_size != 512:
+                    need(f"{base}.namespaces[{i}].block_size", NVME_NAMESPACE,
+                         "logical_block_size", caps.nvme_ns_props)
+    return _unique(out)
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: set[Problem] = set()
+    out = []
+    for p in problems:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+Probe = Callable[[str], Capabilities]
+
+
+def _binary_node(root: Sourced) -> Sourced | None:
+    machine = root.value.get("machine") if isinstance(root.value, dict) else None
+    if machine is not None and isinstance(machine.value, dict):
+        return machine.value.get("qemu")
+    return None
+
+
+def check_document(root: Sourced, filename: str, base_dir: Path,
+                   probe: Probe | None = probe) -> Topology:
+    """Parse, then check against the machine and (unless ``probe`` is None) the QEMU
+    binary the file names.  The binary is asked about even when other settings are bad,
+    so a missing QEMU is reported with everything else."""
+    try:
+        topo = parse(root, filename, base_dir)
+    except SpecError as exc:
+        problems = list(exc.problems)
+        node = _binary_node(root)
+        binary = str(node.value) if node is not None and isinstance(node.value, str) \
+            else Machine().qemu
+        if probe is not None and not any(p.path == "machine.qemu" for p in problems):
+            try:
+                probe(binary)
+            except QemuError as err:
+                line, col = (node.line, node.col) if node is not None else (1, 1)
+                problems.append(Problem(filename, line, col, "machine.qemu", str(err)))
+        raise SpecError(problems) from None
+    problems = constraints(topo)
+    if probe is not None:
+        try:
+            caps = probe(topo.machine.qemu)
+        except QemuError as exc:
+            problems.append(_problem(topo, "machine.qemu", str(exc)))
+        else:
+            problems += capabilities(topo, caps)
+    if problems:
+        raise SpecError(problems)
+    return topo
+
+
+def load_checked(name_or_path: str | Path, probe_qemu: bool = True) -> Topology:
+    """Load a topology and check it against the machine and (``probe_qemu``) the QEMU
+    binary it names; SpecError listing every problem."""
+    path = resolve(name_or_path)
+    root = load(read_text(path), str(path))
+    return check_document(root, str(path), path.resolve().parent,
+                          probe if probe_qemu else None)

@@ -1,0 +1,223 @@
+"""The matrix as data: cells, runs and the regressions between kernels.
+
+The matrix keeps one *cell* per topology × kernel × pair (workload, provider,
+client): predicted, observed, data_verified, MB/s.
+
+A cell is a **regression** when the baseline kernel's cell for the same row was
+``ok`` and the later kernel's is anything else (``rejected``, ``iommu-fault``,
+``unsupported``, ``error``, missing because the run broke), or when the
+baseline's data was verified and the later kernel's is not.
+
+Files: ``matrix.json``, ``matrix.md``, ``matrix.html`` and one directory per
+run, ``<topology>/<kernel>/`` (results.json, console.log, dmesg.txt, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..results.model import RunResult
+
+# what a cell can show, in the order a legend lists them
+VERDICTS = ("ok", "rejected", "iommu-fault", "unsupported", "error", "missing")
+
+
+@dataclass
+class Cell:
+    topology: str
+    kernel: str
+    workload: str
+    provider: str | None
+    client: str | None
+    predicted: str | None = None
+    observed: str | None = None
+    data_verified: bool | None = None
+    mb_per_s: float | None = None
+    detail: str = ""
+
+    @property
+    def row(self) -> tuple[str, str, str, str]:
+        return (self.topology, self.workload, self.provider or "", self.client or "")
+
+    @property
+    def verdict(self) -> str:
+        """What the cell shows: the observed verdict; informational rows: ok/error by data."""
+        if self.observed:
+            return self.observed
+        if self.predicted is None:
+            if self.data_verified is True:
+                return "ok"
+            return "missing" if self.data_verified is None and not self.detail else "error"
+        return "missing"
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["verdict"] = self.verdict
+        return d
+
+
+@dataclass
+class RunEntry:
+    topology: str
+    kernel: str
+    directory: str
+    status: int
+    error: str = ""
+    release: str | None = None
+    p2pdma: bool | None = None
+    boot_seconds: float = 0.0
+    seconds: float = 0.0
+    first_attempt_error: str = ""  # a boot timeout that was retried
+    error_kind: str = ""
+
+
+@dataclass
+class Regression:
+    topology: str
+    workload: str
+    provider: str | None
+    client: str | None
+    kernel: str
+    baseline_kernel: str
+    was: str
+    now: str
+    reason: str
+
+    def __str__(self) -> str:
+        pair = f"{self.provider or '?'} -> {self.client or '?'}"
+        return (f"{self.topology} {self.workload} {pair}: {self.baseline_kernel} {self.was}, "
+                f"{self.kernel} {self.now} ({self.reason})")
+
+
+@dataclass
+class Matrix:
+    kernels: list[dict[str, Any]]  # label, spec, description, release, p2pdma
+    topologies: list[str]
+    runs: list[RunEntry] = field(default_factory=list)
+    cells: list[Cell] = field(default_factory=list)
+    started: str = ""
+    seconds: float = 0.0
+
+    @property
+    def labels(self) -> list[str]:
+        return [k["label"] for k in self.kernels]
+
+    @property
+    def baseline(self) -> str:
+        return self.labels[0]
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """Every row (topology, workload, provider, client), in first-seen order per topology."""
+        seen: dict[tuple, None] = {}
+        for topo in self.topologies:
+            for c in self.cells:
+                if c.topology == topo:
+                    seen.setdefault(c.row, None)
+        return list(seen)
+
+    def cell(self, row: tuple, kernel: str) -> Cell | None:
+        """The cell of ``row`` for ``kernel``; when that run happened but has no such
+        pair (it broke, or the pair vanished), a placeholder saying so; None when the
+        run has not happened (yet)."""
+        for c in self.cells:
+            if c.row == row and c.kernel == kernel:
+                return c
+        run = self.run(row[0], kernel)
+        if run is None:
+            return None
+        if run.error:
+            return Cell(row[0], kernel, row[1], row[2] or None, row[3] or None, None, "error",
+                        None, None, f"the run broke: {run.error.splitlines()[0]}")
+        return Cell(row[0], kernel, row[1], row[2] or None, row[3] or None, None, "missing",
+                    None, None, "no such pair in this run")
+
+    def run(self, topology: str, kernel: str) -> RunEntry | None:
+        for r in self.runs:
+            if r.topology == topology and r.kernel == kernel:
+                return r
+        return None
+
+    def regressions(self) -> list[Regression]:
+        return find_regressions(self)
+
+    @property
+    def incomplete(self) -> list[RunEntry]:
+        """Runs that broke before their workloads finished (boot failure, ...)."""
+        return [r for r in self.runs if r.error]
+
+    @property
+    def status(self) -> int:
+        """1 when any cell regressed against the baseline or a run broke; else 0."""
+        return 1 if self.regressions() or self.incomplete else 0
+
+    def to_json(self) -> dict[str, Any]:
+        regs = self.regressions()
+        return {
+            "started": self.started, "seconds": round(self.seconds, 1),
+            "baseline": self.baseline, "kernels": self.kernels, "topologies": self.topologies,
+            "runs": [asdict(r) for r in self.runs],
+            "cells": [c.to_json() for row in self.rows() for label in self.labels
+                      if (c := self.cell(row, label)) is not None],
+            "regressions": [asdict(r) for r in regs],
+            "incomplete": [f"{r.topology} × {r.kernel}: {r.error.splitlines()[0]}"
+                           for r in self.incomplete],
+            "status": self.status,
+        }
+
+
+def _worse(base: Cell, later: Cell) -> str | None:
+    """Why ``later`` is a regression against ``base`` (None: it is not)."""
+    detail = f": {later.detail.splitlines()[0]}" if later.detail else ""
+    informational = base.observed is None and later.observed is None  # e.g. host-baseline
+    if base.verdict == "ok" and later.verdict != "ok" and not informational:
+        return f"was ok, now {later.verdict}{detail}"
+    if base.data_verified is True and later.data_verified is not True:
+        return f"data no longer verified{detail}"
+    return None
+
+
+def find_regressions(m: Matrix) -> list[Regression]:
+    out: list[Regression] = []
+    if not m.kernels:
+        return out
+    base = m.baseline
+    for row in m.rows():
+        b = m.cell(row, base)
+        if b is None:
+            continue
+        for label in m.labels[1:]:
+            later = m.cell(row, label)
+            if later is None:
+                continue  # that run has not happened
+            why = _worse(b, later)
+            if why:
+                out.append(Regression(row[0], row[1], row[2] or None, row[3] or None, label,
+                                      base, b.verdict, later.verdict, why))
+    return out
+
+
+def cells_from_result(topology: str, kernel: str, result: RunResult) -> list[Cell]:
+    """The cells of one run: every judged record and every record with a pair."""
+    cells = []
+    for r in result.workloads:
+        if r.name in ("inventory", "exec") or r.command is not None:
+            continue
+        if not (r.judged or r.provider or r.client):
+            continue
+        cells.append(Cell(topology, kernel, r.name, r.provider, r.client, r.predicted,
+                          r.observed, r.data_verified, r.mb_per_s, r.detail or ""))
+    return cells
+
+
+def add_run(m: Matrix, topology: str, kernel: str, result: RunResult,
+            directory: Path | str) -> None:
+    """Record one run's result."""
+    kinfo = result.kernel or {}
+    error = result.error or ("" if result.finished else "the run did not finish")
+    m.runs.append(RunEntry(topology, kernel, str(directory), result.status, error,
+                           kinfo.get("release"), kinfo.get("p2pdma"),
+                           round(result.boot_seconds, 2), round(result.seconds, 2),
+                           error_kind=result.error_kind))
+    m.cells += cells_from_result(topology, kernel, result)

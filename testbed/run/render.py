@@ -1,0 +1,91 @@
+"""The matrix as files and text: matrix.json, matrix.md, matrix.html, the terminal table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ..util.files import atomic_write
+from ..util.table import format_table
+from .cells import VERDICTS, Matrix
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=jinja2.select_autoescape(["html", "html.j2"]))
+    env.filters["mbps"] = lambda v: "" if v is None else f"{v:.1f} MB/s"
+    return env
+
+
+def _view(m: Matrix) -> dict[str, Any]:
+    regs = m.regressions()
+    reg_keys = {(r.topology, r.workload, r.provider or "", r.client or "", r.kernel)
+                for r in regs}
+    rows = []
+    for row in m.rows():
+        cells: list[dict[str, Any]] = []
+        for label in m.labels:
+            c = m.cell(row, label)
+            cells.append({"cell": c, "kernel": label,
+                          "regression": (*row, label) in reg_keys})
+        rows.append({"topology": row[0], "workload": row[1],
+                     "pair": f"{row[2]} → {row[3]}" if row[2] or row[3] else "",
+                     "predicted": next((c["cell"].predicted for c in cells
+                                        if c["cell"] and c["cell"].predicted), None),
+                     "cells": cells})
+    run_dirs = {(r.topology, r.kernel): r.directory for r in m.runs}
+    return {"m": m, "rows": rows, "regressions": regs, "incomplete": m.incomplete,
+            "status": m.status, "verdicts": VERDICTS, "run_dirs": run_dirs}
+
+
+def render_md(m: Matrix) -> str:
+    return _env().get_template("matrix.md.j2").render(**_view(m))
+
+
+def render_html(m: Matrix) -> str:
+    return _env().get_template("matrix.html.j2").render(**_view(m))
+
+
+def write_matrix(m: Matrix, out: Path) -> None:
+    for name, text in (("matrix.json", json.dumps(m.to_json(), indent=1) + "\n"),
+                       ("matrix.md", render_md(m)), ("matrix.html", render_html(m))):
+        atomic_write(out / name, text)
+
+
+def summary(m: Matrix, out: Path | None = None) -> str:
+    """The terminal table: one line per row, one column per kernel."""
+    header = ["TOPOLOGY", "WORKLOAD", "PAIR", *m.labels]
+    lines: list[list[str]] = [header]
+    for row in m.rows():
+        cols = []
+        for label in m.labels:
+            c = m.cell(row, label)
+            if c is None:
+                cols.append("-")
+                continue
+            text = c.verdict + (" (data not verified)" if c.verdict == "ok"
+                                and c.data_verified is False else "")
+            if c.mb_per_s is not None:
+                text += f" {c.mb_per_s:.1f}"
+            cols.append(text)
+        lines.append([row[0], row[1], f"{row[2]}->{row[3]}" if row[2] or row[3] else "", *cols])
+    out_lines = format_table(lines).splitlines()
+    regs = m.regressions()
+    for r in regs:
+        out_lines.append(f"REGRESSION: {r}")
+    for run in m.incomplete:
+        out_lines.append(f"INCOMPLETE: {run.topology} × {run.kernel}: "
+                         f"{run.error.splitlines()[0]}")
+    verdict = "FAIL" if m.status else "PASS"
+    n_cells = len(m.rows()) * (len(m.labels) - 1)
+    out_lines.append(f"{verdict}: {len(regs)} regression(s) against the baseline {m.baseline} "
+                     f"in {n_cells} cell(s) of {len(m.labels) - 1} later kernel(s)"
+                     + (f"; {len(m.incomplete)} run(s) incomplete" if m.incomplete else "")
+                     + (f"; matrix in {out}" if out else ""))
+    return "\n".join(out_lines)

@@ -1,0 +1,177 @@
+"""``testbed run``: boot (or attach), run workloads in order, collect, judge, write.
+
+Data flows one way: topology -> guest -> workloads -> :class:`RunResult` -> files.
+
+    >>> result, out = run_topology(load_topology("switch-cmb"), RunOptions())  # doctest: +SKIP
+    >>> result.status
+    0
+
+Every input is checked (:func:`check_inputs`) before anything is created or started;
+the results directory is made only then.  The results are written whatever
+happens, and say ``incomplete`` unless the run got to its end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BootError, TestbedError, UsageError, did_you_mean
+from ..guest.attach import AttachedGuest
+from ..guest.boot import BootOptions, boot
+from ..guest.instances import check_name, get_ready
+from ..guest.protocol import GuestLike
+from ..kernel.resolve import KernelSpec
+from ..qemu.accel import requested_accel
+from ..qemu.probe import cpu_info, probe
+from ..qemu.script import to_script
+from ..results.model import RunResult
+from ..results.writer import make_out_dir, write_results
+from ..spec.model import Topology
+from ..util.files import check_out_dir
+from ..verdicts.record import Record
+from ..workloads import WORKLOADS, default_workloads
+from ..workloads.base import Context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    workloads: tuple[str, ...] = ()  # empty: the default set for the topology
+    pushes: tuple[tuple[str, str], ...] = ()
+    execs: tuple[str, ...] = ()
+    kernel: KernelSpec | None = None
+    accel: str | None = None
+    size: int = 1 << 20
+    seed: int = 1
+    timeout: float = 120.0
+    guest_name: str | None = None
+    out: Path | None = None
+    keep: bool = False
+    copy_extra: tuple[str, ...] = field(default=())  # extra args for p2p-copy (tests)
+
+
+def plan(topo: Topology, opts: RunOptions) -> list[str]:
+    """The workloads to run, checked before anything boots."""
+    names = list(opts.workloads) or default_workloads(topo)
+    for n in names:
+        if n not in WORKLOADS:
+            raise UsageError(f"--workload {n!r}: unknown{did_you_mean(n, WORKLOADS)}; "
+                             f"known: {', '.join(WORKLOADS)}")
+    if "pmr" in opts.workloads and not any(n.pmr for n in topo.nvmes()):
+        raise UsageError(f"--workload pmr: topology {topo.name} has no NVMe with a PMR")
+    if opts.execs and "exec" not in names:
+        names.append("exec")
+    for local, _ in opts.pushes:
+        p = Path(local)
+        if p.is_dir():
+            raise UsageError(f"--push {local}: is a directory (push files one by one)")
+        if not p.is_file():
+            raise UsageError(f"--push {local}: no such file")
+    return names
+
+
+def check_inputs(topo: Topology, opts: RunOptions) -> list[str]:
+    """Everything that can be checked before anything is created: the workloads, the
+    pushed files, the output directory, the guest name, the accelerator."""
+    names = plan(topo, opts)
+    if opts.out is not None:
+        check_out_dir(opts.out)
+    if opts.guest_name is not None:
+        check_name(opts.guest_name)
+        get_ready(opts.guest_name)  # an unknown or stale instance is bad input: exit 2
+    requested_accel(opts.accel or topo.machine.accel)
+    return names
+
+
+def run_workloads(guest: GuestLike, topo: Topology, names: list[str],
+                  opts: RunOptions) -> tuple[list[Record], Context]:
+    caps = probe(topo.machine.qemu)
+    ctx = Context(guest=guest, topology=topo, cpu=cpu_info(caps, topo.machine.cpu),
+                  timeout=opts.timeout, size=opts.size, seed=opts.seed, execs=list(opts.execs))
+    records: list[Record] = []
+    try:
+        guest.dmesg_delta()  # deltas start now, not at boot
+    except TestbedError:
+        pass
+    for name in names:
+        log.info("workload %s", name)
+        start = time.monotonic()
+        workload = WORKLOADS[name]()
+        try:
+            if name == "p2p-copy" and opts.copy_extra:
+                new = workload.run(ctx, extra=list(opts.copy_extra))  # type: ignore[call-arg]
+            else:
+                new = workload.run(ctx)
+        except TestbedError as exc:
+            new = [Record(name=name, observed="error" if workload.judged else None,
+                          predicted="ok" if workload.judged else None,
+                          detail=f"workload failed: {exc}")]
+        for rec in new:
+            rec.seconds = rec.seconds or round(time.monotonic() - start, 3)
+        ctx.dmesg_log.append(f"----- end of {name} -----")
+        records += new
+    return records, ctx
+
+
+def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
+    names = check_inputs(topo, opts)
+    caps = probe(topo.machine.qemu)
+    out = make_out_dir(opts.out, topo.name)
+    result = RunResult(topology=topo.name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    result.qemu = {"version": caps.version_str, "binary": caps.path}
+    start = time.monotonic()
+    guest: GuestLike | None = None
+    ctx: Context | None = None
+    console: Path | None = None
+    failed_argv: list[str] | None = None
+    try:
+        if opts.guest_name:
+            guest = AttachedGuest(get_ready(opts.guest_name), topo)
+        else:
+            guest = boot(topo, options=BootOptions(kernel=opts.kernel, accel=opts.accel,
+                                                   keep=opts.keep, label=topo.name))
+        console = guest.console.path
+        result.boot_seconds = guest.boot_seconds
+        result.qemu.update(accel=guest.accel.name, accel_reason=guest.accel.reason)
+        kinfo = guest.inventory.get("kernel", {})
+        result.kernel = {"release": kinfo.get("release"), "p2pdma": kinfo.get("p2pdma"),
+                         "source": guest.kernel_description}
+        for local, remote in opts.pushes:
+            guest.put(local, remote)
+        result.workloads, ctx = run_workloads(guest, topo, names, opts)
+        result.finished = True
+    except TestbedError as exc:
+        result.error = str(exc)
+        result.error_kind = exc.kind
+        if isinstance(exc, BootError):  # a failed boot keeps its console and QEMU logs
+            if exc.logs is not None:
+                result.logs = str(exc.logs)
+            if exc.console_log is not None:
+                console = exc.console_log
+            failed_argv = exc.argv
+    finally:
+        dmesg = ""
+        if guest is not None:
+            try:
+                dmesg = guest.run(["dmesg"], timeout=30).stdout
+            except TestbedError:
+                dmesg = "(the guest did not answer)"
+        result.seconds = time.monotonic() - start
+        console_copy = None
+        if console is not None and console.exists():
+            console_copy = out / "console.log"
+            console_copy.write_bytes(console.read_bytes())
+        script = guest.script() if guest is not None else None
+        if script is None and failed_argv:
+            script = to_script(failed_argv)
+        write_results(out, result, topology_file=topo.source, qemu_script=script,
+                      console=console_copy, dmesg=dmesg,
+                      dmesg_deltas=[(f"delta {i}", d) for i, d in
+                                    enumerate(ctx.dmesg_log if ctx else [])])
+        if guest is not None:
+            guest.shutdown()
+    return result, out

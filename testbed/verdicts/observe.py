@@ -1,0 +1,96 @@
+"""Observed verdicts from what the guest tool reported and what dmesg said.
+
+Facts this encodes (observed on QEMU 10.0 with the 7.x kernel):
+
+- A refused mapping fails the I/O with EINVAL and logs "cannot be used for
+  peer-to-peer DMA ... (provider) do not share an upstream bridge ..." against
+  the client, but only the first time: the kernel caches its decision per pair,
+  so later refusals are silent.  Hence the whole boot's refusal lines are
+  searched for this client and provider.
+- Under a translating vIOMMU, QEMU completes a faulting DMA *successfully*: the
+  I/O returns no error, no NVMe timeout happens, but the data never moved.  The
+  verdict comes from the failed data check plus the fault lines (DMAR "PTE ...
+  access is not set", virtio_iommu "page fault"), which are rate-limited, so
+  callers space transfers out (see :data:`FAULT_QUIET_SECONDS`).
+
+    >>> observe({"steps": {"p2p_read": {"ok": True}, "p2p_write": {"ok": True}},
+    ...          "data_verified": True}, {}, timed_out=False)
+    ('ok', 'both directions completed and every block verified')
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..guest_tool import schema
+
+# dmesg lines worth pulling out of a workload's delta
+FAULT_PATTERNS = {
+    "iommu-fault": re.compile(r"DMAR: \[DMA (Read|Write)|PTE (Read|Write) access is not set|"
+                              r"virtio_iommu.*(page )?fault|AMD-Vi: Event logged \[IO_PAGE_FAULT|"
+                              r"iommu.*(fault|Unhandled)", re.I),
+    "rejected": re.compile(r"cannot be used for peer-to-peer DMA|do not share an upstream "
+                           r"bridge or whitelisted host bridge|ACS redirect is set", re.I),
+    "oops": re.compile(r"Oops|BUG:|WARNING: CPU|Call Trace|Kernel panic", re.I),
+    "p2pdma": re.compile(r"p2pdma|p2pmem|peer-to-peer", re.I),
+    "nvme": re.compile(r"nvme.*(timeout|reset|abort|I/O error|Data Transfer Error)", re.I),
+}
+
+FAULT_QUIET_SECONDS = 5.5  # printk ratelimit interval (5 s) plus a margin
+
+REFUSAL = re.compile(r"(?P<client>[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]): cannot be used for "
+                     r"peer-to-peer DMA as the client and provider \((?P<provider>[0-9a-f:.]+)\)")
+
+
+def refusals(dmesg_text: str) -> set[tuple[str, str]]:
+    """(provider BDF, client BDF) pairs the kernel logged as refused."""
+    return {(m["provider"], m["client"]) for m in REFUSAL.finditer(dmesg_text)}
+
+
+def observe(result: dict[str, Any] | None, dmesg: dict[str, list[str]], timed_out: bool,
+            kernel_p2pdma: bool | None = True, refused_earlier: bool = False) -> tuple[str, str]:
+    """(verdict, detail) for one transfer."""
+    if kernel_p2pdma is False:
+        return "unsupported", "the guest kernel has no CONFIG_PCI_P2PDMA"
+    if timed_out:
+        if dmesg.get("iommu-fault"):
+            return "iommu-fault", f"timed out after IOMMU faults: {dmesg['iommu-fault'][0]}"
+        return "error", "the workload timed out"
+    if not result:
+        return "error", "the guest tool produced no result"
+    if result.get("stage") == schema.STAGE_ALLOCATE:
+        err = str(result.get("error", ""))
+        if err == schema.NO_P2PMEM:
+            return "unsupported", f"no p2pmem provider: {err}"
+        return "error", f"p2pmem allocation failed: {err}"
+    if result.get("stage"):
+        return "error", f"the guest tool failed at {result['stage']}: {result.get('error')}"
+    steps = result.get("steps", {})
+    failed = [k for k in schema.TRANSFER_STEPS
+              if k in steps and not steps[k].get("ok") and not steps[k].get("skipped")]
+    errnos = {steps[k].get("errno") for k in failed}
+    if dmesg.get("rejected"):
+        return "rejected", dmesg["rejected"][0]
+    if failed and refused_earlier and errnos <= {22}:
+        return "rejected", ("EINVAL; the kernel refused this pair earlier in this boot and "
+                            "caches the decision, so it logged nothing new")
+    if dmesg.get("iommu-fault") and (failed or result.get("data_verified") is False):
+        return "iommu-fault", dmesg["iommu-fault"][0]
+    if failed:
+        errs = "; ".join(f"{k}: {steps[k].get('error') or 'failed'}" for k in failed)
+        return "error", f"I/O failed without a P2PDMA or IOMMU message: {errs}"
+    if result.get("data_verified") is False:
+        return "error", (f"data corruption: blocks {result.get('mismatched_blocks', [])[:10]} "
+                         "differ from the pattern, with no IOMMU fault logged")
+    return "ok", "both directions completed and every block verified"
+
+
+def pull_dmesg(delta: str) -> dict[str, list[str]]:
+    """The interesting lines of a dmesg delta, by category."""
+    out: dict[str, list[str]] = {}
+    for line in delta.splitlines():
+        for cat, rx in FAULT_PATTERNS.items():
+            if rx.search(line):
+                out.setdefault(cat, []).append(line.strip())
+    return {k: v[:50] for k, v in out.items()}

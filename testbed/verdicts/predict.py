@@ -1,0 +1,141 @@
+"""Predict what Linux's P2PDMA code will do for each (provider, client) pair.
+
+The prediction is computed from the topology tree alone, following
+``calc_map_type_and_dist()`` in drivers/pci/p2pdma.c:
+
+1. Walk up from the provider; the first bridge that is also upstream of (or is)
+   the client is the common upstream bridge.  ACS redirect (RR/CR/EC) on a
+   bridge of the path — the provider's side up to and including the common
+   bridge, the client's side below it — forces the path through the root.
+2. Common bridge, no ACS redirect: mapped by PCI bus address (no IOMMU entry).
+3. Otherwise the transfer crosses the host bridge: allowed only if both host
+   bridges are on the kernel's allow-list (q35's 8086:29c0 is not) or the CPU is
+   AMD family >= 0x17; then mapped like normal DMA (through the IOMMU if any).
+   Else refused: "rejected".
+4. QEMU sends every device's DMA through the vIOMMU at the root complex, even
+   between two devices under one emulated switch, so a bus-address mapping
+   under a translating vIOMMU faults: "iommu-fault", labelled a QEMU model
+   limit (real switches route such TLPs locally).
+
+    >>> from testbed.spec import load_topology
+    >>> from testbed.qemu.probe import CpuInfo
+    >>> topo = load_topology("switch-cmb")
+    >>> p = predict(topo, "nvme0", "nvme1", CpuInfo("qemu64", "AuthenticAMD", 15))
+    >>> p.verdict, p.map_type
+    ('ok', 'bus-address')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..qemu.devices import DEVICES, HOST_BRIDGE_ID
+from ..qemu.probe import CpuInfo
+from ..spec.model import Node, Nvme, Topology
+
+# The q35 host bridge, and whether Linux allow-lists it (it is not in
+# pci_p2pdma_whitelist[]).
+Q35_HOST_BRIDGE = HOST_BRIDGE_ID
+HOST_BRIDGE_ALLOWED = False
+
+
+@dataclass(frozen=True)
+class Prediction:
+    provider: str
+    client: str
+    verdict: str  # ok | rejected | iommu-fault | unsupported
+    map_type: str  # bus-address | host-bridge | not-supported | none
+    reason: str
+    qemu_limit: bool = False  # the verdict follows from how QEMU models DMA, not from Linux
+    distance: int = 0
+    source: str = "oracle"  # or "topology" when the file states the expectation
+
+
+def has_acs_capability(node: Node) -> bool:
+    """QEMU's pcie-root-port has an ACS capability; the x3130 switch ports do not."""
+    return DEVICES[type(node)].acs
+
+
+def acs_redirect(node: Node, topo: Topology) -> bool:
+    """Will Linux have set ACS RR/CR on this bridge?  pci_enable_acs() turns them on
+    only when an IOMMU driver requested ACS (pci_request_acs())."""
+    return has_acs_capability(node) and topo.iommu.model != "none"
+
+
+def _chain(topo: Topology, name: str) -> list[Node]:
+    """The device and its upstream bridges, nearest first (the root bus has none)."""
+    return topo.upstream_path(name)
+
+
+def predict(topo: Topology, provider: str, client: str, cpu: CpuInfo,
+            kernel_p2pdma: bool | None = True) -> Prediction:
+    """The expected verdict for a P2P transfer between ``client`` and ``provider``'s p2pmem."""
+    for e in topo.expect:
+        if e.provider == provider and e.client == client:
+            return Prediction(provider, client, e.verdict, "stated", e.reason, source="topology")
+    prov = topo.find(provider)
+    if kernel_p2pdma is False:
+        return Prediction(provider, client, "unsupported", "none",
+                          "the kernel is built without CONFIG_PCI_P2PDMA")
+    if not isinstance(prov, Nvme) or not prov.cmb:
+        return Prediction(provider, client, "unsupported", "none",
+                          f"{provider} has no CMB, so it publishes no p2pmem")
+    a_chain, b_chain = _chain(topo, provider), _chain(topo, client)
+    b_names = [n.name for n in b_chain]
+    acs: list[str] = []
+    common = None
+    dist_a = 0
+    for a in a_chain:
+        if acs_redirect(a, topo):
+            acs.append(a.name)
+        if a.name in b_names:
+            common = a
+            break
+        dist_a += 1
+    if common is not None:
+        dist_b = b_names.index(common.name)
+        for bb in b_chain[:dist_b]:
+            if acs_redirect(bb, topo):
+                acs.append(bb.name)
+        distance = dist_a + dist_b
+    else:
+        distance = len(a_chain) + len(b_chain)
+    if common is not None and not acs:
+        via = f"{common.name} ({_kind(common)})"
+        if topo.iommu.translating:
+            return Prediction(
+                provider, client, "iommu-fault", "bus-address",
+                f"{provider} and {client} share the upstream bridge {via} with no ACS "
+                f"redirect, so Linux maps the transfer by PCI bus address with no IOMMU "
+                f"entry; QEMU routes every DMA through the {topo.iommu.model} vIOMMU at the "
+                f"root complex, so it faults there (QEMU model limit, not a kernel bug; "
+                f"iommu=pt avoids it)", qemu_limit=True, distance=distance)
+        mode = " (the vIOMMU is in passthrough)" if topo.iommu.model != "none" else ""
+        return Prediction(provider, client, "ok", "bus-address",
+                          f"{provider} and {client} share the upstream bridge {via} with no ACS "
+                          f"redirect: mapped by PCI bus address{mode}", distance=distance)
+    why = (f"ACS redirect on {', '.join(acs)} sends the transfer through the root complex"
+           if acs else f"{provider} and {client} share no upstream bridge (only the host bridge)")
+    if cpu.amd_zen_or_newer:
+        how = f" through the {topo.iommu.model} vIOMMU" if topo.iommu.translating else ""
+        return Prediction(provider, client, "ok", "host-bridge",
+                          f"{why}; the CPU model {cpu.model} is AMD family {cpu.family:#x} "
+                          f"(>= 0x17), which Linux trusts for P2P through the root complex: "
+                          f"mapped like normal DMA{how}", distance=distance)
+    if HOST_BRIDGE_ALLOWED:  # pragma: no cover - q35 is not allow-listed
+        return Prediction(provider, client, "ok", "host-bridge", f"{why}; allow-listed host bridge")
+    return Prediction(provider, client, "rejected", "not-supported",
+                      f"{why}; the q35 host bridge {':'.join(Q35_HOST_BRIDGE)} is not on the "
+                      f"kernel's allow-list and the CPU model {cpu.model} ({cpu.vendor} family "
+                      f"{cpu.family:#x}) is not AMD Zen or newer: Linux refuses the mapping",
+                      distance=distance)
+
+
+def pairs(topo: Topology) -> list[tuple[str, str]]:
+    """Every (provider, client): a provider has a CMB; a client is any other NVMe."""
+    nvmes = topo.nvmes()
+    return [(p.name, c.name) for p in nvmes if p.cmb for c in nvmes if c.name != p.name]
+
+
+def _kind(node: Node) -> str:
+    return "endpoint" if isinstance(node, Nvme) else DEVICES[type(node)].label

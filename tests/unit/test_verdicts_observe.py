@@ -1,0 +1,61 @@
+"""Observed verdicts from guest-tool JSON and dmesg (pure)."""
+
+from __future__ import annotations
+
+from testbed.verdicts.observe import pull_dmesg
+from testbed.verdicts.observe import observe, refusals
+
+OK = {"ok": True}
+FAIL_EINVAL = {"ok": False, "errno": 22, "error": "Invalid argument"}
+
+
+def result(read=OK, write=OK, verified=True):
+    return {"steps": {"p2p_read": read, "p2p_write": write}, "data_verified": verified,
+            "mismatched_blocks": [] if verified else [0, 1]}
+
+
+REFUSAL = ("[   20.1] nvme 0000:02:00.0: cannot be used for peer-to-peer DMA as the client and "
+           "provider (0000:01:00.0) do not share an upstream bridge or whitelisted host bridge")
+DMAR = ("[   25.2] DMAR: [DMA Write NO_PASID] Request device [0000:04:00.0] fault addr "
+        "0xf8020000 [fault reason 0x05] PTE Write access is not set")
+VIOMMU = "[   30.0] virtio_iommu virtio0: page fault from EP 1024 at 0xf8020000"
+
+
+def test_ok():
+    assert observe(result(), {}, False)[0] == "ok"
+
+
+def test_refusal_in_the_delta():
+    v, detail = observe(result(FAIL_EINVAL, FAIL_EINVAL), pull_dmesg(REFUSAL), False)
+    assert v == "rejected" and "upstream bridge" in detail
+
+
+def test_silent_refusal_after_an_earlier_one_is_still_rejected():
+    assert observe(result(FAIL_EINVAL, FAIL_EINVAL), {}, False, refused_earlier=True)[0] == \
+        "rejected"
+    assert observe(result(FAIL_EINVAL, FAIL_EINVAL), {}, False)[0] == "error"
+
+
+def test_refusal_lines_name_provider_and_client():
+    assert refusals("x\n" + REFUSAL + "\n") == {("0000:01:00.0", "0000:02:00.0")}
+
+
+def test_iommu_fault_is_silent_success_with_bad_data():
+    for line in (DMAR, VIOMMU):
+        assert observe(result(verified=False), pull_dmesg(line), False)[0] == "iommu-fault"
+
+
+def test_bad_data_without_a_fault_is_corruption():
+    v, detail = observe(result(verified=False), {}, False)
+    assert v == "error" and "corruption" in detail
+
+
+def test_allocation_and_kernel_support():
+    assert observe({"stage": "allocate", "error": "no p2pmem"}, {}, False)[0] == "unsupported"
+    assert observe({"stage": "allocate", "error": "ENOMEM"}, {}, False)[0] == "error"
+    assert observe(result(), {}, False, kernel_p2pdma=False)[0] == "unsupported"
+
+
+def test_timeouts():
+    assert observe(None, {}, True)[0] == "error"
+    assert observe(None, pull_dmesg(DMAR), True)[0] == "iommu-fault"
