@@ -14,9 +14,10 @@ from ..errors import GuestError
 from ..qemu.accel import Accel
 from ..spec.model import Topology
 from .console import Console
-from .guest import GUEST_TOOL, SshGuest
+from .guest import SshGuest
 from .instances import Instance
 from .ssh import GuestSSH
+from .tool import GUEST_TOOL
 from .treecheck import map_names
 
 

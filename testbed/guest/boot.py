@@ -42,8 +42,9 @@ from ..qemu.machine import QemuMachine
 from ..qemu.probe import probe
 from ..spec.model import Topology
 from ..util.rundir import RunDir
-from .guest import GUEST_TOOL, Guest
+from .guest import Guest
 from .ports import reserve_port
+from .tool import install_and_run, zipapp_bytes
 from .treecheck import check_tree, map_names
 
 log = logging.getLogger(__name__)
@@ -249,8 +250,10 @@ def check_guest_view(guest: Guest) -> None:
     """Ask the guest for its inventory and check it shows the topology."""
     topo = guest.topology
     n_p2p = sum(1 for n in topo.nvmes() if n.cmb)
-    res = guest.run([GUEST_TOOL, "inventory", "--wait", "30", "--expect-nvme",
-                     str(len(topo.nvmes())), "--expect-p2pmem", str(n_p2p)], timeout=60)
+    # the guest tool is shipped here, in the same command as its first inventory
+    res = guest.run(install_and_run(["inventory", "--wait", "30", "--expect-nvme",
+                                     str(len(topo.nvmes())), "--expect-p2pmem", str(n_p2p)]),
+                    timeout=60, stdin=zipapp_bytes())
     if not res.ok:
         raise _fail(guest, GuestViewMismatch, f"the guest inventory failed: {res.describe()}")
     try:

@@ -35,8 +35,6 @@ if TYPE_CHECKING:  # paramiko is slow to import: boot imports it while QEMU star
 
 log = logging.getLogger(__name__)
 
-GUEST_TOOL = "/usr/local/bin/p2pdma-guest"
-
 
 class SshGuest:
     """Commands, files and dmesg of a guest reached over SSH."""

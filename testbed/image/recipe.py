@@ -3,9 +3,9 @@
 The key is a sha256 over every file under ``guest-images/default`` and
 ``guest-images/tools`` (the recipe, the root-filesystem overlay, the initramfs
 init, extra tools) and over the builder's own sources: ``testbed/image/*.py``, the
-kernel-file and initramfs modules it uses, and the guest tool package
-(``testbed/guest_tool``, installed as ``/usr/local/bin/p2pdma-guest``).  Change any of
-them and a new image is built; change nothing and the cached one is reused.  The
+kernel-file and initramfs modules it uses.  Change any of them and a new image is
+built; change nothing and the cached one is reused.  The guest tool is not in the
+image: every boot ships it (:mod:`testbed.guest.tool`).  The
 mirror is not part of the key: the same packages from another mirror are the same.
 """
 
@@ -21,7 +21,6 @@ from testbed.paths import guest_images_dir
 
 BUILDER_DIR = Path(__file__).resolve().parent
 PACKAGE_DIR = BUILDER_DIR.parent
-GUEST_TOOL_DIR = PACKAGE_DIR / "guest_tool"
 # modules outside testbed/image/ whose code ends up in the image
 KERNEL_MODULES = ("format.py", "config.py", "kmod.py", "cpio.py", "initramfs.py")
 DEFAULT_RECIPE = "default"
@@ -56,11 +55,6 @@ class Recipe:
     @property
     def initramfs_init(self) -> Path:
         return self.directory / "initramfs-init"
-
-    @property
-    def guest_tool(self) -> Path:
-        """The guest tool package, zipped into /usr/local/bin/p2pdma-guest."""
-        return GUEST_TOOL_DIR
 
     def sources(self, mirror: str | None = None) -> list[str]:
         """One-line apt sources for mmdebstrap (main suite first)."""
@@ -127,7 +121,6 @@ def builder_sources() -> list[tuple[str, Path]]:
     """(label, file) of every source file whose code ends up in the image."""
     files = [(f"builder/{p.name}", p) for p in sorted(BUILDER_DIR.glob("*.py"))]
     files += [(f"kernel/{n}", PACKAGE_DIR / "kernel" / n) for n in KERNEL_MODULES]
-    files += [(f"guest_tool/{p.name}", p) for p in sorted(GUEST_TOOL_DIR.glob("*.py"))]
     return files
 
 

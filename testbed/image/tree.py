@@ -1,20 +1,15 @@
 """The guest's root tree while it is built: the installed kernel, files the testbed adds
-(written without following what is there), the guest tool as a zipapp, package versions.
+(written without following what is there), package versions.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import tempfile
-import zipapp
 from pathlib import Path
 
 from ..errors import ImageError
 from .recipe import Recipe
-
-GUEST_TOOL = "usr/local/bin/p2pdma-guest"
 
 
 def find_kernel(root: Path) -> tuple[str, Path, Path]:
@@ -70,8 +65,6 @@ def install_overlay(recipe: Recipe, root: Path) -> list[str]:
             mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
             write_file(root, rel, path.read_bytes(), mode)
             installed.append("/" + rel)
-    write_file(root, GUEST_TOOL, guest_tool_zipapp(recipe.guest_tool), 0o755)
-    installed.append("/" + GUEST_TOOL)
     if recipe.tools_dir.is_dir():
         for path in sorted(recipe.tools_dir.iterdir()):
             if not path.is_file() or path.name.startswith(".") or path.name.endswith("~"):
@@ -80,21 +73,6 @@ def install_overlay(recipe: Recipe, root: Path) -> list[str]:
             write_file(root, rel, path.read_bytes(), 0o755)
             installed.append("/" + rel)
     return installed
-
-
-def guest_tool_zipapp(package: Path) -> bytes:
-    """The guest tool package as an executable zipapp (``#!/usr/bin/python3``): the
-    package becomes ``p2pdma_guest`` inside it, started by its ``cli.main``."""
-    with tempfile.TemporaryDirectory(prefix="guest-tool-") as tmp:
-        src = Path(tmp) / "src"
-        (src / "p2pdma_guest").mkdir(parents=True)
-        for f in sorted(package.glob("*.py")):
-            shutil.copyfile(f, src / "p2pdma_guest" / f.name)
-        (src / "__main__.py").write_text("import sys\n\nfrom p2pdma_guest.cli import main\n\n"
-                                         "sys.exit(main())\n")
-        target = Path(tmp) / "p2pdma-guest.pyz"
-        zipapp.create_archive(src, target, interpreter="/usr/bin/python3")
-        return target.read_bytes()
 
 
 def dpkg_versions(root: Path) -> dict[str, str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import TestbedError, WorkloadError
-from ..guest.guest import GUEST_TOOL
+from ..guest.tool import GUEST_TOOL
 from ..guest.protocol import GuestLike
 from ..guest.result import CommandResult
 from ..qemu.probe import CpuInfo

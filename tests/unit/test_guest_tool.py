@@ -226,14 +226,13 @@ def test_copy_region_must_fit(capsys, tmp_path):
 
 
 def test_the_zipapp_runs_and_holds_only_the_package(tmp_path):
-    """The image ships the package as a zipapp: it must run with a bare python3 (no
+    """Every boot ships the package as a zipapp: it must run with a bare python3 (no
     testbed on its path) and contain nothing but the tool."""
     import subprocess
     import sys
-    from testbed.image.tree import guest_tool_zipapp
-    from testbed.image.recipe import GUEST_TOOL_DIR
+    from testbed.guest.tool import zipapp_bytes
     app = tmp_path / "p2pdma-guest"
-    app.write_bytes(guest_tool_zipapp(GUEST_TOOL_DIR))
+    app.write_bytes(zipapp_bytes())
     names = zipfile.ZipFile(app).namelist()
     assert "__main__.py" in names and all(n == "__main__.py" or n.startswith("p2pdma_guest/")
                                           for n in names)
