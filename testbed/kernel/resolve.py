@@ -50,7 +50,7 @@ from pathlib import Path
 from ..errors import ImageError, UsageError
 from ..util.procs import find_tool
 from .config import Kconfig
-from .format import bzimage_release, has_pvh_entry, kernel_file_kind
+from .format import bzimage_payload, bzimage_release, has_pvh_entry, kernel_file_kind
 
 # With no modules at all, these must be built in to mount the image's root.
 REQUIRED_BUILTIN = ("CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_BLK", "CONFIG_EXT4_FS")
@@ -120,6 +120,11 @@ def resolve_kernel(spec: str) -> KernelSpec | None:
 def _check_kernel_file(spec: str, f: Path) -> None:
     kind = kernel_file_kind(f)
     if kind == "bzImage":
+        try:
+            bzimage_payload(f.read_bytes())  # the header's payload must all be there
+        except (ImageError, OSError, struct.error) as exc:
+            raise UsageError(f"--kernel {spec}: {f} is not a complete bzImage ({exc}): a "
+                             "truncated copy, or only the header?") from None
         return
     if kind == "elf":
         try:

@@ -114,6 +114,17 @@ def requested_accel(requested: str) -> str:
     return requested
 
 
+def expected_accel(requested: str, caps: Capabilities) -> str | None:
+    """The accelerator a boot will use, when that is known without booting anything."""
+    requested = requested_accel(requested)
+    if requested in ("tcg", "kvm"):
+        return requested
+    if not kvm_usable():
+        return "tcg"
+    cached = _cached(caps)
+    return cached.name if cached else None
+
+
 def resolve_accel(requested: str, caps: Capabilities | None, guest: ProbeGuest | None = None,
                   allow_probe: bool = True) -> Accel:
     """``tcg``/``kvm``/``auto`` -> the accelerator to use, with the reason."""

@@ -45,9 +45,10 @@ class BackingFile:
 
     path: Path
     size: int
-    role: str  # "namespace" or "pmr"
+    role: str  # "namespace" or "PMR"
     owner: str  # the NVMe's name
     user_file: bool  # named in the topology (the user's) rather than made per run
+    create: bool = False  # the topology lets the testbed create the user's file
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,10 @@ def backing_files(topo: Topology, run_dir: Path) -> list[BackingFile]:
     for nvme in topo.nvmes():
         for i, ns in enumerate(nvme.namespaces):
             out.append(BackingFile(namespace_path(nvme, i, run_dir), ns.size, "namespace",
-                                   nvme.name, ns.file is not None))
+                                   nvme.name, ns.file is not None, ns.create))
         if nvme.pmr:
-            out.append(BackingFile(pmr_path(nvme, run_dir), nvme.pmr.size, "pmr", nvme.name,
-                                   nvme.pmr.file is not None))
+            out.append(BackingFile(pmr_path(nvme, run_dir), nvme.pmr.size, "PMR", nvme.name,
+                                   nvme.pmr.file is not None, nvme.pmr.create))
     return out
 
 

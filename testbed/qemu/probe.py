@@ -82,10 +82,12 @@ def _props(text: str) -> frozenset[str]:
 
 
 def _probe_uncached(path: str) -> Capabilities:
-    version_text = _run([path, "--version"]).splitlines()[0].strip()
+    lines = _run([path, "--version"]).splitlines()
+    version_text = lines[0].strip() if lines else ""
     m = re.search(r"version (\d+)\.(\d+)\.(\d+)", version_text)
     if not m:
-        raise QemuNotFound(f"{path} does not look like QEMU: {version_text[:100]!r}")
+        raise QemuNotFound(f"{path} does not look like QEMU: its --version printed "
+                           f"{version_text[:100]!r}")
     devices = frozenset(re.findall(r'^name "([^"]+)"', _run([path, "-device", "help"]), re.M))
     nvme = _props(_run([path, "-device", "nvme,help"])) if "nvme" in devices else frozenset()
     ns = _props(_run([path, "-device", "nvme-ns,help"])) if "nvme-ns" in devices else frozenset()

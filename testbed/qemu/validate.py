@@ -19,9 +19,11 @@ from typing import Callable
 
 from ..errors import Problem, QemuError, SpecError, did_you_mean
 from ..spec.model import Machine, Nvme, Topology
+from ..spec.units import format_size
 from ..spec.parse import parse
 from ..spec.source import read_text, resolve
 from ..spec.yamlsource import Sourced, load
+from .accel import expected_accel
 from .devices import (
     DEVICES,
     EXTRA_DEVICES,
@@ -38,9 +40,25 @@ def _problem(topo: Topology, path: str, message: str, key: bool = False) -> Prob
     return Problem(topo.filename, line, col, path, message)
 
 
+def host_memory() -> int | None:
+    """MemTotal of this host in bytes (None when /proc/meminfo says nothing)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def constraints(topo: Topology) -> list[Problem]:
     """Limits of the machine the testbed builds, whatever the binary."""
     out = []
+    have = host_memory()
+    if have is not None and topo.machine.memory > have:
+        out.append(_problem(topo, "machine.memory", f"{format_size(topo.machine.memory)} is "
+                            f"more than this host's memory ({have / (1 << 30):.1f}G): QEMU "
+                            "could not allocate it"))
     slots = free_root_slots(topo.iommu)
     if len(topo.pcie) > slots:
         out.append(_problem(topo, "pcie", f"too many devices on the root complex: "
@@ -142,7 +160,7 @@ def check_document(root: Sourced, filename: str, base_dir: Path,
         except QemuError as exc:
             problems.append(_problem(topo, "machine.qemu", str(exc)))
         else:
-            problems += capabilities(topo, caps)
+            problems += capabilities(topo, caps, expected_accel(topo.machine.accel, caps))
     if problems:
         raise SpecError(problems)
     return topo

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from ..errors import UsageError
 from ..kernel.resolve import KernelSpec, resolve_kernel
+from ..qemu.accel import requested_accel
 from ..qemu.validate import load_checked
 from ..spec.model import Topology
 from .runner import RunOptions, plan
@@ -66,6 +67,7 @@ def plan_matrix(topologies: Sequence[str], kernels: Sequence[str],
     """Load every topology and resolve every kernel; UsageError on bad input."""
     if not topologies:
         raise UsageError("--topology: give at least one topology")
+    requested_accel(accel or "auto")  # a bad TESTBED_ACCEL is bad input, found now
     if not kernels:
         raise UsageError("--kernel: give at least one kernel (the first is the baseline; "
                          "'default' is the image's)")

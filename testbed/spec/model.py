@@ -30,12 +30,14 @@ class Namespace:
     size: int
     block_size: int = 512
     file: Path | None = None  # None: a sparse image is created per run
+    create: bool = False  # the testbed may create ``file`` when it is missing
 
 
 @dataclass(frozen=True)
 class Pmr:
     size: int
     file: Path | None = None  # None: a file in the run directory (survives guest reboots)
+    create: bool = False  # the testbed may create ``file`` when it is missing
 
 
 @dataclass(frozen=True)

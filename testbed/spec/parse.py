@@ -41,16 +41,20 @@ from .model import (
     Topology,
 )
 from .units import MiB, format_size, is_power_of_two, parse_size
+from .files import check_backing_file
 from .yamlsource import Sourced, positions
 
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-TOPOLOGY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")  # always fullmatch
+TOPOLOGY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RESERVED_PREFIX = "tb-"  # the testbed's own QEMU ids (boot disk, NIC, vIOMMU)
 
 SWITCH_MAX_PORTS = 32  # a PCI bus has 32 device slots
 MAX_BUSES = 255
 MAX_CMB = 4 << 30
 MAX_PMR = 4 << 30
+MAX_NAMESPACE = 4 << 40  # sparse files: ext4 allows 16T; 4T is plenty for a test
+MAX_MEMORY = 1 << 40  # the host's own memory is checked in the second pass
+MAX_CMDLINE = 1536  # of Linux's 2048-byte x86 command line; the testbed adds its own words
 MAX_CPUS = 255  # APIC ID 255 and up need x2APIC
 BLOCK_SIZES = (512, 4096)
 
@@ -64,8 +68,8 @@ KIND_KEYS = {
     "downstream_port": ("downstream_port", "device"),
     "nvme": ("nvme", "serial", "cmb", "pmr", "namespaces"),
 }
-PMR_KEYS = ("size", "file")
-NS_KEYS = ("size", "block_size", "file")
+PMR_KEYS = ("size", "file", "create")
+NS_KEYS = ("size", "block_size", "file", "create")
 EXPECT_KEYS = ("provider", "client", "verdict", "reason")
 ALL_KNOWN_KEYS = sorted({k for keys in KIND_KEYS.values() for k in keys})
 
@@ -100,7 +104,12 @@ class _Parser:
         for key in node.value:
             if key not in allowed:
                 sub = f"{path}.{key}" if path else key
-                hint = did_you_mean(key, allowed) or did_you_mean(key, ALL_KNOWN_KEYS)
+                owners = [k for k, keys in KIND_KEYS.items() if key in keys and k != key]
+                if owners:
+                    hint = (f": {what} has no {key!r} (a key of "
+                            f"{' and '.join(o.replace('_', ' ') for o in owners)} entries)")
+                else:
+                    hint = did_you_mean(key, allowed) or did_you_mean(key, ALL_KNOWN_KEYS)
                 self.problem(node, sub, f"unknown key {key!r}{hint}", at_key=key)
         return node.value
 
@@ -167,11 +176,35 @@ class _Parser:
             return None
         return p
 
+    def create_flag(self, m: dict[str, Sourced], path: str) -> bool | None:
+        """``create: true|false`` (default false); only meaningful with ``file``."""
+        if "create" not in m:
+            return False
+        v = m["create"].value
+        if not isinstance(v, bool):
+            self.problem(m["create"], f"{path}.create", f"expected true or false, got "
+                         f"{_describe(v)}")
+            return None
+        if "file" not in m:
+            self.problem(m["create"], f"{path}.create", "create goes with file: (a file the "
+                         "testbed may create); without a file the testbed uses a per-run one",
+                         at_key="create")
+            return None
+        return v
+
+    def backing_file(self, node: Sourced, path: str, file: Path, size: int, create: bool,
+                     role: str) -> bool:
+        why = check_backing_file(file, size, create, role)
+        if why is not None:
+            self.problem(node, path, f"{str(node.value)!r} {why}")
+            return False
+        return True
+
     def name(self, node: Sourced, path: str, kind: str) -> str | None:
         s = self.string(node, path)
         if s is None:
             return None
-        if not NAME_RE.match(s):
+        if not NAME_RE.fullmatch(s):
             self.problem(node, path, f"{kind} name {s!r} must start with a letter and use only "
                          "letters, digits, '-' and '_' (at most 32 characters)")
             return None
@@ -191,7 +224,7 @@ class _Parser:
         if top is None:
             return None
         name = self.string(top["name"], "name") if "name" in top else Path(self.filename).stem
-        if name is not None and not TOPOLOGY_NAME_RE.match(name):
+        if name is not None and not TOPOLOGY_NAME_RE.fullmatch(name):
             self.problem(top.get("name"), "name", f"topology name {name!r} must start with a "
                          "letter or digit and use only letters, digits, '.', '-' and '_' (it "
                          "names run directories); at most 64 characters"
@@ -238,6 +271,9 @@ class _Parser:
             if mem is not None and mem < 256 * MiB:
                 self.problem(m["memory"], "machine.memory", f"{format_size(mem)} is too little "
                              "for the guest: use at least 256M")
+            elif mem is not None and mem > MAX_MEMORY:
+                self.problem(m["memory"], "machine.memory", f"{format_size(mem)} is more than "
+                             f"the {format_size(MAX_MEMORY)} a testbed guest may have")
             kw["memory"] = mem
         if "cpus" in m:
             kw["cpus"] = self.integer(m["cpus"], "machine.cpus", 1, MAX_CPUS)
@@ -270,15 +306,33 @@ class _Parser:
         if node is None or node.value is None:
             return ()
         if isinstance(node.value, str):
-            return tuple(node.value.split())
-        if isinstance(node.value, list):
-            words = [self.string(w, f"kernel_cmdline[{i}]") for i, w in enumerate(node.value)]
-            if any(w is None for w in words):
-                return None
-            return tuple(w for word in words if word is not None for w in word.split())
-        self.problem(node, "kernel_cmdline", f"expected a string or a list of strings, got "
-                     f"{_describe(node.value)}")
-        return None
+            texts = [(node, "kernel_cmdline", node.value)]
+        elif isinstance(node.value, list):
+            texts = []
+            for i, w in enumerate(node.value):
+                s = self.string(w, f"kernel_cmdline[{i}]")
+                if s is None:
+                    return None
+                texts.append((w, f"kernel_cmdline[{i}]", s))
+        else:
+            self.problem(node, "kernel_cmdline", f"expected a string or a list of strings, got "
+                         f"{_describe(node.value)}")
+            return None
+        ok = True
+        for at, path, text in texts:
+            bad = next((c for c in text if ord(c) < 32 and c not in " \t\n" or ord(c) == 127
+                        or not c.isascii()), None)
+            if bad is not None:
+                self.problem(at, path, f"character U+{ord(bad):04X} in the kernel command line: "
+                             "use printable ASCII words")
+                ok = False
+        words = tuple(w for _, _, text in texts for w in text.split())
+        if ok and len(" ".join(words)) > MAX_CMDLINE:
+            self.problem(node, "kernel_cmdline", f"{len(' '.join(words))} characters: the "
+                         f"kernel's command line takes 2048 and the testbed needs room for its "
+                         f"own words (at most {MAX_CMDLINE} here)")
+            ok = False
+        return words if ok else None
 
     # -- the PCIe tree ----------------------------------------------------------------------
     def root_complex(self, node: Sourced, iommu: Iommu | None) -> tuple:
@@ -448,9 +502,12 @@ class _Parser:
             file = self.path_value(m["file"], f"{path}.file") if "file" in m else None
             if "file" in m and file is None:
                 return None
+            create = self.create_flag(m, path)
+            if create is None:
+                return None
             spath = f"{path}.size"
         else:
-            size_node, file, spath = node, None, path
+            size_node, file, spath, create = node, None, path, False
         size = self.size(size_node, spath)
         if size is None:
             return None
@@ -463,7 +520,10 @@ class _Parser:
             self.problem(size_node, spath, f"PMR size {format_size(size)} is larger than "
                          f"{format_size(MAX_PMR)}")
             return None
-        return Pmr(size=size, file=file)
+        if file is not None and not self.backing_file(m["file"], f"{path}.file", file, size,
+                                                      create, "PMR"):
+            return None
+        return Pmr(size=size, file=file, create=create)
 
     def namespaces(self, node: Sourced | None, path: str) -> tuple[Namespace, ...] | None:
         if node is None:
@@ -491,13 +551,21 @@ class _Parser:
                              f"{', '.join(map(str, BLOCK_SIZES))}, got {bs}")
                 bs = None
             file = self.path_value(m["file"], f"{sub}.file") if "file" in m else None
-            if size is None or bs is None or ("file" in m and file is None):
+            create = self.create_flag(m, sub)
+            if size is None or bs is None or ("file" in m and file is None) or create is None:
                 continue
             if size < MiB or size % bs:
                 self.problem(m["size"], f"{sub}.size", f"namespace size {format_size(size)} must "
                              f"be at least 1M and a multiple of the block size {bs}")
                 continue
-            out.append(Namespace(size=size, block_size=bs, file=file))
+            if size > MAX_NAMESPACE:
+                self.problem(m["size"], f"{sub}.size", f"namespace size {format_size(size)} is "
+                             f"larger than {format_size(MAX_NAMESPACE)}")
+                continue
+            if file is not None and not self.backing_file(m["file"], f"{sub}.file", file, size,
+                                                          create, "namespace"):
+                continue
+            out.append(Namespace(size=size, block_size=bs, file=file, create=create))
         return tuple(out) if len(out) == len(node.value) else None
 
     def expectations(self, node: Sourced | None) -> tuple[Expectation, ...]:

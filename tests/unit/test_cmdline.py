@@ -81,7 +81,7 @@ def test_nvme_pmr_argv():
     assert argv.count("-object") == 1  # nvme1 has no PMR
     assert "nvme,id=nvme1,serial=nvme1,bus=sw0-dp1" in devices(argv)
     assert [(b.path, b.size, b.role) for b in backing_files(topo, RUN)] == [
-        (RUN / "nvme0-ns1.img", 1 << 30, "namespace"), (RUN / "nvme0-pmr.img", 16 * MiB, "pmr"),
+        (RUN / "nvme0-ns1.img", 1 << 30, "namespace"), (RUN / "nvme0-pmr.img", 16 * MiB, "PMR"),
         (RUN / "nvme1-ns1.img", 1 << 30, "namespace")]
 
 
@@ -196,8 +196,8 @@ def test_commas_in_paths_and_serials_are_doubled(tmp_path):
         pcie:
           - nvme: nvme0
             serial: "S,1"
-            pmr: {size: 4K, file: "a,b/p,mr.img"}
-            namespaces: [{size: 1M, file: "a,b/ns,1.img"}]
+            pmr: {size: 4K, file: "a,b/p,mr.img", create: true}
+            namespaces: [{size: 1M, file: "a,b/ns,1.img", create: true}]
         """, base_dir=tmp_path)
     argv = machine_argv(topo, "qemu", Path("/run/c,d"), "tcg")
     esc = str(d).replace(",", ",,")
@@ -232,11 +232,35 @@ def test_machine_settings():
 
 def test_create_backing_files(tmp_path):
     topo = topo_of("pcie: [{nvme: n0, pmr: 16M, namespaces: [{size: 2M}]}]\n")
-    (tmp_path / "n0-pmr.img").write_bytes(b"x" * 10)  # too small: grown, content kept
     create_backing_files(topo, tmp_path)
     assert (tmp_path / "n0-ns1.img").stat().st_size == 2 * MiB
     assert (tmp_path / "n0-pmr.img").stat().st_size == 16 * MiB
-    assert (tmp_path / "n0-pmr.img").read_bytes()[:10] == b"x" * 10
+
+
+def test_a_users_file_is_never_grown_or_truncated(tmp_path):
+    """A PMR file named in the topology that changed size after validation is an error
+    when QEMU is about to start; the file keeps its size and its content."""
+    pmr = tmp_path / "mine.img"
+    pmr.write_bytes(b"x" * (16 * MiB))
+    topo = topo_of(f"pcie: [{{nvme: n0, pmr: {{size: 16M, file: {pmr}}}}}]\n", tmp_path)
+    pmr.write_bytes(b"x" * 10)
+    (tmp_path / "run").mkdir()
+    from testbed.errors import UsageError
+    with pytest.raises(UsageError, match="never grows"):
+        create_backing_files(topo, tmp_path / "run")
+    assert pmr.read_bytes() == b"x" * 10
+
+
+def test_create_true_makes_a_missing_file_once(tmp_path):
+    ns = tmp_path / "new.img"
+    topo = topo_of(f"pcie: [{{nvme: n0, namespaces: [{{size: 2M, file: {ns}, create: true}}]}}]\n",
+                   tmp_path)
+    (tmp_path / "run").mkdir()
+    create_backing_files(topo, tmp_path / "run")
+    assert ns.stat().st_size == 2 * MiB
+    ns.write_bytes(b"\1" * (2 * MiB))  # the user's data now: used as it is the next time
+    create_backing_files(topo, tmp_path / "run")
+    assert ns.read_bytes() == b"\1" * (2 * MiB)
 
 
 # -- the shell script ---------------------------------------------------------------------

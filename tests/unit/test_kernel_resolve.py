@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import struct
 from pathlib import Path
 
@@ -16,13 +17,18 @@ REL = "7.3.4-p2p"
 
 
 def fake_bzimage(path: Path, release: str = REL) -> Path:
-    """Just enough of an x86 boot header: 'HdrS' at 0x202 and the version string."""
-    data = bytearray(0x600)
+    """Just enough of an x86 bzImage: 'HdrS' at 0x202, the version string, and a (gzip)
+    payload of the length the header gives after 4 setup sectors."""
+    payload = gzip.compress(b"\x7fELF not really a kernel")
+    data = bytearray(5 * 512)
+    data[0x1F1] = 4  # setup sectors
     data[0x202:0x206] = b"HdrS"
     struct.pack_into("<H", data, 0x206, 0x20F)
     struct.pack_into("<H", data, 0x20E, 0x300)  # string at 0x300 + 0x200
+    struct.pack_into("<II", data, 0x248, 0, len(payload))
     text = f"{release} (dev@host) #1 SMP PREEMPT_DYNAMIC".encode() + b"\0"
     data[0x500:0x500 + len(text)] = text
+    data += payload
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(data))
     return path
@@ -206,3 +212,12 @@ def test_modules_without_modules_dep_need_depmod(tmp_path, monkeypatch):
                         else real(name, path=path))
     with pytest.raises(ToolMissing, match="depmod.*kmod"):
         resolve_kernel(str(tmp_path))
+
+
+@pytest.mark.parametrize("cut", ["truncated", "header-only"])
+def test_incomplete_bzimages_are_refused(tmp_path, cut):
+    f = fake_bzimage(tmp_path / "bzImage")
+    data = f.read_bytes()
+    f.write_bytes(data[:-5] if cut == "truncated" else data[:0x600])
+    with pytest.raises(UsageError, match="not a complete bzImage"):
+        resolve_kernel(str(f))

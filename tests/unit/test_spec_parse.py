@@ -182,9 +182,10 @@ def test_nvme_on_the_root_complex():
 def test_pmr_shorthand_and_mapping(tmp_path):
     short = spec("pcie: [{nvme: nvme0, pmr: 16M}]\n").nvmes()[0].pmr
     assert short == Pmr(size=16 * MiB, file=None)
-    long = spec("pcie: [{nvme: nvme0, pmr: {size: 16M, file: pmr.img}}]\n",
+    long = spec("pcie: [{nvme: nvme0, pmr: {size: 16M, file: pmr.img, create: true}}]\n",
                 base_dir=tmp_path).nvmes()[0].pmr
-    assert long == Pmr(size=16 * MiB, file=tmp_path / "pmr.img")  # relative to the spec file
+    assert long == Pmr(size=16 * MiB, file=tmp_path / "pmr.img",  # relative to the spec file
+                       create=True)
 
 
 def test_file_paths(tmp_path, monkeypatch):
@@ -194,9 +195,9 @@ def test_file_paths(tmp_path, monkeypatch):
         pcie:
           - nvme: nvme0
             namespaces:
-              - {size: 1G, file: img/a.img}
-              - {size: 1G, file: ~/img/b.img}
-              - {size: 1G, file: /tmp/c.img}
+              - {size: 1G, file: img/a.img, create: true}
+              - {size: 1G, file: ~/img/b.img, create: true}
+              - {size: 1G, file: /tmp/c.img, create: true}
         """, base_dir=tmp_path)
     assert [ns.file for ns in topo.nvmes()[0].namespaces] == [
         tmp_path / "img/a.img", tmp_path / "img/b.img", Path("/tmp/c.img")]
