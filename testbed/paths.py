@@ -1,9 +1,11 @@
 """Where the testbed keeps its cache, run state and results.
 
     >>> import os
+    >>> old = os.environ.get("TESTBED_CACHE")
     >>> os.environ["TESTBED_CACHE"] = "/tmp/x"
     >>> str(cache_dir())
     '/tmp/x'
+    >>> _ = os.environ.pop("TESTBED_CACHE") if old is None else os.environ.update(TESTBED_CACHE=old)
 """
 
 from __future__ import annotations

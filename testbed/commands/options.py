@@ -57,3 +57,11 @@ def name(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("an empty name")
     return text
+
+
+def pair(text: str) -> tuple[str, str]:
+    """--pair PROVIDER:CLIENT (the same name twice: a controller's own CMB for its own I/O)."""
+    provider, sep, client = text.partition(":")
+    if not sep or not provider or not client:
+        raise argparse.ArgumentTypeError(f"expected PROVIDER:CLIENT, got {text!r}")
+    return provider, client

@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=options.seconds, default=120.0,
                    help="seconds per workload command")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
+    p.add_argument("--pair", action="append", default=[], type=options.pair,
+                   metavar="PROVIDER:CLIENT",
+                   help="run the P2P workloads on this pair only (repeatable; PROVIDER:PROVIDER "
+                        "uses a controller's own CMB for its own I/O)")
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -55,7 +59,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     kernel = resolve_kernel(args.kernel) if args.kernel else None
     return RunOptions(workloads=tuple(args.workload), pushes=tuple(pushes),
                       execs=tuple(args.execs), kernel=kernel, accel=args.accel, size=args.size,
-                      timeout=args.timeout, guest_name=args.guest, out=args.out, keep=args.keep)
+                      timeout=args.timeout, guest_name=args.guest, out=args.out, keep=args.keep,
+                      pairs=tuple(args.pair))
 
 
 def run(args: argparse.Namespace) -> int:

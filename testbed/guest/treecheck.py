@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..qemu.devices import DEVICES
-from ..spec.model import Topology
+from ..qemu.devices import DEVICES, bus_numbers
+from ..spec.model import HostBridge, Topology
 from ..spec.units import format_size
 
 # QEMU's PCI IDs and a label for each kind of spec node (from the one device table).
@@ -30,13 +30,29 @@ def map_names(topo: Topology, inventory: dict[str, Any]) -> tuple[dict[str, str]
     by_serial = {c.get("serial"): c.get("bdf") for c in inventory.get("nvme", {}).values()}
     names: dict[str, str] = {}
     owners: dict[str, str] = {}
+    numbers = bus_numbers(topo)
+    # expander host bridges are PCI devices on q35's root bus, in the order QEMU got them
+    expanders = sorted(b for b, d in pci.items() if (d.get("vendor"), d.get("device")) ==
+                       PCI_IDS[HostBridge] and (d.get("root") in (None, "0000:00")))
+    for bridge, gbdf in zip(topo.host_bridges(), expanders):
+        names[bridge.name] = gbdf
+        owners[gbdf] = bridge.name
     for nvme in topo.nvmes():
         bdf = by_serial.get(nvme.serial)
         if bdf is None or bdf not in pci:
             diffs.append(f"{nvme.name}: no NVMe controller with serial {nvme.serial!r} in the guest")
             continue
-        spec_chain = list(reversed(topo.upstream_path(nvme.name)))
+        path = topo.upstream_path(nvme.name)
+        hb = path[-1] if isinstance(path[-1], HostBridge) else None
+        spec_chain = [n for n in reversed(path) if not isinstance(n, HostBridge)]
         guest_chain = pci[bdf].get("chain", []) + [bdf]
+        root = pci[bdf].get("root")
+        want_root = f"0000:{numbers[hb.name]:02x}" if hb is not None else "0000:00"
+        if root is not None and root != want_root:
+            where = f"host bridge {hb.name}'s root bus" if hb else "q35's root bus"
+            diffs.append(f"{nvme.name}: hangs from root bus {root}, the spec puts it below "
+                         f"{where} ({want_root})")
+            continue
         if len(spec_chain) != len(guest_chain):
             diffs.append(f"{nvme.name}: the guest sees it {len(guest_chain) - 1} bridge(s) below "
                          f"the root complex ({' -> '.join(guest_chain)}), the spec says "

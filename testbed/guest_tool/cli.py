@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from . import schema
+from . import schema, trace
 from .copy import copy
 from .dio import USAGE, UsageError, parse_seed, parse_size
 from .inventory import inventory
@@ -18,9 +18,15 @@ def emit(doc):
 
 
 def run_workload(func, args):
-    """Run a workload sub-command: JSON out, 0 when it ran, 2 on bad usage."""
+    """Run a workload sub-command: JSON out, 0 when it ran, 2 on bad usage.  With
+    ``--observe`` the document carries what the kernel decided for its transfers."""
+    observe = getattr(args, "observe", False)
     try:
+        if observe:
+            trace.clear()
         doc = func(args)
+        if observe:
+            doc[schema.MECHANISM] = trace.read()
     except UsageError as exc:
         emit({"stage": schema.STAGE_USAGE, "error": str(exc), "errno": None})
         print(f"p2pdma-guest {args.cmd}: {exc}", file=sys.stderr)
@@ -50,6 +56,8 @@ def main(argv=None):
     cp.add_argument("--buffer", choices=("p2pmem", "host"), default="p2pmem")
     cp.add_argument("--corrupt-block", type=int, default=None, metavar="K",
                     help="overwrite block K of region A on the device before the read")
+    cp.add_argument("--observe", action="store_true",
+                    help="add what the kernel decided (p2pdma-guest trace setup first)")
     cp.set_defaults(func=lambda a: run_workload(copy, a))
 
     pt = sub.add_parser("passthru", help="NVMe Write/Read passthrough with a p2pmem buffer")
@@ -64,6 +72,8 @@ def main(argv=None):
                     help="the namespace's block device (default: found through sysfs)")
     pt.add_argument("--timeout-ms", type=int, default=0,
                     help="per-command timeout (0: the driver's io_timeout)")
+    pt.add_argument("--observe", action="store_true",
+                    help="add what the kernel decided (p2pdma-guest trace setup first)")
     pt.set_defaults(func=lambda a: run_workload(passthru, a))
 
     pm = sub.add_parser("pmr", help="write or verify a pattern in the Persistent Memory Region")
@@ -77,6 +87,14 @@ def main(argv=None):
                          "them (CONFIG_IO_STRICT_DEVMEM), unbind the driver; it stays unbound")
     pm.set_defaults(func=lambda a: run_workload(pmr, a))
 
+    tr = sub.add_parser("trace", help="the kernel's P2P map-type decisions (tracefs probes)")
+    tr.add_argument("action", choices=("setup", "read", "teardown"))
+    tr.set_defaults(func=lambda a: _trace(a.action))
+
     args = p.parse_args(argv)
     return args.func(args)
 
+
+def _trace(action):
+    emit({"setup": trace.setup, "read": trace.read, "teardown": trace.teardown}[action]())
+    return 0

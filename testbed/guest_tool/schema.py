@@ -28,6 +28,13 @@ VERIFY, VERIFY_DEVICE = "verify", "verify_device"
 # steps whose failure means the I/O itself failed (not the verification)
 TRANSFER_STEPS = (P2P_READ, P2P_WRITE, WRITE, READ)
 
+# -- what the kernel decided (``--observe``, ``trace read``) --------------------------------
+MECHANISM = "mechanism"  # the key of a transfer document that holds a trace read
+MECH_OK = "ok"           # False: not observed, and MECH_WHY says why
+MECH_WHY = "why"
+# map types as the testbed names them (enum pci_p2pdma_map_type)
+BUS_ADDRESS, HOST_BRIDGE, NOT_SUPPORTED = "bus-address", "host-bridge", "not-supported"
+
 
 class Step(TypedDict, total=False):
     ok: bool

@@ -43,6 +43,9 @@ def pci_devices():
             "class": read(f"{d}/class"), "driver": os.path.basename(
                 os.path.realpath(f"{d}/driver")) if os.path.exists(f"{d}/driver") else None,
             "chain": chain[:-1],  # upstream bridges, root port first
+            # the root bus it hangs from ("pci0000:40" -> "0000:40"): one per host bridge
+            "root": next((p[3:] for p in real.split("/") if p.startswith("pci")
+                          and p.count(":") == 1), None),
         }
         p2p = f"{d}/p2pmem"
         if os.path.isdir(p2p):

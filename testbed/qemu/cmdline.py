@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ..spec.model import DownstreamPort, Node, Nvme, RootPort, Switch, Topology
+from ..spec.model import DownstreamPort, HostBridge, Node, Nvme, RootPort, Switch, Topology
 from ..spec.units import MiB
-from .devices import DEVICES, IOMMU_CMDLINE, MACHINE, ROOT_BUS, VIOMMU_ID, iommu_cmdline
+from .devices import (DEVICES, IOMMU_CMDLINE, MACHINE, ROOT_BUS, VIOMMU_ID, bus_numbers,
+                      iommu_cmdline)
 
 __all__ = ["BackingFile", "BootMedia", "Drive", "build", "machine_argv", "boot_argv",
            "probe_argv", "bare_argv", "backing_files", "namespace_path", "pmr_path",
@@ -117,8 +118,9 @@ def machine_argv(topo: Topology, binary: str, run_dir: Path, accel: str) -> list
     elif topo.iommu.model == "virtio":
         argv += ["-device", f"virtio-iommu-pci,id={VIOMMU_ID},bus={ROOT_BUS}"]
     chassis = iter(range(1, 256))
+    numbers = bus_numbers(topo)
     for node in topo.pcie:
-        argv += _node_argv(node, ROOT_BUS, chassis, run_dir)
+        argv += _node_argv(node, ROOT_BUS, chassis, run_dir, numbers)
     return argv
 
 
@@ -132,17 +134,20 @@ def device_props(node: Node, bus: str, chassis: int | None = None) -> str:
     return ",".join(props)
 
 
-def _node_argv(node: Node, bus: str, chassis: Iterator[int], run_dir: Path) -> list[str]:
+def _node_argv(node: Node, bus: str, chassis: Iterator[int], run_dir: Path,
+               numbers: dict[str, int]) -> list[str]:
     if isinstance(node, Nvme):
         return nvme_argv(node, bus, run_dir)
     if isinstance(node, (RootPort, DownstreamPort)):
         out = ["-device", device_props(node, bus, next(chassis))]
     elif isinstance(node, Switch):
         out = ["-device", device_props(node, bus)]
+    elif isinstance(node, HostBridge):
+        out = ["-device", f"{device_props(node, bus)},bus_nr={numbers[node.name]}"]
     else:  # pragma: no cover - the parser only builds the kinds above
         raise TypeError(node)
     for child in node.children:
-        out += _node_argv(child, node.name, chassis, run_dir)
+        out += _node_argv(child, node.name, chassis, run_dir, numbers)
     return out
 
 
@@ -179,18 +184,22 @@ def _data_dirs(binary: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in out.stdout.splitlines() if line.strip())
 
 
-def firmware(binary: str) -> list[str]:
+def firmware(binary: str, topo: Topology | None = None) -> list[str]:
     """qboot when this QEMU ships it: it boots a PVH kernel ~1.5 s faster than SeaBIOS
-    under TCG and Linux assigns the BARs behind the switches itself."""
+    under TCG and Linux assigns the BARs behind the switches itself.  An expander host
+    bridge needs SeaBIOS (QEMU's default): qboot gives its root bus no bus numbers or
+    windows, so nothing behind it is enumerated."""
+    if topo is not None and topo.host_bridges():
+        return []
     for d in _data_dirs(binary):
         if (Path(d) / "qboot.rom").is_file():
             return ["-bios", str(Path(d) / "qboot.rom")]
     return []
 
 
-def boot_argv(media: BootMedia, binary: str) -> list[str]:
+def boot_argv(media: BootMedia, binary: str, topo: Topology | None = None) -> list[str]:
     """The options a boot adds to the machine."""
-    argv = [*firmware(binary),
+    argv = [*firmware(binary, topo),
             "-kernel", str(media.kernel), "-append", " ".join(media.cmdline), "-no-reboot",
             "-drive", f"file={_escape(str(media.disk))},if=none,id=tb-boot,format=qcow2,"
                       "cache=unsafe,discard=unmap",
@@ -227,7 +236,7 @@ def build(topo: Topology, binary: str, run_dir: Path, accel: str, *,
     """The whole command line: machine, boot (when ``media``), plumbing, ``extra``."""
     argv = machine_argv(topo, binary, run_dir, accel)
     if media is not None:
-        argv += boot_argv(media, binary)
+        argv += boot_argv(media, binary, topo)
     return argv + plumbing_argv(qmp, console, paused) + list(extra)
 
 

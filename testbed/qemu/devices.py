@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec.model import DownstreamPort, Iommu, Node, Nvme, RootPort, Switch, Topology
+from ..spec.model import (DownstreamPort, HostBridge, Iommu, Node, Nvme, RootPort, Switch,
+                          Topology)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ DEVICES: dict[type, DeviceKind] = {
                                props=("chassis", "slot")),
     Nvme: DeviceKind("nvme", "nvme", ("0x1b36", "0x0010"), "NVMe controller", acs=False,
                      hotplug_slot=False),
+    HostBridge: DeviceKind("host_bridge", "pxb-pcie", ("0x1b36", "0x000b"),
+                           "PCIe expander host bridge", acs=False, hotplug_slot=False,
+                           props=("bus_nr",)),
 }
 NVME_NAMESPACE = "nvme-ns"
 # The switch needs its downstream port device too, even when the spec lists no port.
@@ -87,6 +91,26 @@ TESTBED_ROOT_DEVICES = 4
 IOMMU_TAKES_SLOT = ("virtio", "amd")
 
 CMB_BAR, PMR_BAR = 2, 4  # QEMU's NVMe puts the CMB in BAR2 and the PMR in BAR4
+
+
+MAX_BUS = 255
+
+
+def bus_numbers(topo: Topology) -> dict[str, int]:
+    """The root bus number of each expander host bridge: as the topology says, else spread
+    evenly over the bus numbers (q35's own root complex keeps the numbers below the first)."""
+    bridges = topo.host_bridges()
+    out: dict[str, int] = {}
+    for i, hb in enumerate(bridges):
+        out[hb.name] = hb.bus_nr if hb.bus_nr is not None else \
+            (MAX_BUS + 1) * (i + 1) // (len(bridges) + 1)
+    return out
+
+
+def buses_below(node: Node) -> int:
+    """PCI buses a node's subtree needs (each port and each switch's internal bus)."""
+    own = 1 if isinstance(node, (RootPort, DownstreamPort, Switch)) else 0
+    return own + sum(buses_below(c) for c in node.children)
 
 
 def free_root_slots(iommu: Iommu) -> int:

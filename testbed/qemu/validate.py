@@ -7,7 +7,7 @@ through the positions the parser recorded in ``Topology.where``):
 - what the QEMU binary the topology names can do (devices, NVMe properties, CPU
   models), unless probing is off (``testbed validate --no-probe``).
 
-    >>> topo = load_checked("switch-cmb", probe=False)
+    >>> topo = load_checked("switch-cmb", probe_qemu=False)
     >>> topo.name
     'switch-cmb'
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import Problem, QemuError, SpecError, did_you_mean
-from ..spec.model import Machine, Nvme, Topology
-from ..spec.units import format_size
+from ..spec.model import HostBridge, Machine, Nvme, Topology
 from ..spec.parse import parse
 from ..spec.source import read_text, resolve
+from ..spec.units import format_size
 from ..spec.yamlsource import Sourced, load
 from .accel import expected_accel
 from .devices import (
@@ -29,7 +29,10 @@ from .devices import (
     EXTRA_DEVICES,
     IOMMU_DEVICES,
     KVM_ONLY_CPUS,
+    MAX_BUS,
     NVME_NAMESPACE,
+    bus_numbers,
+    buses_below,
     free_root_slots,
 )
 from .probe import Capabilities, probe
@@ -59,11 +62,43 @@ def constraints(topo: Topology) -> list[Problem]:
         out.append(_problem(topo, "machine.memory", f"{format_size(topo.machine.memory)} is "
                             f"more than this host's memory ({have / (1 << 30):.1f}G): QEMU "
                             "could not allocate it"))
+    numbers = bus_numbers(topo)
+    if numbers:
+        out += _bus_ranges(topo, numbers)
     slots = free_root_slots(topo.iommu)
     if len(topo.pcie) > slots:
         out.append(_problem(topo, "pcie", f"too many devices on the root complex: "
                             f"{len(topo.pcie)}, at most {slots} slots are free (put switches "
                             "under root ports)"))
+    return out
+
+
+def _bus_ranges(topo: Topology, numbers: dict[str, int]) -> list[Problem]:
+    """Each root complex needs bus numbers for its ports and switches below its first."""
+    out = []
+    bridges = topo.host_bridges()
+    starts: list[tuple[int, HostBridge | None]] = [(0, None)]
+    starts += sorted(((numbers[hb.name], hb) for hb in bridges), key=lambda s: s[0])
+    seen: dict[int, str] = {}
+    for hb in bridges:
+        nr = numbers[hb.name]
+        if nr in seen:
+            out.append(_problem(topo, f"{topo.node_paths.get(hb.name, '')}.bus_nr",
+                                f"bus_nr {nr} is {seen[nr]}'s too"))
+        seen[nr] = hb.name
+    for i, (start, bridge) in enumerate(starts):
+        end = starts[i + 1][0] if i + 1 < len(starts) else MAX_BUS + 1
+        nodes = [n for n in topo.pcie if not isinstance(n, HostBridge)] if bridge is None \
+            else list(bridge.ports)
+        need = 1 + sum(buses_below(n) for n in nodes)
+        if start + need > end:
+            where = "q35's root complex" if bridge is None else f"host bridge {bridge.name}"
+            path = "pcie" if bridge is None else \
+                f"{topo.node_paths.get(bridge.name, '')}.host_bridge"
+            out.append(_problem(topo, path, f"{where} needs {need} bus numbers from {start}, "
+                                f"but the next root bus starts at {end}: give the host "
+                                "bridges bus_nr values with room between them",
+                                key=bridge is not None))
     return out
 
 
@@ -91,8 +126,10 @@ def capabilities(topo: Topology, caps: Capabilities, accel: str | None = None) -
         out.append(_problem(topo, "machine.cpu", f"CPU model {cpu!r} needs KVM, and this "
                             "machine runs guests under TCG: name a model such as EPYC, "
                             "Skylake-Server or qemu64"))
-    if topo.iommu.model != "none":
-        need("iommu", IOMMU_DEVICES[topo.iommu.model])
+    if topo.iommu.model != "none" and need("iommu", IOMMU_DEVICES[topo.iommu.model]):
+        limit = iommu_limit(topo, caps)
+        if limit:
+            out.append(_problem(topo, "iommu", limit))
     for node in topo.nodes():
         kind = DEVICES[type(node)]
         path = f"{topo.node_paths.get(node.name, '')}.{kind.kind}".lstrip(".")
@@ -112,6 +149,17 @@ def capabilities(topo: Topology, caps: Capabilities, accel: str | None = None) -
                     need(f"{base}.namespaces[{i}].block_size", NVME_NAMESPACE,
                          "logical_block_size", caps.nvme_ns_props)
     return _unique(out)
+
+
+def iommu_limit(topo: Topology, caps: Capabilities) -> str | None:
+    """A vIOMMU this QEMU cannot give a guest that boots (a QEMU model limit), or None."""
+    if topo.iommu.model == "amd" and "dma-remap" not in caps.device_props.get("amd-iommu", ()):
+        return (f"{caps.describe()}: its amd-iommu has no dma-remap property, so it does not "
+                "remap the DMA of emulated devices and guests do not come up (strict: the "
+                "NVMe controllers fail 'Identify Controller' after ~64 s; passthrough: the "
+                "guest stalls at the IO-APIC timer check) -- a QEMU model limit; use iommu: "
+                "intel or virtio, or a QEMU whose amd-iommu has dma-remap")
+    return None
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

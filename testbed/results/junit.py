@@ -34,8 +34,9 @@ def to_junit(result: RunResult) -> str:
                              time=f"{rec.seconds:.2f}")
         if rec.judged and not rec.passed:
             f = ET.SubElement(case, "failure",
-                              message=f"predicted {rec.predicted}, observed {rec.observed}")
-            f.text = f"reason: {rec.reason}\nobserved: {rec.detail}\n" + "\n".join(
+                              message=rec.mismatch)
+            f.text = f"reason: {rec.reason}\nobserved: {rec.detail}\n" + (
+                f"mechanism: {rec.mechanism}\n" if rec.mechanism else "") + "\n".join(
                 line for lines in rec.dmesg.values() for line in lines)
         elif rec.command is not None and rec.exit_status != 0:
             case.set("exit_status", str(rec.exit_status))

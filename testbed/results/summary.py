@@ -9,23 +9,27 @@ from .model import RunResult
 
 
 def summary(result: RunResult, out_dir: Path | None = None) -> str:
-    rows = [("WORKLOAD", "PROVIDER", "CLIENT", "PREDICTED", "OBSERVED", "DATA", "MB/S", "")]
+    rows = [("WORKLOAD", "PROVIDER", "CLIENT", "PREDICTED", "OBSERVED", "MECHANISM", "DATA",
+             "MB/S", "")]
     for r in result.workloads:
         if r.name == "inventory":
             continue
         if r.command is not None:
-            rows.append(("exec", "", "", "", f"exit {r.exit_status}", "", "", r.command[:40]))
+            rows.append(("exec", "", "", "", f"exit {r.exit_status}", "", "", "",
+                         r.command[:40]))
             continue
-        mark = "" if not r.judged else ("ok" if r.passed else "MISMATCH")
+        mark = "" if not r.judged else "ok" if r.passed else \
+            "MISMATCH" if not r.verdict_matches else "MECHANISM MISMATCH"
         rows.append((r.name, r.provider or "", r.client or "", r.predicted or "-",
-                     r.observed or "-", "yes" if r.data_verified else "no",
+                     r.observed or "-", r.mechanism_text, "yes" if r.data_verified else "no",
                      "" if r.mb_per_s is None else f"{r.mb_per_s:.1f}", mark))
     lines = [f"{result.topology}: kernel {result.kernel.get('release', '?')}, "
              f"{result.qemu.get('accel', '?')}, boot {result.boot_seconds:.1f} s",
              format_table(rows)]
     verdict = result.verdict.upper()
     n = len(result.judged)
-    lines.append(f"{verdict}: {n - len(result.mismatches)}/{n} judged verdicts as predicted"
+    lines.append(f"{verdict}: {n - len(result.mismatches)}/{n} judged records as predicted "
+                 "(verdict and mechanism)"
                  + (f"; {result.error.splitlines()[0]}" if result.error else "")
                  + (f"; results in {out_dir}" if out_dir else ""))
     return "\n".join(lines)

@@ -36,6 +36,8 @@ class Cell:
     data_verified: bool | None = None
     mb_per_s: float | None = None
     detail: str = ""
+    predicted_map_type: str | None = None
+    observed_map_type: str | None = None  # what the guest kernel chose (None: unobserved)
 
     @property
     def row(self) -> tuple[str, str, str, str]:
@@ -84,6 +86,7 @@ class Regression:
     was: str
     now: str
     reason: str
+    kind: str = "verdict"  # or "mechanism": the same verdict reached another way
 
     def __str__(self) -> str:
         pair = f"{self.provider or '?'} -> {self.client or '?'}"
@@ -140,7 +143,13 @@ class Matrix:
         return None
 
     def regressions(self) -> list[Regression]:
+        """Verdict regressions against the baseline kernel."""
         return find_regressions(self)
+
+    def mechanism_regressions(self) -> list[Regression]:
+        """Pairs a later kernel maps another way than the baseline (ok by bus address on
+        the baseline, ok through the host bridge now, say): a regression of its own kind."""
+        return find_mechanism_changes(self)
 
     @property
     def incomplete(self) -> list[RunEntry]:
@@ -150,7 +159,8 @@ class Matrix:
     @property
     def status(self) -> int:
         """1 when any cell regressed against the baseline or a run broke; else 0."""
-        return 1 if self.regressions() or self.incomplete else 0
+        return 1 if self.regressions() or self.mechanism_regressions() or self.incomplete \
+            else 0
 
     def to_json(self) -> dict[str, Any]:
         regs = self.regressions()
@@ -161,6 +171,7 @@ class Matrix:
             "cells": [c.to_json() for row in self.rows() for label in self.labels
                       if (c := self.cell(row, label)) is not None],
             "regressions": [asdict(r) for r in regs],
+            "mechanism_regressions": [asdict(r) for r in self.mechanism_regressions()],
             "incomplete": [f"{r.topology} × {r.kernel}: {r.error.splitlines()[0]}"
                            for r in self.incomplete],
             "status": self.status,
@@ -198,6 +209,30 @@ def find_regressions(m: Matrix) -> list[Regression]:
     return out
 
 
+def find_mechanism_changes(m: Matrix) -> list[Regression]:
+    out: list[Regression] = []
+    if not m.kernels:
+        return out
+    base = m.baseline
+    for row in m.rows():
+        b = m.cell(row, base)
+        if b is None or b.observed_map_type is None:
+            continue
+        for label in m.labels[1:]:
+            later = m.cell(row, label)
+            if later is None or later.observed_map_type is None:
+                continue
+            if later.observed_map_type != b.observed_map_type and later.verdict == b.verdict:
+                out.append(Regression(
+                    row[0], row[1], row[2] or None, row[3] or None, label, base,
+                    f"{b.verdict} by {b.observed_map_type}",
+                    f"{later.verdict} by {later.observed_map_type}",
+                    f"the same verdict, but {label} maps the transfer by "
+                    f"{later.observed_map_type} where {base} used {b.observed_map_type}",
+                    kind="mechanism"))
+    return out
+
+
 def cells_from_result(topology: str, kernel: str, result: RunResult) -> list[Cell]:
     """The cells of one run: every judged record and every record with a pair."""
     cells = []
@@ -207,7 +242,8 @@ def cells_from_result(topology: str, kernel: str, result: RunResult) -> list[Cel
         if not (r.judged or r.provider or r.client):
             continue
         cells.append(Cell(topology, kernel, r.name, r.provider, r.client, r.predicted,
-                          r.observed, r.data_verified, r.mb_per_s, r.detail or ""))
+                          r.observed, r.data_verified, r.mb_per_s, r.detail or "",
+                          r.predicted_map_type, r.observed_map_type))
     return cells
 
 

@@ -26,7 +26,7 @@ def _env() -> jinja2.Environment:
 def _view(m: Matrix) -> dict[str, Any]:
     regs = m.regressions()
     reg_keys = {(r.topology, r.workload, r.provider or "", r.client or "", r.kernel)
-                for r in regs}
+                for r in regs + m.mechanism_regressions()}
     rows = []
     for row in m.rows():
         cells: list[dict[str, Any]] = []
@@ -40,7 +40,8 @@ def _view(m: Matrix) -> dict[str, Any]:
                                         if c["cell"] and c["cell"].predicted), None),
                      "cells": cells})
     run_dirs = {(r.topology, r.kernel): r.directory for r in m.runs}
-    return {"m": m, "rows": rows, "regressions": regs, "incomplete": m.incomplete,
+    return {"m": m, "rows": rows, "regressions": regs,
+            "mechanism_regressions": m.mechanism_regressions(), "incomplete": m.incomplete,
             "status": m.status, "verdicts": VERDICTS, "run_dirs": run_dirs}
 
 
@@ -73,18 +74,24 @@ def summary(m: Matrix, out: Path | None = None) -> str:
                                 and c.data_verified is False else "")
             if c.mb_per_s is not None:
                 text += f" {c.mb_per_s:.1f}"
+            if c.observed_map_type:
+                text += f" [{c.observed_map_type}]"
             cols.append(text)
         lines.append([row[0], row[1], f"{row[2]}->{row[3]}" if row[2] or row[3] else "", *cols])
     out_lines = format_table(lines).splitlines()
     regs = m.regressions()
     for r in regs:
         out_lines.append(f"REGRESSION: {r}")
+    mech = m.mechanism_regressions()
+    for r in mech:
+        out_lines.append(f"MECHANISM REGRESSION: {r}")
     for run in m.incomplete:
         out_lines.append(f"INCOMPLETE: {run.topology} × {run.kernel}: "
                          f"{run.error.splitlines()[0]}")
     verdict = "FAIL" if m.status else "PASS"
     n_cells = len(m.rows()) * (len(m.labels) - 1)
-    out_lines.append(f"{verdict}: {len(regs)} regression(s) against the baseline {m.baseline} "
+    out_lines.append(f"{verdict}: {len(regs)} regression(s) and {len(mech)} mechanism "
+                     f"regression(s) against the baseline {m.baseline} "
                      f"in {n_cells} cell(s) of {len(m.labels) - 1} later kernel(s)"
                      + (f"; {len(m.incomplete)} run(s) incomplete" if m.incomplete else "")
                      + (f"; matrix in {out}" if out else ""))

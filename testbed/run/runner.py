@@ -3,7 +3,7 @@
 Data flows one way: topology -> guest -> workloads -> :class:`RunResult` -> files.
 
     >>> result, out = run_topology(load_topology("switch-cmb"), RunOptions())  # doctest: +SKIP
-    >>> result.status
+    >>> result.status                                                          # doctest: +SKIP
     0
 
 Every input is checked (:func:`check_inputs`) before anything is created or started;
@@ -32,7 +32,7 @@ from ..results.writer import make_out_dir, write_results
 from ..spec.model import Topology
 from ..util.files import check_out_dir
 from ..verdicts.record import Record
-from ..workloads import WORKLOADS, default_workloads
+from ..workloads import OBSERVED, WORKLOADS, default_workloads
 from ..workloads.base import Context
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class RunOptions:
     guest_name: str | None = None
     out: Path | None = None
     keep: bool = False
+    pairs: tuple[tuple[str, str], ...] = ()  # (provider, client) to run; empty: every pair
     copy_extra: tuple[str, ...] = field(default=())  # extra args for p2p-copy (tests)
 
 
@@ -65,6 +66,15 @@ def plan(topo: Topology, opts: RunOptions) -> list[str]:
         raise UsageError(f"--workload pmr: topology {topo.name} has no NVMe with a PMR")
     if opts.execs and "exec" not in names:
         names.append("exec")
+    nvmes = {n.name: n for n in topo.nvmes()}
+    for provider, client in opts.pairs:
+        for name in (provider, client):
+            if name not in nvmes:
+                raise UsageError(f"--pair {provider}:{client}: no NVMe named {name!r} in "
+                                 f"{topo.name}{did_you_mean(name, nvmes)}")
+        if not nvmes[provider].cmb:
+            raise UsageError(f"--pair {provider}:{client}: {provider} has no CMB, so it "
+                             "provides no p2pmem")
     for local, _ in opts.pushes:
         p = Path(local)
         if p.is_dir():
@@ -91,12 +101,15 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str],
                   opts: RunOptions) -> tuple[list[Record], Context]:
     caps = probe(topo.machine.qemu)
     ctx = Context(guest=guest, topology=topo, cpu=cpu_info(caps, topo.machine.cpu),
-                  timeout=opts.timeout, size=opts.size, seed=opts.seed, execs=list(opts.execs))
+                  timeout=opts.timeout, size=opts.size, seed=opts.seed, execs=list(opts.execs),
+                  pairs=list(opts.pairs))
     records: list[Record] = []
     try:
         guest.dmesg_delta()  # deltas start now, not at boot
     except TestbedError:
         pass
+    if OBSERVED & set(names):
+        ctx.start_observing()  # before the first P2P I/O: the kernel decides once per pair
     for name in names:
         log.info("workload %s", name)
         start = time.monotonic()
@@ -143,6 +156,8 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
         for local, remote in opts.pushes:
             guest.put(local, remote)
         result.workloads, ctx = run_workloads(guest, topo, names, opts)
+        if ctx.tracing:
+            result.kernel["tracing"] = ctx.tracing
         result.finished = True
     except TestbedError as exc:
         result.error = str(exc)

@@ -23,6 +23,7 @@ IOMMU_MODELS = ("none", "intel", "amd", "virtio")
 IOMMU_MODES = ("strict", "passthrough")
 ACCELS = ("auto", "kvm", "tcg")
 VERDICTS = ("ok", "rejected", "iommu-fault", "unsupported", "error")
+MAP_TYPES = ("bus-address", "host-bridge", "not-supported")
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,25 @@ class RootPort:
         return (self.device,) if self.device else ()
 
 
+@dataclass(frozen=True)
+class HostBridge:
+    """A host bridge of its own beside q35's (QEMU's PCIe expander bridge, pxb-pcie): a
+    root bus numbered ``bus_nr`` with root ports on it, as on machines with several
+    root complexes."""
+
+    name: str
+    ports: tuple[RootPort, ...] = ()
+    bus_nr: int | None = None  # None: the testbed picks one
+
+    kind = "host_bridge"
+
+    @property
+    def children(self) -> tuple:
+        return self.ports
+
+
 Device = Union[Nvme, Switch]
-Node = Union[RootPort, Switch, DownstreamPort, Nvme]
+Node = Union[RootPort, Switch, DownstreamPort, Nvme, HostBridge]
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,7 @@ class Expectation:
     client: str
     verdict: str
     reason: str = "stated in the topology file"
+    map_type: str | None = None  # bus-address | host-bridge | not-supported, when stated
 
 
 @dataclass(frozen=True)
@@ -137,7 +156,7 @@ class Topology:
     machine: Machine = field(default_factory=Machine)
     iommu: Iommu = field(default_factory=Iommu)
     kernel_cmdline: tuple[str, ...] = ()
-    pcie: tuple[Node, ...] = ()  # RootPort or Nvme on the root complex
+    pcie: tuple[Node, ...] = ()  # RootPort, HostBridge or Nvme on q35's root complex
     expect: tuple[Expectation, ...] = ()
     source: Path | None = None
     # where things were written, for problems found after parsing (see :meth:`position`)
@@ -181,6 +200,14 @@ class Topology:
             visit(n, None)
         return out
 
+    def host_bridges(self) -> list["HostBridge"]:
+        return [n for n in self.pcie if isinstance(n, HostBridge)]
+
+    def host_bridge_of(self, name: str) -> "HostBridge | None":
+        """The expander host bridge ``name`` sits below (None: q35's own)."""
+        top = self.upstream_path(name)[-1]
+        return top if isinstance(top, HostBridge) else None
+
     def upstream_path(self, name: str) -> list[Node]:
         """Nodes from ``name`` up to (excluding) the root complex, nearest first."""
         parents = self.parents()
@@ -204,5 +231,5 @@ def walk(nodes) -> Iterator[Node]:
         yield from walk(n.children)
 
 
-__all__ = ["MiB", "Namespace", "Pmr", "Nvme", "DownstreamPort", "Switch", "RootPort",
+__all__ = ["MiB", "Namespace", "Pmr", "Nvme", "DownstreamPort", "Switch", "RootPort", "HostBridge",
            "Machine", "Iommu", "Expectation", "Topology", "walk", "Device", "Node"]

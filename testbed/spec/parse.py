@@ -28,9 +28,11 @@ from .model import (
     ACCELS,
     IOMMU_MODELS,
     IOMMU_MODES,
+    MAP_TYPES,
     VERDICTS,
     DownstreamPort,
     Expectation,
+    HostBridge,
     Iommu,
     Machine,
     Namespace,
@@ -58,7 +60,7 @@ MAX_CMDLINE = 1536  # of Linux's 2048-byte x86 command line; the testbed adds it
 MAX_CPUS = 255  # APIC ID 255 and up need x2APIC
 BLOCK_SIZES = (512, 4096)
 
-KINDS = ("root_port", "switch", "downstream_port", "nvme")
+KINDS = ("root_port", "switch", "downstream_port", "nvme", "host_bridge")
 TOP_KEYS = ("name", "description", "machine", "iommu", "kernel_cmdline", "pcie", "expect")
 MACHINE_KEYS = ("type", "cpu", "memory", "cpus", "accel", "qemu")
 IOMMU_KEYS = ("model", "mode")
@@ -67,10 +69,11 @@ KIND_KEYS = {
     "switch": ("switch", "downstream"),
     "downstream_port": ("downstream_port", "device"),
     "nvme": ("nvme", "serial", "cmb", "pmr", "namespaces"),
+    "host_bridge": ("host_bridge", "bus_nr", "root_ports"),
 }
 PMR_KEYS = ("size", "file", "create")
 NS_KEYS = ("size", "block_size", "file", "create")
-EXPECT_KEYS = ("provider", "client", "verdict", "reason")
+EXPECT_KEYS = ("provider", "client", "verdict", "reason", "map_type")
 ALL_KNOWN_KEYS = sorted({k for keys in KIND_KEYS.values() for k in keys})
 
 
@@ -341,7 +344,7 @@ class _Parser:
             return ()
         out = []
         for i, item in enumerate(node.value):
-            dev = self.node(item, f"pcie[{i}]", allowed=("root_port", "nvme"),
+            dev = self.node(item, f"pcie[{i}]", allowed=("root_port", "nvme", "host_bridge"),
                             where="on the root complex")
             if dev is not None:
                 out.append(dev)
@@ -392,6 +395,24 @@ class _Parser:
             dev = dev.value[0]
         return self.node(dev, f"{path}.device", allowed=("switch", "nvme"),
                          where=f"in {port}")
+
+    def host_bridge(self, item, m, path, name):
+        bus_nr = self.integer(m["bus_nr"], f"{path}.bus_nr", 1, 254) if "bus_nr" in m else None
+        self.bus_count += 1  # its root bus
+        rp = m.get("root_ports")
+        if rp is None or not isinstance(rp.value, list) or not rp.value:
+            self.problem(rp or item, f"{path}.root_ports", "a host bridge needs a list of root "
+                         "ports (root_port entries), as the root complex has",
+                         at_key=None if rp else "host_bridge")
+            return None
+        if len(rp.value) > SWITCH_MAX_PORTS:
+            self.problem(rp, f"{path}.root_ports", f"too many root ports: {len(rp.value)}, a "
+                         f"host bridge's root bus has {SWITCH_MAX_PORTS} slots")
+        ports = [self.node(entry, f"{path}.root_ports[{i}]", allowed=("root_port",),
+                           where="in a host bridge") for i, entry in enumerate(rp.value)]
+        if not name or None in ports or ("bus_nr" in m and bus_nr is None):
+            return None
+        return HostBridge(name, tuple(p for p in ports if p is not None), bus_nr)
 
     def root_port(self, item, m, path, name):
         self.bus_count += 1
@@ -590,6 +611,10 @@ class _Parser:
             client = self.string(m["client"], f"{sub}.client")
             verdict = self.choice(m["verdict"], f"{sub}.verdict", VERDICTS)
             reason = self.string(m["reason"], f"{sub}.reason") if "reason" in m else None
+            map_type = self.choice(m["map_type"], f"{sub}.map_type", MAP_TYPES) \
+                if "map_type" in m else None
+            if "map_type" in m and map_type is None:
+                continue
             for key, val in (("provider", provider), ("client", client)):
                 if val is not None and val not in self.names:
                     self.problem(m[key], f"{sub}.{key}", f"no device named {val!r}"
@@ -597,7 +622,8 @@ class _Parser:
                     val = None
             if provider is not None and client is not None and verdict is not None \
                     and provider in self.names and client in self.names:
-                exp = Expectation(provider, client, verdict, reason or "stated in the topology file")
+                exp = Expectation(provider, client, verdict, reason or "stated in the topology file",
+                                  map_type)
                 self.expect_nodes.append((exp, m, sub))
                 out.append(exp)
         return tuple(out)
@@ -613,7 +639,10 @@ class _Parser:
 
 def _placement_error(kind: str, where: str) -> str:
     return {
-        "root_port": "a root port plugs only into the root complex (the top-level pcie list)",
+        "root_port": "a root port plugs only into the root complex (the top-level pcie list) "
+                     "or a host bridge's root_ports list",
+        "host_bridge": "a host bridge exists only on the root complex (the top-level pcie "
+                       "list)",
         "switch": "a switch's upstream port plugs into a root port or a downstream port, "
                   "not into the root complex",
         "downstream_port": "a downstream port exists only inside a switch's downstream list",

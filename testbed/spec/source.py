@@ -1,8 +1,8 @@
 """Finding and reading a topology file: library names, paths, and the checks on the file
 itself (type, size, encoding) before any YAML is parsed.
 
-    >>> sorted(library())[:2]
-    ['fabric-large', 'nvme-pmr']
+    >>> "switch-cmb" in library() and library()["switch-cmb"].name
+    'switch-cmb.yaml'
 """
 
 from __future__ import annotations

@@ -27,11 +27,12 @@ The prediction is computed from the topology tree alone, following
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..qemu.devices import DEVICES, HOST_BRIDGE_ID
 from ..qemu.probe import CpuInfo
-from ..spec.model import Node, Nvme, Topology
+from ..spec.model import HostBridge, Node, Nvme, Topology
+from .cmdline import KernelView, kernel_view
 
 # The q35 host bridge, and whether Linux allow-lists it (it is not in
 # pci_p2pdma_whitelist[]).
@@ -49,6 +50,7 @@ class Prediction:
     qemu_limit: bool = False  # the verdict follows from how QEMU models DMA, not from Linux
     distance: int = 0
     source: str = "oracle"  # or "topology" when the file states the expectation
+    translating: bool = False  # DMA of the pair goes through IOMMU page tables
 
 
 def has_acs_capability(node: Node) -> bool:
@@ -56,37 +58,68 @@ def has_acs_capability(node: Node) -> bool:
     return DEVICES[type(node)].acs
 
 
-def acs_redirect(node: Node, topo: Topology) -> bool:
+def acs_redirect(node: Node, topo: Topology, view: KernelView | None = None) -> bool:
     """Will Linux have set ACS RR/CR on this bridge?  pci_enable_acs() turns them on
     only when an IOMMU driver requested ACS (pci_request_acs())."""
-    return has_acs_capability(node) and topo.iommu.model != "none"
+    view = view or kernel_view(topo)
+    return has_acs_capability(node) and view.acs_requested
 
 
 def _chain(topo: Topology, name: str) -> list[Node]:
-    """The device and its upstream bridges, nearest first (the root bus has none)."""
-    return topo.upstream_path(name)
+    """The device and its upstream bridges, nearest first (the root bus has none: an
+    expander host bridge is a host bridge, not an upstream bridge)."""
+    return [n for n in topo.upstream_path(name) if not isinstance(n, HostBridge)]
+
+
+def _host_bridges(topo: Topology, provider: str, client: str) -> str:
+    """The host bridge(s) a pair's transfer crosses, for reasons."""
+    def one(name: str) -> str:
+        hb = topo.host_bridge_of(name)
+        return (f"host bridge {hb.name} (a PCIe expander; Linux checks the device at 00.0 "
+                f"of its root bus, a root port)" if hb is not None else
+                f"the q35 host bridge {':'.join(Q35_HOST_BRIDGE)}")
+    a, b = one(provider), one(client)
+    return a if a == b else f"{a} (for {provider}) and {b} (for {client})"
 
 
 def predict(topo: Topology, provider: str, client: str, cpu: CpuInfo,
-            kernel_p2pdma: bool | None = True) -> Prediction:
-    """The expected verdict for a P2P transfer between ``client`` and ``provider``'s p2pmem."""
+            kernel_p2pdma: bool | None = True, view: KernelView | None = None) -> Prediction:
+    """The expected verdict and mechanism for a P2P transfer between ``client`` and
+    ``provider``'s p2pmem; a topology's ``expect:`` entry overrides the verdict (and the
+    map type, when it states one)."""
+    view = view or kernel_view(topo)
+    computed = _compute(topo, provider, client, cpu, kernel_p2pdma, view)
     for e in topo.expect:
         if e.provider == provider and e.client == client:
-            return Prediction(provider, client, e.verdict, "stated", e.reason, source="topology")
+            return replace(computed, verdict=e.verdict, map_type=e.map_type or computed.map_type,
+                           reason=e.reason, qemu_limit=False, source="topology")
+    return computed
+
+
+def _compute(topo: Topology, provider: str, client: str, cpu: CpuInfo,
+             kernel_p2pdma: bool | None, view: KernelView) -> Prediction:
     prov = topo.find(provider)
+    note = f" ({view.why})" if view.why else ""
     if kernel_p2pdma is False:
         return Prediction(provider, client, "unsupported", "none",
                           "the kernel is built without CONFIG_PCI_P2PDMA")
     if not isinstance(prov, Nvme) or not prov.cmb:
         return Prediction(provider, client, "unsupported", "none",
                           f"{provider} has no CMB, so it publishes no p2pmem")
+    if provider == client:
+        return Prediction(provider, client, "ok", "bus-address",
+                          f"{provider} uses its own CMB: the device itself is the common "
+                          "upstream device (distance 0), so Linux maps by PCI bus address; "
+                          "QEMU's NVMe serves addresses inside its own CMB internally, so no "
+                          f"IOMMU is involved{note}", distance=0,
+                          translating=view.translating)
     a_chain, b_chain = _chain(topo, provider), _chain(topo, client)
     b_names = [n.name for n in b_chain]
     acs: list[str] = []
     common = None
     dist_a = 0
     for a in a_chain:
-        if acs_redirect(a, topo):
+        if acs_redirect(a, topo, view):
             acs.append(a.name)
         if a.name in b_names:
             common = a
@@ -95,39 +128,43 @@ def predict(topo: Topology, provider: str, client: str, cpu: CpuInfo,
     if common is not None:
         dist_b = b_names.index(common.name)
         for bb in b_chain[:dist_b]:
-            if acs_redirect(bb, topo):
+            if acs_redirect(bb, topo, view):
                 acs.append(bb.name)
         distance = dist_a + dist_b
     else:
         distance = len(a_chain) + len(b_chain)
     if common is not None and not acs:
         via = f"{common.name} ({_kind(common)})"
-        if topo.iommu.translating:
+        if view.translating:
             return Prediction(
                 provider, client, "iommu-fault", "bus-address",
                 f"{provider} and {client} share the upstream bridge {via} with no ACS "
                 f"redirect, so Linux maps the transfer by PCI bus address with no IOMMU "
-                f"entry; QEMU routes every DMA through the {topo.iommu.model} vIOMMU at the "
+                f"entry; QEMU routes every DMA through the {view.iommu} vIOMMU at the "
                 f"root complex, so it faults there (QEMU model limit, not a kernel bug; "
-                f"iommu=pt avoids it)", qemu_limit=True, distance=distance)
-        mode = " (the vIOMMU is in passthrough)" if topo.iommu.model != "none" else ""
+                f"iommu=pt avoids it){note}", qemu_limit=True, distance=distance,
+                translating=True)
+        mode = " (the vIOMMU is in passthrough)" if view.iommu != "none" else ""
         return Prediction(provider, client, "ok", "bus-address",
                           f"{provider} and {client} share the upstream bridge {via} with no ACS "
-                          f"redirect: mapped by PCI bus address{mode}", distance=distance)
+                          f"redirect: mapped by PCI bus address{mode}{note}", distance=distance)
+    hosts = _host_bridges(topo, provider, client)
+    crossing = "host bridge" if " and " not in hosts else "host bridges"
     why = (f"ACS redirect on {', '.join(acs)} sends the transfer through the root complex"
-           if acs else f"{provider} and {client} share no upstream bridge (only the host bridge)")
+           if acs else f"{provider} and {client} share no upstream bridge (only the {crossing})")
     if cpu.amd_zen_or_newer:
-        how = f" through the {topo.iommu.model} vIOMMU" if topo.iommu.translating else ""
+        how = f" through the {view.iommu} vIOMMU" if view.translating else ""
         return Prediction(provider, client, "ok", "host-bridge",
                           f"{why}; the CPU model {cpu.model} is AMD family {cpu.family:#x} "
                           f"(>= 0x17), which Linux trusts for P2P through the root complex: "
-                          f"mapped like normal DMA{how}", distance=distance)
+                          f"mapped like normal DMA{how}{note}", distance=distance,
+                          translating=view.translating)
     if HOST_BRIDGE_ALLOWED:  # pragma: no cover - q35 is not allow-listed
         return Prediction(provider, client, "ok", "host-bridge", f"{why}; allow-listed host bridge")
     return Prediction(provider, client, "rejected", "not-supported",
-                      f"{why}; the q35 host bridge {':'.join(Q35_HOST_BRIDGE)} is not on the "
+                      f"{why}; {hosts} {'is' if crossing == 'host bridge' else 'are'} not on the "
                       f"kernel's allow-list and the CPU model {cpu.model} ({cpu.vendor} family "
-                      f"{cpu.family:#x}) is not AMD Zen or newer: Linux refuses the mapping",
+                      f"{cpu.family:#x}) is not AMD Zen or newer: Linux refuses the mapping{note}",
                       distance=distance)
 
 

@@ -38,17 +38,63 @@ class Record:
     exit_status: int | None = None
     stdout: str | None = None
     stderr: str | None = None
+    # the mechanism: how the kernel mapped the transfer (see verdicts.mechanism)
+    predicted_map_type: str | None = None  # bus-address | host-bridge | not-supported
+    observed_map_type: str | None = None   # from the guest kernel's own tracing
+    mechanism: dict[str, Any] = field(default_factory=dict)  # distance, IOMMU evidence, ...
+    mechanism_problem: str = ""  # why the observed mechanism is not the predicted one
 
     @property
     def judged(self) -> bool:
         return self.predicted is not None and self.observed is not None
 
     @property
-    def passed(self) -> bool:
-        return not self.judged or self.predicted == self.observed
+    def mechanism_matches(self) -> bool | None:
+        """None when there is nothing to compare (no prediction, or not observed)."""
+        if self.predicted_map_type is None or self.observed_map_type is None:
+            return None
+        return self.predicted_map_type == self.observed_map_type and not self.mechanism_problem
 
-    def to_json(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+    @property
+    def verdict_matches(self) -> bool:
+        return self.predicted == self.observed
+
+    @property
+    def passed(self) -> bool:
+        """Judged records pass when the verdict and (where observed) the mechanism match."""
+        return not self.judged or (self.verdict_matches and self.mechanism_matches is not False)
+
+    @property
+    def mechanism_text(self) -> str:
+        """For tables: ``bus-address``, ``host-bridge != bus-address`` (observed first), or
+        ``bus-address (unobserved)``; empty when there is no mechanism to speak of."""
+        if self.predicted_map_type is None:
+            return ""
+        if self.observed_map_type is None:
+            return f"{self.predicted_map_type} (unobserved)"
+        if self.mechanism_matches:
+            return self.observed_map_type
+        if self.observed_map_type == self.predicted_map_type:
+            return f"{self.observed_map_type} (IOMMU evidence differs)"
+        return f"{self.observed_map_type} != {self.predicted_map_type}"
+
+    @property
+    def mismatch(self) -> str:
+        """What did not match, for people ("" when the record passed)."""
+        if self.passed:
+            return ""
+        parts = []
+        if not self.verdict_matches:
+            parts.append(f"predicted {self.predicted}, observed {self.observed}")
+        if self.mechanism_matches is False:
+            parts.append(f"mechanism: predicted {self.predicted_map_type}, observed "
+                         f"{self.observed_map_type}"
+                         + (f" ({self.mechanism_problem})" if self.mechanism_problem else ""))
+        return "; ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if v is not None and v != {}
+             and not (k == "mechanism_problem" and not v)}
         d["name"] = self.name
         if self.judged:
             d["passed"] = self.passed

@@ -17,6 +17,8 @@ from .pmr import Pmr
 WORKLOADS: dict[str, type[Workload]] = {
     w.name: w for w in (Inventory, P2PCopy, HostBaseline, Passthru, Pmr, Exec)
 }
+# workloads whose records carry the kernel's P2P mechanism (tracing is set up for them)
+OBSERVED: frozenset[str] = frozenset({"p2p-copy", "passthru"})
 
 
 def default_workloads(topo: Topology) -> list[str]:
@@ -29,4 +31,4 @@ def default_workloads(topo: Topology) -> list[str]:
     return out
 
 
-__all__ = ["WORKLOADS", "default_workloads", "Context", "Record", "Workload"]
+__all__ = ["WORKLOADS", "OBSERVED", "default_workloads", "Context", "Record", "Workload"]

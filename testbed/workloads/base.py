@@ -20,7 +20,10 @@ from ..guest.protocol import GuestLike
 from ..guest.result import CommandResult
 from ..qemu.probe import CpuInfo
 from ..spec.model import Topology
+from ..guest_tool import schema
+from ..verdicts.mechanism import JUDGED_MAP_TYPES, judge, observe_mechanism
 from ..verdicts.observe import FAULT_QUIET_SECONDS, refusals
+from ..verdicts.predict import Prediction
 from ..verdicts.record import Record
 
 DEFAULT_TIMEOUT = 120.0
@@ -36,8 +39,46 @@ class Context:
     size: int = 1 << 20
     seed: int = 1
     execs: list[str] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # empty: every pair
     dmesg_log: list[str] = field(default_factory=list)  # every delta, for dmesg.txt
     last_transfer: float = 0.0  # monotonic end of the previous transfer
+    # the kernel's own tracing of its P2P decisions (see observe_mechanism below)
+    observing: bool = False
+    observe_why: str = "tracing was not set up for this run"
+    tracing: dict[str, Any] = field(default_factory=dict)  # what `trace setup` reported
+
+    def start_observing(self) -> None:
+        """Set up the guest kernel's P2P tracing once (about a second under TCG)."""
+        if self.observing or self.tracing:
+            return
+        data, res = self.tool(["trace", "setup"], timeout=60)
+        self.tracing = data or {"ok": False, "problems": [res.describe()[:500]]}
+        self.observing = bool(data and data.get("ok"))
+        if not self.observing:
+            self.observe_why = "; ".join(self.tracing.get("problems") or []) or \
+                "the kernel's P2P functions cannot be traced"
+
+    def observe_flags(self) -> list[str]:
+        """Extra guest tool arguments for a transfer whose mechanism is to be observed."""
+        return ["--observe"] if self.observing else []
+
+    def judge_mechanism(self, rec: Record, pred: Prediction, data: dict[str, Any] | None
+                        ) -> None:
+        """Fill in the record's predicted and observed mechanism (see verdicts.mechanism)."""
+        rec.predicted_map_type = pred.map_type if pred.map_type in JUDGED_MAP_TYPES else None
+        if rec.predicted_map_type is None:
+            return
+        if not self.observing:
+            rec.mechanism = {"unobserved": self.observe_why}
+            return
+        names = self.guest.names
+        obs = observe_mechanism((data or {}).get(schema.MECHANISM),
+                                names.get(rec.provider or ""), names.get(rec.client or ""))
+        rec.observed_map_type = obs.map_type
+        rec.mechanism = obs.to_json()
+        if obs.why:
+            rec.mechanism["unobserved"] = obs.why
+        rec.mechanism_problem = judge(obs, rec.predicted_map_type, pred.translating)
 
     def quiet_gap(self) -> None:
         """Under a vIOMMU, let the fault printk ratelimit recover between transfers so

@@ -13,6 +13,7 @@ import time
 from typing import Any, Sequence
 
 from ..guest.result import CommandResult
+from ..guest_tool import schema
 from ..verdicts.observe import observe, pull_dmesg
 from ..verdicts.predict import pairs, predict
 from .base import Context, Record, Workload, need_bdf
@@ -37,6 +38,8 @@ class P2PCopy(Workload):
             raise LookupError(f"{client}: no block device in the guest")
         args = ["copy", "--provider", need_bdf(ctx, provider), "--client", f"/dev/{dev['block']}",
                 "--size", str(ctx.size), "--seed", str(ctx.seed), "--buffer", self.buffer, *extra]
+        if self.judged:
+            args += ctx.observe_flags()
         ctx.quiet_gap()
         ctx.dmesg_delta()  # start the delta here
         data, res = ctx.tool(args)
@@ -47,7 +50,7 @@ class P2PCopy(Workload):
             extra: Sequence[str] = ()) -> list[Record]:
         devices = ctx.block_devices()
         records = []
-        for provider, client in [only] if only else pairs(ctx.topology):
+        for provider, client in [only] if only else ctx.pairs or pairs(ctx.topology):
             pred = predict(ctx.topology, provider, client, ctx.cpu, ctx.kernel_p2pdma)
             rec = Record(name=self.name, provider=provider, client=client,
                          predicted=pred.verdict if self.judged else None,
@@ -68,7 +71,9 @@ class P2PCopy(Workload):
             rec.mb_per_s = _mb_per_s(data)
             rec.seconds = round(res.seconds, 3)
             rec.dmesg = dmesg
-            rec.data = data or {}
+            if self.judged:
+                ctx.judge_mechanism(rec, pred, data)
+            rec.data = {k: v for k, v in (data or {}).items() if k != schema.MECHANISM}
             records.append(rec)
         return records
 

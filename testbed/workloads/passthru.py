@@ -7,6 +7,7 @@ import time
 
 from ..verdicts.observe import observe, pull_dmesg
 from ..verdicts.predict import pairs, predict
+from ..guest_tool import schema
 from .base import Context, Record, Workload, need_bdf
 
 
@@ -18,8 +19,8 @@ class Passthru(Workload):
         devices = ctx.block_devices()
         records = []
         seen_clients = set()
-        for provider, client in pairs(ctx.topology):
-            if client in seen_clients:  # one provider per client keeps the run short
+        for provider, client in ctx.pairs or pairs(ctx.topology):
+            if client in seen_clients and not ctx.pairs:  # one provider per client keeps the run short
                 continue
             seen_clients.add(client)
             pred = predict(ctx.topology, provider, client, ctx.cpu, ctx.kernel_p2pdma)
@@ -35,12 +36,14 @@ class Passthru(Workload):
             data, res = ctx.tool(["passthru", "--provider", need_bdf(ctx, provider),
                                   "--ctrl", f"/dev/{dev['generic']}", "--nsid", "1",
                                   "--size", str(min(ctx.size, 256 << 10)),
-                                  "--seed", str(ctx.seed)])
+                                  "--seed", str(ctx.seed), *ctx.observe_flags()])
             ctx.last_transfer = time.monotonic()
             dmesg = pull_dmesg(ctx.dmesg_delta())
             rec.observed, rec.detail = observe(data, dmesg, res.timed_out, ctx.kernel_p2pdma,
                                                ctx.refused_earlier(provider, client))
             rec.data_verified = bool(data and data.get("data_verified"))
-            rec.seconds, rec.dmesg, rec.data = round(res.seconds, 3), dmesg, data or {}
+            ctx.judge_mechanism(rec, pred, data)
+            rec.seconds, rec.dmesg = round(res.seconds, 3), dmesg
+            rec.data = {k: v for k, v in (data or {}).items() if k != schema.MECHANISM}
             records.append(rec)
         return records
