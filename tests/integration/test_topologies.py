@@ -1,5 +1,6 @@
 """Every library topology boots (the guest-side tree and p2pmem check runs at boot),
-and for every P2P pair the oracle's prediction equals the observed verdict.
+and for every P2P pair the oracle's prediction equals the observed verdict and the
+mechanism the guest kernel chose (its map type, traced), with the IOMMU evidence.
 
 One guest per topology, shared by the tests of this module (the plugin's `guest`
 fixture, selected with the `topology` marker).
@@ -18,7 +19,8 @@ CASES = [pytest.param(name, marks=pytest.mark.topology(name), id=name) for name 
 
 def test_library_has_the_named_topologies():
     for name in ("switch-cmb", "rootports-cmb", "rootports-cmb-zen", "switch-cmb-intel-iommu",
-                 "switch-cmb-virtio-iommu", "switch-cmb-iommu-pt", "nvme-pmr", "fabric-large"):
+                 "switch-cmb-virtio-iommu", "switch-cmb-iommu-pt", "nvme-pmr", "fabric-large",
+                 "switch-cmb-zen", "hostbridges-cmb-zen", "rootports-cmb-zen-intel-iommu"):
         assert name in LIBRARY
 
 
@@ -44,6 +46,46 @@ def test_p2p_copy_matches_the_oracle(guest, name):
         if r["observed"] == "ok":
             assert r["data_verified"] is True
             assert r["mb_per_s"] > 0
+        # the mechanism: observed from the guest kernel's own tracing, on every pair
+        assert r["predicted_map_type"] in ("bus-address", "host-bridge", "not-supported")
+        assert r["observed_map_type"] == r["predicted_map_type"], r
+        assert r["passed"] is True and "mechanism_problem" not in r, r
+        mech = r["mechanism"]
+        assert mech["requests"] >= 1
+        if topo.iommu.model != "none":  # the IOMMU evidence: domains and BAR mappings
+            assert {d["type"] for d in mech["domains"].values()} == \
+                {"DMA" if topo.iommu.mode == "strict" else "identity"}, mech
+            if r["observed_map_type"] == "bus-address":
+                assert mech["iommu_p2p_maps"] == 0, mech
+            if r["observed_map_type"] == "host-bridge" and topo.iommu.mode == "strict":
+                assert mech["iommu_p2p_maps"] > 0, mech
+    assert {r["observed_map_type"] for r in records} <= {"bus-address", "host-bridge",
+                                                          "not-supported"}
+
+
+@pytest.mark.topology("switch-cmb-intel-iommu")
+def test_a_controllers_own_cmb_for_its_own_io(guest):
+    """provider = client: distance 0, by bus address, and QEMU's NVMe serves its own CMB
+    without the vIOMMU, so no fault even where every other pair faults."""
+    (r,) = guest.workload("p2p-copy", size=256 << 10, pairs=(("nvme0", "nvme0"),))
+    assert (r["provider"], r["client"], r["predicted"], r["observed"]) == \
+        ("nvme0", "nvme0", "ok", "ok")
+    assert r["observed_map_type"] == "bus-address" and r["data_verified"] is True
+
+
+def test_both_mechanisms_of_ok_are_in_the_library():
+    """The same verdict, two mechanisms: a switch (bus address) and root ports (host
+    bridge), both with an EPYC CPU model, and across two host bridges."""
+    from testbed.verdicts.predict import predict
+    from testbed.qemu.probe import CpuInfo
+    epyc = CpuInfo("EPYC", "AuthenticAMD", 0x17)
+    got = {name: {predict(load_topology(name), a, b, epyc).map_type
+                  for a, b in pairs(load_topology(name))}
+           for name in ("switch-cmb-zen", "rootports-cmb-zen", "hostbridges-cmb-zen",
+                        "rootports-cmb-zen-intel-iommu")}
+    assert got == {"switch-cmb-zen": {"bus-address"}, "rootports-cmb-zen": {"host-bridge"},
+                   "hostbridges-cmb-zen": {"host-bridge"},
+                   "rootports-cmb-zen-intel-iommu": {"host-bridge"}}
 
 
 def test_all_verdict_kinds_occur_across_the_library():
