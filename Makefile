@@ -45,7 +45,8 @@ integration: $(STAMP)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) bench/boot.py
+	$(PY) -m testbed image build
+	$(PY) bench/bench.py $(BENCH_ARGS)
 
 kernel: $(STAMP)
 	@test -n "$(KSRC)" || { echo "usage: make kernel KSRC=/path/to/linux [O=builddir]" >&2; exit 2; }

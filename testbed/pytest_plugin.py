@@ -39,6 +39,7 @@ from .spec import resolve
 from .spec.model import Topology
 
 _GUEST_KEY = pytest.StashKey["TestbedGuest"]()
+_LAST_USE = pytest.StashKey[dict[tuple[str, str], str]]()
 
 
 def pytest_addoption(parser) -> None:
@@ -51,9 +52,44 @@ def pytest_addoption(parser) -> None:
                     help="override the topologies' accelerator")
 
 
-def pytest_configure(config) -> None:
+def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "topology(name): the topology (library name or path) "
                                        "the `guest` fixture boots")
+
+
+def _topology_of(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("topology")
+    return str(marker.args[0]) if marker is not None and marker.args else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One guest at a time per module: the tests of a module that use one topology run
+    one after another (in their order), and its guest is shut down after the last of them
+    instead of idling until the module ends.  Under pytest-xdist with ``--dist
+    loadgroup`` each test with a topology marker joins the xdist group of its module and
+    topology, so each worker boots each topology once."""
+    grouped: list[pytest.Item] = []
+    done: set[tuple[str, str]] = set()
+    by_key: dict[tuple[str, str], list[pytest.Item]] = {}
+    for item in items:
+        topo = _topology_of(item)
+        if topo is not None:
+            by_key.setdefault((item.nodeid.split("::")[0], topo), []).append(item)
+    for item in items:
+        topo = _topology_of(item)
+        if topo is None:
+            grouped.append(item)
+            continue
+        key = (item.nodeid.split("::")[0], topo)
+        if key not in done:
+            done.add(key)
+            grouped += by_key[key]
+    items[:] = grouped
+    config.stash[_LAST_USE] = {key: group[-1].nodeid for key, group in by_key.items()}
+    for item in items:
+        topo = _topology_of(item)
+        if topo is not None and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(f"{item.nodeid.split('::')[0]}:{topo}"))
 
 
 class TestbedGuest:
@@ -152,14 +188,23 @@ class _ModuleGuests:
             return _boot_detached(topo, opt("--testbed-kernel"), opt("--testbed-accel"))
         return boot(topo, options=BootOptions(kernel=kernel, accel=opt("--testbed-accel")))
 
-    def close(self) -> None:
+    def release(self, spec: str) -> None:
+        """The module's last test of this topology is done: shut its guest down now."""
+        g = self.guests.pop(str(resolve(spec).resolve()), None)
+        if g is not None:
+            self._close_one(g)
+
+    def _close_one(self, g: "TestbedGuest") -> None:
         keep = self.config.getoption("--testbed-keep")
+        if keep and isinstance(g._guest, AttachedGuest):
+            name = g._guest.instance_name
+            sys.stderr.write(f"\ntestbed: guest {g.topology.name} left running: "
+                             f"testbed ssh {name}  (testbed stop {name})\n")
+        g._guest.shutdown()
+
+    def close(self) -> None:
         for g in self.guests.values():
-            if keep and isinstance(g._guest, AttachedGuest):
-                name = g._guest.instance_name
-                sys.stderr.write(f"\ntestbed: guest {g.topology.name} left running: "
-                                 f"testbed ssh {name}  (testbed stop {name})\n")
-            g._guest.shutdown()
+            self._close_one(g)
         self.guests.clear()
 
 
@@ -198,6 +243,9 @@ def guest(request: pytest.FixtureRequest, _testbed_module_guests: _ModuleGuests)
     g = _testbed_module_guests.get(str(spec))
     g._start_test()
     request.node.stash[_GUEST_KEY] = g
+    key = (request.node.nodeid.split("::")[0], str(marker.args[0]))
+    if request.config.stash.get(_LAST_USE, {}).get(key) == request.node.nodeid:
+        request.addfinalizer(lambda: _testbed_module_guests.release(str(spec)))
     return g
 
 

@@ -1,30 +1,40 @@
 """Run workloads on every topology with every kernel and compare the kernels.
 
-    testbed matrix --topology switch-cmb --topology rootports-cmb-zen \\
-                   --kernel default --kernel ~/linux-build [--workload p2p-copy] [--out DIR]
+    testbed matrix [run] -t switch-cmb -t rootports-cmb-zen -k default -k ~/linux-build \
+                   [-w p2p-copy] [--out DIR] [--shard K/N] [--jobs N]
+    testbed matrix plan -t ... -k ... [-w ...] --json [--shards N]
+    testbed matrix merge SHARD_DIR... --out DIR
 
-The first --kernel is the baseline. Each topology × kernel is an ordinary
-`testbed run` (one guest at a time) with its own results directory under --out
-(<topology>/<kernel>/). The matrix has one cell per topology × kernel × pair
-(predicted, observed, data verified, MB/s) in matrix.json, matrix.md and
-matrix.html (rows: topology and pair, columns: kernels, cells coloured by verdict).
+The first --kernel is the baseline. Each topology × kernel is a boot: an ordinary
+`testbed run` with its own results directory under --out (<topology>/<kernel>/). The
+matrix has one cell per topology × kernel × pair in matrix.json, matrix.md and
+matrix.html. A later kernel's cell is a regression when the baseline's was ok and it is
+not, or the baseline's data was verified and it is not; the same verdict reached by
+another map type is a mechanism regression.
 
-A later kernel's cell is a regression when the baseline's was ok and it is not
-(rejected, iommu-fault, unsupported, error, missing) or the baseline's data was
-verified and it is not. Exit status: 0 no regression, 1 regressions (listed) or a
-run that broke, 2 bad input (unknown topology or workload, bad or duplicate
-kernel), checked before anything boots.
+`plan` prints the boots and cells (and, with --shards N, how they fall into N shards)
+as JSON for a CI engine's matrix; `--shard K/N` runs only shard K (whole boots,
+balanced by expected cost, the same on every runner); `merge` joins the shards of one
+plan into one matrix.  --jobs runs several boots at a time on one machine.
+
+Exit status: 0 no regression, 1 regressions (listed) or a run that broke, 2 bad input
+(unknown topology or workload, bad or duplicate kernel, shards of different plans, a
+missing or repeated shard), checked before anything boots.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
-from ..run.matrix import prepare_out, run_matrix
+from ..errors import UsageError
+from ..run.matrix import default_jobs, prepare_out, run_matrix
+from ..run.merge import merge
 from ..run.plan import plan_matrix
 from ..run.render import summary, write_matrix
+from ..run.shard import parse_shard, plan_json
 from . import options
 
 HELP = "run workloads on topologies × kernels; report regressions against the first kernel"
@@ -32,6 +42,10 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", choices=("run", "plan", "merge"), default="run",
+                   help="run the matrix (default), print its plan, or merge shards")
+    p.add_argument("dirs", nargs="*", type=Path, metavar="SHARD_DIR",
+                   help="with merge: the shards' output directories")
     p.add_argument("--topology", "-t", action="append", default=[], metavar="TOPOLOGY",
                    help="topology file or library name (repeatable)")
     p.add_argument("--kernel", "-k", action="append", default=[], metavar="KERNEL",
@@ -47,17 +61,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="transfer size per pair (default 1M)")
     p.add_argument("--timeout", type=options.seconds, default=120.0,
                    help="seconds per workload command")
+    p.add_argument("--shard", metavar="K/N", help="run only shard K of N (whole boots)")
+    p.add_argument("--jobs", "-j", type=options.positive_int, metavar="N",
+                   help="boots at a time (default: what the cores and memory hold)")
+    p.add_argument("--json", action="store_true", help="with plan: print JSON")
+    p.add_argument("--shards", type=options.positive_int, metavar="N",
+                   help="with plan: also show how the boots fall into N shards")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "merge":
+        if args.topology or args.kernel or args.workload or args.shard:
+            raise UsageError("matrix merge takes shard directories and --out only")
+        if args.out is None:
+            raise UsageError("matrix merge: --out DIR is required")
+        out = prepare_out(args.out)
+        m = merge(args.dirs, out)
+        print(summary(m, out))
+        return m.status
+    if args.dirs:
+        raise UsageError(f"unexpected argument {str(args.dirs[0])!r} (shard directories go "
+                         "with `matrix merge`)")
+    shard = parse_shard(args.shard) if args.shard else None
     plan = plan_matrix(args.topology, args.kernel, args.workload, size=args.size,
                        timeout=args.timeout, accel=args.accel)
+    if args.action == "plan":
+        doc = plan_json(plan, args.shards)
+        if args.json:
+            print(json.dumps(doc, indent=1))
+        else:
+            for b in doc["boots"]:
+                print(f"{b['id']}: {', '.join(b['workloads'])} (~{b['cost']:.0f} s)")
+            for s in doc.get("shards", []):
+                print(f"shard {s['shard']}: {', '.join(s['boots'])} (~{s['cost']:.0f} s)")
+        return 0
     out = prepare_out(args.out)
-    log.info("%d topolog%s × %d kernel(s): %s (baseline %s); results in %s",
-             len(plan.topologies), "y" if len(plan.topologies) == 1 else "ies",
+    jobs = args.jobs or default_jobs(plan)
+    log.info("%d topolog%s × %d kernel(s): %s (baseline %s)%s; %d boot(s) at a time; "
+             "results in %s", len(plan.topologies), "y" if len(plan.topologies) == 1 else "ies",
              len(plan.kernels), ", ".join(k.label for k in plan.kernels),
-             plan.kernels[0].label, out)
-    m = run_matrix(plan, out)
+             plan.kernels[0].label, f"; shard {shard[0]}/{shard[1]}" if shard else "", jobs,
+             out)
+    m = run_matrix(plan, out, shard=shard, jobs=jobs)
     write_matrix(m, out)
     print(summary(m, out))
     return m.status

@@ -65,3 +65,14 @@ def pair(text: str) -> tuple[str, str]:
     if not sep or not provider or not client:
         raise argparse.ArgumentTypeError(f"expected PROVIDER:CLIENT, got {text!r}")
     return provider, client
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value

@@ -42,6 +42,7 @@ from ..qemu.machine import QemuMachine
 from ..qemu.probe import probe
 from ..spec.model import Topology
 from ..util.rundir import RunDir
+from ..util.timing import Phases
 from .guest import Guest
 from .ports import reserve_port
 from .tool import install_and_run, zipapp_bytes
@@ -64,6 +65,7 @@ class BootOptions:
     keep: bool = False  # keep the run directory after shutdown
     extra_cmdline: tuple[str, ...] = ()
     check_tree: bool = True
+    observe: bool = False  # set up the kernel's P2P tracing with the first inventory
     run_base: Path | None = None
     label: str | None = None
 
@@ -103,17 +105,22 @@ def boot(topo: Topology, image: Image | None = None,
          options: BootOptions = BootOptions()) -> Guest:
     """Boot ``topo`` and return a :class:`Guest` with SSH ready and the tree checked."""
     start = time.monotonic()
-    image = image or ensure_image()
-    kernel = prepare(options.kernel, image.initrd) if options.kernel else default_kernel(image)
-    caps = probe(topo.machine.qemu)
-    accel = resolve_accel(options.accel or topo.machine.accel, caps,
-                          guest=ProbeGuest(image.kernel, image.initrd, tuple(image.cmdline)))
-    run = RunDir.create(options.label or topo.name, base=options.run_base, keep=options.keep)
+    phases = Phases()
+    with phases.phase("prepare"):
+        image = image or ensure_image()
+        kernel = prepare(options.kernel, image.initrd) if options.kernel else \
+            default_kernel(image)
+        caps = probe(topo.machine.qemu)
+        accel = resolve_accel(options.accel or topo.machine.accel, caps,
+                              guest=ProbeGuest(image.kernel, image.initrd, tuple(image.cmdline)))
+        run = RunDir.create(options.label or topo.name, base=options.run_base, keep=options.keep)
     guest = Guest(topo, image, kernel, run, accel, options.timeout)
+    guest.phases = phases
     try:
-        create_backing_files(topo, run.path)
-        overlay = run / "boot.qcow2"
-        _create_overlay(image.disk, overlay)
+        with phases.phase("prepare"):
+            create_backing_files(topo, run.path)
+            overlay = run / "boot.qcow2"
+            _create_overlay(image.disk, overlay)
         cmdline = tuple(kernel_cmdline(topo, [*image.cmdline, *kernel.cmdline],
                                        options.extra_cmdline))
 
@@ -139,7 +146,8 @@ def boot(topo: Topology, image: Image | None = None,
 
         guest.relaunch = relaunch
         if options.check_tree:
-            check_guest_view(guest)
+            with phases.phase("tree check"):
+                check_guest_view(guest, trace=options.observe)
         return guest
     except BaseException:
         guest.kill()
@@ -169,7 +177,8 @@ def _launch(guest: Guest, binary: str, overlay: Path, cmdline: tuple[str, ...],
             run.path, name=f"{guest.topology.name} guest")
         guest.argv = guest.machine.argv
         try:
-            guest.machine.launch()
+            with guest.phases.phase("qemu start"):
+                guest.machine.launch()
             break
         except PortInUse:
             lease.release()
@@ -232,6 +241,7 @@ def _wait_for_ssh(guest: Guest, deadline: float, stall_deadline: float | None = 
     marker = guest.image.ready_marker
     # Connecting before the guest's network is up stalls in QEMU's user networking:
     # wait for the guest to say sshd listens, then connect once.
+    waiting = time.monotonic()
     while marker not in guest.console.text():
         alive()
         if stall_deadline is not None and time.monotonic() > stall_deadline:
@@ -239,20 +249,24 @@ def _wait_for_ssh(guest: Guest, deadline: float, stall_deadline: float | None = 
         if time.monotonic() > deadline:
             raise _fail(guest, BootTimeout, f"the guest never printed {marker!r} within the "
                         "boot timeout")
-        time.sleep(0.05)
+        time.sleep(0.02)
+    guest.phases.add("kernel to ready", time.monotonic() - waiting)
     try:
-        guest.ssh.wait(deadline, alive)
+        with guest.phases.phase("ssh connect"):
+            guest.ssh.wait(deadline, alive)
     except TimeoutError as exc:
         raise _fail(guest, BootTimeout, f"no SSH within the boot timeout ({exc})") from None
 
 
-def check_guest_view(guest: Guest) -> None:
-    """Ask the guest for its inventory and check it shows the topology."""
+def check_guest_view(guest: Guest, trace: bool = False) -> None:
+    """Ask the guest for its inventory and check it shows the topology (``trace``: set the
+    kernel's P2P tracing up in the same guest process, which saves an interpreter start)."""
     topo = guest.topology
     n_p2p = sum(1 for n in topo.nvmes() if n.cmb)
     # the guest tool is shipped here, in the same command as its first inventory
     res = guest.run(install_and_run(["inventory", "--wait", "30", "--expect-nvme",
-                                     str(len(topo.nvmes())), "--expect-p2pmem", str(n_p2p)]),
+                                     str(len(topo.nvmes())), "--expect-p2pmem", str(n_p2p),
+                                     *(["--trace"] if trace else [])]),
                     timeout=60, stdin=zipapp_bytes())
     if not res.ok:
         raise _fail(guest, GuestViewMismatch, f"the guest inventory failed: {res.describe()}")

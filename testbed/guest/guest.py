@@ -26,6 +26,7 @@ from ..qemu.machine import QemuMachine
 from ..qemu.script import quote, to_script
 from ..spec.model import Topology
 from ..util.rundir import RunDir
+from ..util.timing import Phases
 from .console import Console
 from .ports import PortLease
 from .result import CommandResult
@@ -51,6 +52,7 @@ class SshGuest:
         self.accel = Accel("unknown", "not booted by this process")
         self.kernel_description: str | None = None
         self.argv: list[str] = []  # the QEMU command line, when this process started it
+        self.phases = Phases()  # where the boot's time went
         self._dmesg_mark = 0
 
     # -- commands ------------------------------------------------------------------------

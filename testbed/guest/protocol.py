@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..qemu.accel import Accel
 from ..qemu.machine import QemuMachine
 from ..spec.model import Topology
+from ..util.timing import Phases
 from .console import Console
 from .result import CommandResult
 
@@ -32,6 +33,7 @@ class GuestLike(Protocol):
     accel: Accel
     kernel_description: str | None
     argv: list[str]
+    phases: Phases
 
     @property
     def can_restart(self) -> bool: ...

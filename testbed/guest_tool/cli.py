@@ -43,6 +43,8 @@ def main(argv=None):
                      help="seconds to wait for every NVMe to be live")
     inv.add_argument("--expect-nvme", type=int, default=None)
     inv.add_argument("--expect-p2pmem", type=int, default=None)
+    inv.add_argument("--trace", action="store_true",
+                     help="also set up the P2P tracing (as `trace setup`)")
     inv.set_defaults(func=inventory)
 
     cp = sub.add_parser("copy", help="O_DIRECT read into / write from a p2pmem buffer")

@@ -5,6 +5,7 @@ import os
 import sys
 import time
 
+from . import trace
 from .sysfs import kernel_config, nvme_controllers, pci_devices, read
 
 
@@ -23,10 +24,13 @@ def inventory(args):
         if ready or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    json.dump({
+    doc = {
         "kernel": {"release": os.uname().release, "p2pdma": kernel_config(),
                    "cmdline": read("/proc/cmdline")},
         "pci": devices, "nvme": nvmes, "ready": ready,
-    }, sys.stdout, indent=1)
+    }
+    if getattr(args, "trace", False):  # set up the P2P tracing in the same process
+        doc["tracing"] = trace.setup()
+    json.dump(doc, sys.stdout, indent=1)
     print()
     return 0

@@ -33,6 +33,7 @@ class RunResult:
     error_kind: str = ""  # the error's class word: boot-timeout, boot-failed, usage, ...
     logs: str = ""  # where a failed boot's console and QEMU logs were kept
     finished: bool = False  # every planned workload ran and the results were collected
+    phases: dict[str, float] = field(default_factory=dict)  # where the wall time went
 
     @property
     def judged(self) -> list[Record]:
@@ -63,6 +64,6 @@ class RunResult:
             "boot_seconds": round(self.boot_seconds, 2), "started": self.started,
             "seconds": round(self.seconds, 2), "error": self.error or None,
             "error_kind": self.error_kind or None, "logs": self.logs or None,
-            "finished": self.finished, "status": self.verdict,
+            "finished": self.finished, "status": self.verdict, "phases": self.phases,
             "workloads": [r.to_json() for r in self.workloads],
         }

@@ -102,6 +102,36 @@ class Matrix:
     cells: list[Cell] = field(default_factory=list)
     started: str = ""
     seconds: float = 0.0
+    plan_id: str = ""  # the plan this matrix (or shard) ran: shards of one plan merge
+    shard: str | None = None  # "K/N" when this is one shard of a plan
+    boots: list[str] = field(default_factory=list)  # the boots it was to run
+
+    def sort(self) -> None:
+        """Runs and cells in plan order (topologies, then kernels), whatever order the
+        boots finished in."""
+        t_order = {t: i for i, t in enumerate(self.topologies)}
+        k_order = {k: i for i, k in enumerate(self.labels)}
+        self.runs.sort(key=lambda r: (t_order.get(r.topology, 1 << 30),
+                                      k_order.get(r.kernel, 1 << 30)))
+        self.cells = [c for _, c in sorted(enumerate(self.cells), key=lambda ic: (
+            t_order.get(ic[1].topology, 1 << 30), k_order.get(ic[1].kernel, 1 << 30), ic[0]))]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Matrix":
+        """A matrix read back from its matrix.json (to merge shards)."""
+        cell_fields = {f for f in Cell.__dataclass_fields__}
+        run_fields = {f for f in RunEntry.__dataclass_fields__}
+        m = cls(kernels=list(data["kernels"]), topologies=list(data["topologies"]),
+                started=str(data.get("started", "")), seconds=float(data.get("seconds", 0)),
+                plan_id=str(data.get("plan_id", "")), shard=data.get("shard"),
+                boots=list(data.get("boots", [])))
+        m.runs = [RunEntry(**{k: v for k, v in r.items() if k in run_fields})
+                  for r in data["runs"]]
+        broke = {(r.topology, r.kernel) for r in m.runs if r.error}
+        m.cells = [Cell(**{k: v for k, v in c.items() if k in cell_fields})
+                   for c in data["cells"] if (c["topology"], c["kernel"]) not in broke
+                   and c.get("verdict") != "missing"]
+        return m
 
     @property
     def labels(self) -> list[str]:
@@ -166,6 +196,7 @@ class Matrix:
         regs = self.regressions()
         return {
             "started": self.started, "seconds": round(self.seconds, 1),
+            "plan_id": self.plan_id, "shard": self.shard, "boots": self.boots,
             "baseline": self.baseline, "kernels": self.kernels, "topologies": self.topologies,
             "runs": [asdict(r) for r in self.runs],
             "cells": [c.to_json() for row in self.rows() for label in self.labels

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +30,7 @@ from ..util.files import new_out_dir
 from .cells import Matrix, add_run, cells_from_result
 from .plan import MatrixPlan
 from .render import write_matrix
+from .shard import Boot, boots, partition, plan_id
 from .runner import RunOptions, run_topology
 
 log = logging.getLogger(__name__)
@@ -62,39 +66,46 @@ def prepare_out(out: Path | None) -> Path:
     return new_out_dir(out, "matrix")
 
 
-def run_matrix(plan: MatrixPlan, out: Path, run: RunFunction = run_topology) -> Matrix:
-    """Run every topology × kernel in order; ``run`` is :func:`run_topology` (or a
-    stand-in with its signature, in unit tests)."""
+def run_matrix(plan: MatrixPlan, out: Path, run: RunFunction = run_topology,
+               shard: tuple[int, int] | None = None, jobs: int = 1) -> Matrix:
+    """Run the plan's boots (only shard K of N with ``shard``), ``jobs`` at a time; ``run``
+    is :func:`run_topology` (or a stand-in with its signature, in unit tests)."""
+    all_boots = boots(plan)
+    selected = partition(all_boots, shard[1])[shard[0] - 1] if shard else all_boots
     m = Matrix(kernels=[{"label": k.label, "spec": k.spec, "description": k.description,
                          "release": k.release, "p2pdma": k.p2pdma} for k in plan.kernels],
                topologies=[t.name for t in plan.topologies],
-               started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+               started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), plan_id=plan_id(plan),
+               shard=f"{shard[0]}/{shard[1]}" if shard else None,
+               boots=[b.id for b in selected])
+    topos = {t.name: t for t in plan.topologies}
+    kernels = {k.label: k for k in plan.kernels}
     start = time.monotonic()
-    total = len(plan.topologies) * len(plan.kernels)
-    i = 0
-    for topo in plan.topologies:
-        for k in plan.kernels:
-            i += 1
-            d = out / slug(topo.name) / slug(k.label)
-            log.info("[%d/%d] %s × %s", i, total, topo.name, k.label)
-            opts = RunOptions(workloads=plan.workloads, kernel=k.kernel, accel=plan.accel,
-                              size=plan.size, timeout=plan.timeout, out=d)
-            result, rdir = run(topo, opts)
+    lock = threading.Lock()
+    total = len(selected)
+
+    def one(i: int, boot: Boot) -> None:
+        topo, k = topos[boot.topology], kernels[boot.kernel]
+        d = out / slug(topo.name) / slug(k.label)
+        log.info("[%d/%d] %s × %s", i, total, topo.name, k.label)
+        opts = RunOptions(workloads=plan.workloads, kernel=k.kernel, accel=plan.accel,
+                          size=plan.size, timeout=plan.timeout, out=d)
+        result, rdir = run(topo, opts)
+        _keep_console(result, rdir)
+        first_error = ""
+        if result.error_kind == BootTimeout.kind and plan.boot_retries > 0:
+            # A TCG guest on an overloaded host sometimes stalls in early boot (RCU stall,
+            # no console output): that is not the kernel's fault, so one retry.  A panic
+            # or any other failure is reported as it is.
+            first_error = result.error.splitlines()[0]
+            kept = d.with_name(d.name + ".attempt1")
+            shutil.rmtree(kept, ignore_errors=True)
+            rdir.rename(kept)
+            log.info("[%d/%d] %s × %s: boot timed out (%s); retrying once, first attempt "
+                     "kept in %s", i, total, topo.name, k.label, first_error, kept)
+            result, rdir = run(topo, dataclasses.replace(opts, out=d))
             _keep_console(result, rdir)
-            first_error = ""
-            if result.error_kind == BootTimeout.kind and plan.boot_retries > 0:
-                # A TCG guest on an overloaded host sometimes stalls in early boot (RCU
-                # stall, no console output): that is not the kernel's fault, so one retry.
-                # A panic or any other failure is reported as it is.
-                first_error = result.error.splitlines()[0]
-                kept = d.with_name(d.name + ".attempt1")
-                shutil.rmtree(kept, ignore_errors=True)
-                rdir.rename(kept)
-                log.info("[%d/%d] %s × %s: boot timed out (%s); retrying once, first "
-                         "attempt kept in %s", i, total, topo.name, k.label, first_error, kept)
-                opts = dataclasses.replace(opts, out=d)
-                result, rdir = run(topo, opts)
-                _keep_console(result, rdir)
+        with lock:
             idx = plan.kernels.index(k)
             if m.kernels[idx]["release"] is None and result.kernel.get("release"):
                 m.kernels[idx]["release"] = result.kernel.get("release")
@@ -108,5 +119,38 @@ def run_matrix(plan: MatrixPlan, out: Path, run: RunFunction = run_topology) -> 
                      f"run broke: {result.error.splitlines()[0]}" if result.error else
                      f"{len(cells_from_result(topo.name, k.label, result))} cells")
             m.seconds = time.monotonic() - start
+            m.sort()
             write_matrix(m, out)  # partial results survive an interrupt
+
+    if jobs <= 1 or len(selected) <= 1:
+        for i, boot in enumerate(selected, 1):
+            one(i, boot)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="matrix") as pool:
+            for future in [pool.submit(one, i, b) for i, b in enumerate(selected, 1)]:
+                future.result()
+    m.sort()
+    if not selected:
+        write_matrix(m, out)
     return m
+
+
+def default_jobs(plan: MatrixPlan) -> int:
+    """Boots at a time that this machine holds: a TCG guest wants about a core, and its
+    memory plus QEMU's own (~300 MiB)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    per_guest = max((t.machine.memory for t in plan.topologies), default=1 << 30) + (300 << 20)
+    avail = _mem_available()
+    by_memory = max(1, avail // per_guest) if avail else cores
+    return max(1, min(cores, by_memory))
+
+
+def _mem_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

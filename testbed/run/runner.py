@@ -31,6 +31,7 @@ from ..results.model import RunResult
 from ..results.writer import make_out_dir, write_results
 from ..spec.model import Topology
 from ..util.files import check_out_dir
+from ..util.timing import Phases, process_age
 from ..verdicts.record import Record
 from ..workloads import OBSERVED, WORKLOADS, default_workloads
 from ..workloads.base import Context
@@ -97,8 +98,8 @@ def check_inputs(topo: Topology, opts: RunOptions) -> list[str]:
     return names
 
 
-def run_workloads(guest: GuestLike, topo: Topology, names: list[str],
-                  opts: RunOptions) -> tuple[list[Record], Context]:
+def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: RunOptions,
+                  phases: Phases | None = None) -> tuple[list[Record], Context]:
     caps = probe(topo.machine.qemu)
     ctx = Context(guest=guest, topology=topo, cpu=cpu_info(caps, topo.machine.cpu),
                   timeout=opts.timeout, size=opts.size, seed=opts.seed, execs=list(opts.execs),
@@ -108,8 +109,10 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str],
         guest.dmesg_delta()  # deltas start now, not at boot
     except TestbedError:
         pass
+    phases = phases or Phases()
     if OBSERVED & set(names):
-        ctx.start_observing()  # before the first P2P I/O: the kernel decides once per pair
+        with phases.phase("trace setup"):
+            ctx.start_observing()  # before the first P2P I/O: the kernel decides once per pair
     for name in names:
         log.info("workload %s", name)
         start = time.monotonic()
@@ -126,14 +129,24 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str],
         for rec in new:
             rec.seconds = rec.seconds or round(time.monotonic() - start, 3)
         ctx.dmesg_log.append(f"----- end of {name} -----")
+        phases.add(f"workload: {name}", time.monotonic() - start)
         records += new
     return records, ctx
 
 
+_FIRST_RUN = [True]
+
+
 def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
-    names = check_inputs(topo, opts)
-    caps = probe(topo.machine.qemu)
-    out = make_out_dir(opts.out, topo.name)
+    """Boot (or attach), run the workloads, collect, shut down, write the results."""
+    phases = Phases()
+    if _FIRST_RUN[0]:  # the interpreter, imports and validation before this first run
+        _FIRST_RUN[0] = False
+        phases.add("startup", process_age())
+    with phases.phase("checks"):
+        names = check_inputs(topo, opts)
+        caps = probe(topo.machine.qemu)
+        out = make_out_dir(opts.out, topo.name)
     result = RunResult(topology=topo.name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     result.qemu = {"version": caps.version_str, "binary": caps.path}
     start = time.monotonic()
@@ -142,20 +155,25 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
     console: Path | None = None
     failed_argv: list[str] | None = None
     try:
-        if opts.guest_name:
-            guest = AttachedGuest(get_ready(opts.guest_name), topo)
-        else:
-            guest = boot(topo, options=BootOptions(kernel=opts.kernel, accel=opts.accel,
-                                                   keep=opts.keep, label=topo.name))
+        with phases.phase("boot"):
+            if opts.guest_name:
+                guest = AttachedGuest(get_ready(opts.guest_name), topo)
+            else:
+                guest = boot(topo, options=BootOptions(kernel=opts.kernel, accel=opts.accel,
+                                                       keep=opts.keep, label=topo.name,
+                                                       observe=bool(OBSERVED & set(names))))
+        for name, seconds in guest.phases.to_json().items():
+            phases.add(f"boot: {name}", seconds)
         console = guest.console.path
         result.boot_seconds = guest.boot_seconds
         result.qemu.update(accel=guest.accel.name, accel_reason=guest.accel.reason)
         kinfo = guest.inventory.get("kernel", {})
         result.kernel = {"release": kinfo.get("release"), "p2pdma": kinfo.get("p2pdma"),
                          "source": guest.kernel_description}
-        for local, remote in opts.pushes:
-            guest.put(local, remote)
-        result.workloads, ctx = run_workloads(guest, topo, names, opts)
+        with phases.phase("push"):
+            for local, remote in opts.pushes:
+                guest.put(local, remote)
+        result.workloads, ctx = run_workloads(guest, topo, names, opts, phases)
         if ctx.tracing:
             result.kernel["tracing"] = ctx.tracing
         result.finished = True
@@ -169,13 +187,13 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
                 console = exc.console_log
             failed_argv = exc.argv
     finally:
+        collect = time.monotonic()
         dmesg = ""
         if guest is not None:
             try:
                 dmesg = guest.run(["dmesg"], timeout=30).stdout
             except TestbedError:
                 dmesg = "(the guest did not answer)"
-        result.seconds = time.monotonic() - start
         console_copy = None
         if console is not None and console.exists():
             console_copy = out / "console.log"
@@ -183,10 +201,17 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
         script = guest.script() if guest is not None else None
         if script is None and failed_argv:
             script = to_script(failed_argv)
-        write_results(out, result, topology_file=topo.source, qemu_script=script,
-                      console=console_copy, dmesg=dmesg,
-                      dmesg_deltas=[(f"delta {i}", d) for i, d in
-                                    enumerate(ctx.dmesg_log if ctx else [])])
-        if guest is not None:
-            guest.shutdown()
+        phases.add("collect", time.monotonic() - collect)
+        try:
+            if guest is not None:
+                with phases.phase("shutdown"):
+                    guest.shutdown()
+        finally:
+            result.seconds = time.monotonic() - start
+            result.phases = phases.to_json()
+            with phases.phase("write results"):
+                write_results(out, result, topology_file=topo.source, qemu_script=script,
+                              console=console_copy, dmesg=dmesg,
+                              dmesg_deltas=[(f"delta {i}", d) for i, d in
+                                            enumerate(ctx.dmesg_log if ctx else [])])
     return result, out

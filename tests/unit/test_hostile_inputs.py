@@ -179,6 +179,8 @@ class _FakeGuest:
         console.write_text("booted\n")
         self.console = Console(console)
         self.accel, self.kernel_description, self.argv = Accel("tcg", "test"), "test", []
+        from testbed.util.timing import Phases
+        self.phases = Phases()
 
     def run(self, command, timeout=60.0, stdin=None):
         from testbed.guest.result import CommandResult

@@ -15,6 +15,7 @@ from testbed.run.matrix import prepare_out, run_matrix, slug
 from testbed.run.plan import KernelEntry, MatrixPlan, _disambiguate, plan_matrix
 from testbed.run.render import render_html, render_md, summary, write_matrix
 from testbed.results.model import RunResult
+from testbed.spec import load_topology
 from testbed.verdicts.record import Record
 
 
@@ -192,9 +193,9 @@ def test_bad_input_before_anything_boots(tmp_path):
 
 
 def test_run_matrix_runs_every_topology_kernel_in_order(tmp_path):
-    topo = SimpleNamespace(name="switch-cmb")
+    topo = load_topology("switch-cmb")
     kernels = [KernelEntry("default", "default", None, "image"),
-               KernelEntry("6.12", "/p", object(), "pkg", "6.12", False)]
+               KernelEntry("6.12", "/p", SimpleNamespace(identity=lambda: "/p"), "pkg", "6.12", False)]
     plan = MatrixPlan([topo], kernels, ("p2p-copy",))
     calls = []
 
@@ -217,9 +218,9 @@ def test_run_matrix_runs_every_topology_kernel_in_order(tmp_path):
 
 
 def test_a_boot_timeout_is_retried_once_a_panic_is_not(tmp_path):
-    topo = SimpleNamespace(name="switch-cmb")
+    topo = load_topology("switch-cmb")
     kernels = [KernelEntry("default", "default", None, "image"),
-               KernelEntry("new", "/p", object(), "pkg")]
+               KernelEntry("new", "/p", SimpleNamespace(identity=lambda: "/p"), "pkg")]
     errors = {None: ["switch-cmb: the guest never printed 'ready' within the boot timeout",
                      ""],
               "new": ["switch-cmb: the guest failed to boot: Kernel panic - not syncing: VFS"]}
