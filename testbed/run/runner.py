@@ -34,6 +34,7 @@ from ..util.files import check_out_dir
 from ..verdicts.record import Record
 from ..workloads import WORKLOADS, default_workloads
 from ..workloads.base import Context
+from .checks import check_newer
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class RunOptions:
     out: Path | None = None
     keep: bool = False
     copy_extra: tuple[str, ...] = field(default=())  # extra args for p2p-copy (tests)
+    fio_args: tuple[str, ...] = ()  # --fio-arg: fio options or a job file in the guest
+    pair: tuple[str, str] | None = None  # only this (provider, client) for the newer workloads
+    inject: tuple[str, ...] = ()  # self-checks: "corrupt" (fio, mixed-iovec), "warning"
 
 
 def plan(topo: Topology, opts: RunOptions) -> list[str]:
@@ -63,6 +67,7 @@ def plan(topo: Topology, opts: RunOptions) -> list[str]:
                              f"known: {', '.join(WORKLOADS)}")
     if "pmr" in opts.workloads and not any(n.pmr for n in topo.nvmes()):
         raise UsageError(f"--workload pmr: topology {topo.name} has no NVMe with a PMR")
+    check_newer(topo, names, opts)
     if opts.execs and "exec" not in names:
         names.append("exec")
     for local, _ in opts.pushes:
@@ -91,7 +96,8 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str],
                   opts: RunOptions) -> tuple[list[Record], Context]:
     caps = probe(topo.machine.qemu)
     ctx = Context(guest=guest, topology=topo, cpu=cpu_info(caps, topo.machine.cpu),
-                  timeout=opts.timeout, size=opts.size, seed=opts.seed, execs=list(opts.execs))
+                  timeout=opts.timeout, size=opts.size, seed=opts.seed, execs=list(opts.execs),
+                  fio_args=list(opts.fio_args), pair=opts.pair, inject=tuple(opts.inject))
     records: list[Record] = []
     try:
         guest.dmesg_delta()  # deltas start now, not at boot

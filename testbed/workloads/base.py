@@ -36,6 +36,9 @@ class Context:
     size: int = 1 << 20
     seed: int = 1
     execs: list[str] = field(default_factory=list)
+    fio_args: list[str] = field(default_factory=list)  # --fio-arg: replaces fio's default jobs
+    pair: tuple[str, str] | None = None  # only this (provider, client) for the newer workloads
+    inject: tuple[str, ...] = ()  # self-checks: "corrupt" (fio, mixed-iovec), "warning"
     dmesg_log: list[str] = field(default_factory=list)  # every delta, for dmesg.txt
     last_transfer: float = 0.0  # monotonic end of the previous transfer
 
