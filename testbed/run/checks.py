@@ -31,7 +31,7 @@ def check_newer(topo: Topology, names: list[str], opts: "RunOptions") -> None:
         if problems is not None:
             raise UsageError(f"--workload hot-unplug: no provider of {topo.name} sits in a "
                              f"hot-pluggable slot ({problems})")
-    if opts.pair is not None and opts.pair not in all_pairs:
+    if opts.pair is not None and tuple(opts.pair) not in all_pairs:
         raise UsageError(f"pair {opts.pair[0]} -> {opts.pair[1]}: not a (provider, client) "
                          f"pair of {topo.name}; pairs: "
                          + ", ".join(f"{p}->{c}" for p, c in all_pairs))

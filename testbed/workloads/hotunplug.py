@@ -27,8 +27,8 @@ import time
 from typing import Any
 
 from ..errors import HotplugError, TestbedError
+from ..guest.reinventory import reinventory
 from ..guest.tool import GUEST_TOOL
-from ..guest.treecheck import check_tree, map_names
 from ..guest_tool import schema
 from ..qemu.hotplug import Slot, hotplug_slot, replug, unplug
 from ..spec.model import Topology
@@ -36,14 +36,14 @@ from ..verdicts.observe import observe, pull_dmesg, trouble_verdict
 from ..verdicts.predict import predict
 from .base import Context, Record, Workload, need_bdf
 from .judged import (
-    INJECTED_WARNING,
     client_device,
     error_record,
+    inject_warning,
     pair_record,
     selected_pairs,
 )
 
-LOOP_SIZE = 8 << 20
+LOOP_SIZE = 4 << 20
 SETTLE = 30.0  # seconds for the in-flight process to end after the removal
 REPLUG_WAIT = 30  # seconds for the re-added controller and its p2pmem
 HUNG_TASK_SECONDS = 10
@@ -157,8 +157,7 @@ class Cycle:
             self.hung_task = old
             self.sh(f"echo {HUNG_TASK_SECONDS} > /proc/sys/kernel/hung_task_timeout_secs")
         ctx.dmesg_delta()  # the delta of the whole cycle starts here
-        if "warning" in ctx.inject:
-            self.sh(f"echo '<4>{INJECTED_WARNING}' > /dev/kmsg")
+        inject_warning(ctx)
         loop = shlex.join([GUEST_TOOL, "p2p-loop", "--provider", self.bdf, "--client", dev,
                            "--size", str(LOOP_SIZE), "--seconds", "90", "--log", self.log])
         # the shell notes the loop's exit status (128+N: killed by signal N) in the log
@@ -224,28 +223,13 @@ class Cycle:
                       f"{exit_line.get('status')} (128+N: killed by signal N)")
 
     def after_replug(self) -> None:
-        ctx = self.ctx
-        topo = ctx.topology
-        n_p2p = sum(1 for n in topo.nvmes() if n.cmb)
-        res = ctx.guest.run([GUEST_TOOL, "inventory", "--wait", str(REPLUG_WAIT),
-                             "--expect-nvme", str(len(topo.nvmes())),
-                             "--expect-p2pmem", str(n_p2p)], timeout=REPLUG_WAIT + 30)
-        try:
-            inv = json.loads(res.stdout)
-        except ValueError:
-            inv = {}
-        names, _ = map_names(topo, inv)
-        diffs = check_tree(topo, inv) if inv else ["no inventory"]
-        p2p = inv.get("pci", {}).get(names.get(self.provider, ""), {}).get("p2pmem") or {}
-        self.note("republished", ready=inv.get("ready"), bdf=names.get(self.provider),
-                  p2pmem=p2p, tree_differences=diffs)
-        if inv:
-            ctx.guest.inventory = inv
-            ctx.guest.names.clear()
-            ctx.guest.names.update(names)
+        diffs = reinventory(self.ctx.guest, REPLUG_WAIT)
+        bdf = self.ctx.guest.names.get(self.provider, "")
+        p2p = self.ctx.guest.inventory.get("pci", {}).get(bdf, {}).get("p2pmem") or {}
+        self.note("republished", bdf=bdf, p2pmem=p2p, tree_differences=diffs)
         if p2p.get("published") != "1" or diffs:
-            self.fail(f"the re-added {self.provider} is not back as it was: p2pmem {p2p or 'absent'}"
-                      + (f"; {'; '.join(diffs[:3])}" if diffs else ""))
+            self.fail(f"the re-added {self.provider} is not back as it was: p2pmem "
+                      f"{p2p or 'absent'}" + (f"; {'; '.join(diffs[:3])}" if diffs else ""))
             return
         self.fresh_copy()
 

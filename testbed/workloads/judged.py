@@ -10,6 +10,7 @@ the command runs: a self-check that the classifier is wired in.
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,12 +58,17 @@ def tool_step(ctx: Context, args: list[str], timeout: float | None = None) -> St
     """Run the guest tool with a dmesg delta of its own (and the self-check line, if asked)."""
     ctx.quiet_gap()
     ctx.dmesg_delta()  # the delta starts here
-    if "warning" in ctx.inject:
-        ctx.guest.run(f"echo '<4>{INJECTED_WARNING}' > /dev/kmsg", timeout=30)
+    inject_warning(ctx)
     data, res = ctx.tool(args, timeout=timeout)
     ctx.last_transfer = time.monotonic()
     delta = ctx.dmesg_delta()
     return Step(data, res, pull_dmesg(delta), delta)
+
+
+def inject_warning(ctx: Context) -> None:
+    """With ``inject=("warning",)``: a WARNING line into the kernel log, now."""
+    if "warning" in ctx.inject:
+        ctx.guest.check(f"echo {shlex.quote('<4>' + INJECTED_WARNING)} > /dev/kmsg", timeout=30)
 
 
 def pair_dmesg(dmesg: dict[str, list[str]], provider_bdf: str | None,
