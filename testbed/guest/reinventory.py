@@ -2,7 +2,7 @@
 host knows of it: the inventory, the spec-name -> BDF map; returns the tree differences.
 
     >>> diffs = reinventory(guest, wait=30)        # doctest: +SKIP
-    >>> diffs
+    >>> diffs                                      # doctest: +SKIP
     []
 """
 
