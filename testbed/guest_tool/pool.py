@@ -88,7 +88,8 @@ def exhaust(bdf, chunk):
 
 def misuse(bdf):
     doc: dict = {}
-    for name, kw in (("private", {"flags": mmap.MAP_PRIVATE}), ("offset", {"offset": mmap.PAGESIZE})):
+    for name, kw in (("private", {"flags": mmap.MAP_PRIVATE}),
+                     ("offset", {"offset": mmap.PAGESIZE})):
         try:
             addr = map_raw(bdf, 1 << 16, **kw)
             _libc.munmap(addr, 1 << 16)

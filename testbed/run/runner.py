@@ -97,8 +97,8 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str],
     caps = probe(topo.machine.qemu)
     ctx = Context(guest=guest, topology=topo, cpu=cpu_info(caps, topo.machine.cpu),
                   timeout=opts.timeout, size=opts.size, seed=opts.seed, execs=list(opts.execs),
-                  fio_args=list(opts.fio_args),
-                  pair=(opts.pair[0], opts.pair[1]) if opts.pair else None, inject=tuple(opts.inject))
+                  fio_args=list(opts.fio_args), inject=tuple(opts.inject),
+                  pair=(opts.pair[0], opts.pair[1]) if opts.pair else None)
     records: list[Record] = []
     try:
         guest.dmesg_delta()  # deltas start now, not at boot

@@ -40,7 +40,9 @@ def split_cases(limits: dict[str, Any]) -> list[tuple[str, int]]:
     """(case, the fewest requests per direction the queue limits allow) for a client.
 
     >>> split_cases({"max_hw_sectors_kb": 512, "max_segments": 129, "logical_block_size": 512})
-    [('p2p:1088K', 3), ('p2p:512x137/gap=512', 2), ('p2p:64K/start=512', 1), ('p2p:64K/start=3584', 1), ('p2p:512x16/start=512/gap=512', 1)]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [('p2p:1088K', 3), ('p2p:512x137/gap=512', 2), ('p2p:64K/start=512', 1),
+     ('p2p:64K/start=3584', 1), ('p2p:512x16/start=512/gap=512', 1)]
     """
     max_hw = int(limits["max_hw_sectors_kb"]) * 1024
     segs = int(limits["max_segments"])
