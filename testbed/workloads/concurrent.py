@@ -20,6 +20,8 @@ from .judged import (
 THREADS = 3
 ITERATIONS = 2
 MAX_SIZE = 256 << 10
+BUDGET = 8 << 20  # bytes per iteration over all threads (fabric-large has 42 pairs)
+MAX_THREADS = 48
 
 
 class Concurrent(Workload):
@@ -39,8 +41,10 @@ class Concurrent(Workload):
                 todo.append((rec, need_bdf(ctx, provider), dev))
         if not todo:
             return records
-        size = min(ctx.size, MAX_SIZE)
-        args = ["concurrent", "--threads", str(THREADS), "--iters", str(ITERATIONS),
+        threads = max(2, min(THREADS, MAX_THREADS // len(todo)))
+        size = max(16 << 10, min(ctx.size, MAX_SIZE, BUDGET // (len(todo) * threads)))
+        size -= size % 4096
+        args = ["concurrent", "--threads", str(threads), "--iters", str(ITERATIONS),
                 "--size", str(size), "--seed", str(ctx.seed)]
         for _, bdf, dev in todo:
             args += ["--pair", f"{bdf}={dev}"]
@@ -54,7 +58,7 @@ class Concurrent(Workload):
             rec.data["pool"] = {k: v.get(bdf) for k, v in pools.items()}
             rec.seconds = round(float((step.data or {}).get("seconds") or rec.seconds), 3)
             if rec.observed == "ok":
-                rec.detail = (f"{len(todo)} pair(s) at once, {THREADS} threads each, "
+                rec.detail = (f"{len(todo)} pair(s) at once, {threads} threads each, "
                               f"{ITERATIONS} x {size // 1024} KiB both ways per thread: every "
                               "block verified in p2pmem and through host memory")
             elif rec.observed == "error" and doc and doc.get("mismatches") and \

@@ -4,7 +4,8 @@ it back with ``device_add``, and judge what the kernel made of it.
 For every provider in a hot-pluggable slot (see :mod:`testbed.qemu.hotplug`), step by step:
 
 1. a guest process keeps P2P copies in flight (``p2pdma-guest p2p-loop``: reads into and
-   writes from a mapping of the provider's p2pmem, checking the data it moved);
+   writes from a mapping of the provider's p2pmem, checking the data it moved), with the
+   pair's client, or the provider's own namespace when the oracle expects the pair refused;
 2. once a copy went through, ``device_del`` and the ``DEVICE_DELETED`` event;
 3. the kernel must stay healthy: no oops, ``BUG:``, ``WARNING:`` or hung task in dmesg (the
    hung-task detector is set to 10 s meanwhile), and the process must end on its own or
@@ -148,9 +149,12 @@ class Cycle:
     # -- the steps --------------------------------------------------------------------------
     def run(self) -> None:
         ctx, rec = self.ctx, self.rec
-        dev = client_device(ctx, ctx.block_devices(), rec.client or "")
+        # the copies in flight need a path the kernel allows: the pair's when the oracle
+        # expects it to work, else the provider's own namespace (its own CMB)
+        through = rec.client if rec.predicted == "ok" else self.provider
+        dev = client_device(ctx, ctx.block_devices(), through or "")
         if dev is None:
-            raise HotplugError(f"{rec.client}: no block device in the guest", self.provider,
+            raise HotplugError(f"{through}: no block device in the guest", self.provider,
                                "client")
         old = self.sh("cat /proc/sys/kernel/hung_task_timeout_secs 2>/dev/null").strip()
         if old.isdigit():
@@ -169,7 +173,8 @@ class Cycle:
         start = next((e for e in events if e.get(schema.EVENT) == schema.LOOP_START), {})
         pid = start.get("pid")
         first = next((e for e in events if e.get(schema.EVENT) != schema.LOOP_START), {})
-        self.note("transfer", pid=pid, first=first, in_flight=first.get("ok") is True)
+        self.note("transfer", pid=pid, client=through, first=first,
+                  in_flight=first.get("ok") is True)
         if not pid:
             raise HotplugError(f"the P2P loop did not start: {events[-3:]}", self.provider,
                                "transfer")
