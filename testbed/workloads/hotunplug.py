@@ -23,6 +23,7 @@ guest this process booted: an attached guest gets an error record saying so.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import time
 from typing import Any
@@ -43,6 +44,8 @@ from .judged import (
     pair_record,
     selected_pairs,
 )
+
+log = logging.getLogger(__name__)
 
 LOOP_SIZE = 4 << 20
 SETTLE = 30.0  # seconds for the in-flight process to end after the removal
@@ -129,6 +132,8 @@ class Cycle:
     # -- helpers ----------------------------------------------------------------------------
     def note(self, step: str, **fields: Any) -> None:
         self.steps.append({"step": step, "t": round(time.monotonic() - self.t0, 3), **fields})
+        log.info("hot-unplug %s: %s after %.1f s", self.provider, step,
+                 time.monotonic() - self.t0)
 
     def fail(self, problem: str) -> None:
         self.problems.append(problem)

@@ -4,6 +4,7 @@ iovec cases, the byte-range pattern, and iovec end to end on a file."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,6 @@ def test_diff_ranges_names_what_landed_where():
 
 
 def _direct_file(tmp_path, size):
-    import os
     dev = tmp_path / "disk"
     with open(dev, "wb") as f:
         f.truncate(size)

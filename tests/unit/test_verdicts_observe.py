@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from testbed.verdicts.observe import pull_dmesg
-from testbed.verdicts.observe import observe, refusals
+from pathlib import Path
+
+from testbed.verdicts.observe import kernel_trouble, observe, pull_dmesg, refusals
 
 OK = {"ok": True}
 FAIL_EINVAL = {"ok": False, "errno": 22, "error": "Invalid argument"}
@@ -62,13 +63,12 @@ def test_timeouts():
 
 
 # -- kernel trouble in the dmesg delta -------------------------------------------------------
-DMESG = __import__("pathlib").Path(__file__).parent / "data" / "dmesg"
+DMESG = Path(__file__).parent / "data" / "dmesg"
 
 
 def test_trouble_lines_name_the_first_report_line():
     """Recorded dmesg text: hung-task.txt is a real 7.3.4 guest's (a writer blocked on a
     frozen filesystem); the others follow the kernel's report formats."""
-    from testbed.verdicts.observe import kernel_trouble
     first = {name: kernel_trouble((DMESG / name).read_text())[0]
              for name in ("warning.txt", "bug-null-deref.txt", "kasan.txt", "hung-task.txt")}
     assert "WARNING: CPU: 1 PID: 1873 at drivers/pci/p2pdma.c:1031" in first["warning.txt"]
@@ -80,7 +80,6 @@ def test_trouble_lines_name_the_first_report_line():
 def test_ordinary_lines_are_not_trouble():
     """Hot-plug chatter, the pool's documented refusal, a user process's trap (fio killed by
     a signal) and an ACPI "Warning" are no kernel trouble."""
-    from testbed.verdicts.observe import kernel_trouble
     assert kernel_trouble((DMESG / "benign.txt").read_text()) == []
 
 

@@ -12,6 +12,7 @@ import pytest
 from testbed.errors import HotplugError, UsageError
 from testbed.qemu.hotplug import hotplug_slot, replug, unplug
 from testbed.qemu.probe import CpuInfo
+from testbed.run.plan import plan_matrix
 from testbed.run.runner import RunOptions, plan
 from testbed.spec import load_topology
 from testbed.spec.parse import parse
@@ -67,6 +68,13 @@ def test_newer_workloads_check_their_input():
         plan(topo, RunOptions(workloads=("split",), fio_args=("bs=4k",)))
     with pytest.raises(UsageError, match="hot-pluggable slot"):
         plan(ON_ROOT, RunOptions(workloads=("hot-unplug",)))
+
+
+def test_the_matrix_passes_fio_args_on():
+    assert plan_matrix(["switch-cmb"], ["default"], ["fio"], fio_args=["bs=4k"]).fio_args \
+        == ("bs=4k",)
+    with pytest.raises(UsageError, match="add -w fio"):
+        plan_matrix(["switch-cmb"], ["default"], ["p2p-copy"], fio_args=["bs=4k"])
 
 
 def test_default_workloads_are_unchanged():
