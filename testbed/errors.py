@@ -24,7 +24,7 @@ Hierarchy::
      +-- ImageError
      +-- KernelBuildError
      +-- QemuError
-     |    +-- QemuNotFound, QemuStartError (+-- PortInUse)
+     |    +-- QemuNotFound, QemuStartError (+-- PortInUse), HotplugError
      +-- BootError (logs, argv)
      |    +-- BootTimeout, BootFailed (+-- DriverProbeFailed), GuestViewMismatch
      +-- GuestError
@@ -139,6 +139,18 @@ class PortInUse(QemuStartError):
                  port: int | None = None):
         super().__init__(message, stderr, exitcode)
         self.port = port
+
+
+class HotplugError(QemuError):
+    """A QMP hot-plug step failed or cannot be done: ``device`` is the topology name,
+    ``step`` what was tried (``slot``, ``device_del``, ``blockdev-add``, ``device_add``)."""
+
+    kind = "hotplug"
+
+    def __init__(self, message: str, device: str, step: str):
+        super().__init__(message)
+        self.device = device
+        self.step = step
 
 
 class BootError(TestbedError):

@@ -18,6 +18,7 @@ in its report (and so in ``--junitxml``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -31,10 +32,13 @@ from .guest import instances
 from .guest.attach import AttachedGuest
 from .guest.boot import BootOptions, boot
 from .guest.protocol import GuestLike
+from .guest.reinventory import reinventory
 from .guest.result import CommandResult
 from .kernel.resolve import resolve_kernel
+from .qemu.hotplug import UNPLUG_TIMEOUT, hotplug_slot, replug, unplug
+from .qemu.machine import QemuMachine
 from .qemu.validate import load_checked
-from .run.runner import RunOptions, run_workloads
+from .run.runner import RunOptions, plan, run_workloads
 from .spec import resolve
 from .spec.model import Topology
 
@@ -126,10 +130,33 @@ class TestbedGuest:
         return "\n".join(lines[self._mark:])
 
     def workload(self, name: str, **options: Any) -> list[dict[str, Any]]:
-        """Run a workload (``p2p-copy``, ``pmr``, ...); the records ``testbed run`` writes."""
+        """Run a workload (``p2p-copy``, ``fio``, ``hot-unplug``, ...); the records ``testbed
+        run`` writes.  Options are :class:`RunOptions` fields: ``size``, ``fio_args``,
+        ``pairs=(("nvme0", "nvme1"),)``, ``inject=("corrupt",)`` ..."""
         opts = RunOptions(**options)
+        plan(self.topology, dataclasses.replace(opts, workloads=(name,)))  # bad input raises
         records, _ = run_workloads(self._guest, self.topology, [name], opts)
         return [r.to_json() for r in records]
+
+    # QMP hot-plug (a guest this process booted; the slot a root or downstream port)
+    def unplug(self, name: str, timeout: float = UNPLUG_TIMEOUT) -> dict[str, Any]:
+        """QMP ``device_del`` of NVMe ``name`` and wait for ``DEVICE_DELETED``; the step."""
+        return unplug(self._machine(), hotplug_slot(self.topology, name), timeout)
+
+    def replug(self, name: str, wait: float = 30.0) -> dict[str, Any]:
+        """``device_add`` NVMe ``name`` back (namespace 1 through ``drive=``), wait until the
+        guest shows the topology again (p2pmem published) and refresh ``names``; the step,
+        with ``tree_differences`` (empty when all is back)."""
+        machine = self._machine()
+        step = replug(machine, hotplug_slot(self.topology, name), machine.run_dir)
+        step["tree_differences"] = reinventory(self._guest, wait)
+        return step
+
+    def _machine(self) -> QemuMachine:
+        qemu = self._guest.qemu
+        if qemu is None or qemu.monitor is None:
+            raise GuestError("this guest has no QMP connection here (attached instance)")
+        return qemu
 
     @property
     def qmp(self) -> Any:

@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "unpacked kernel package (repeatable; the first is the baseline)")
     p.add_argument("--workload", "-w", action="append", default=[], metavar="NAME",
                    help="workload (repeatable); default: all that apply to each topology")
+    p.add_argument("--fio-arg", action="append", default=[], metavar="ARG", dest="fio_args",
+                   help="for -w fio, repeatable: a fio option (bs=4k) or a job file in the "
+                        "guest; replaces the default jobs")
     p.add_argument("--out", type=Path, help="output directory (must not exist or be empty); "
                                             "default runs/<time>-matrix")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"))
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                          "with `matrix merge`)")
     shard = parse_shard(args.shard) if args.shard else None
     plan = plan_matrix(args.topology, args.kernel, args.workload, size=args.size,
-                       timeout=args.timeout, accel=args.accel)
+                       timeout=args.timeout, accel=args.accel, fio_args=args.fio_args)
     if args.action == "plan":
         doc = plan_json(plan, args.shards)
         if args.json:

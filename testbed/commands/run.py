@@ -28,6 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", "-w", action="append", default=[], metavar="NAME",
                    help=f"workload to run, repeatable ({', '.join(WORKLOADS)}); default: all "
                         "that apply")
+    p.add_argument("--fio-arg", action="append", default=[], metavar="ARG", dest="fio_args",
+                   help="for -w fio, repeatable: a fio option (bs=4k, or --fio-arg=--bs=4k) or "
+                        "a job file in the guest (push it with --push); replaces the default "
+                        "jobs")
     p.add_argument("--push", action="append", default=[], metavar="LOCAL:REMOTE",
                    help="copy a file into the guest before the workloads (its mode is kept)")
     p.add_argument("--exec", action="append", default=[], metavar="CMD", dest="execs",
@@ -58,7 +62,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         pushes.append((local, remote))
     kernel = resolve_kernel(args.kernel) if args.kernel else None
     return RunOptions(workloads=tuple(args.workload), pushes=tuple(pushes),
-                      execs=tuple(args.execs), kernel=kernel, accel=args.accel, size=args.size,
+                      execs=tuple(args.execs), fio_args=tuple(args.fio_args), kernel=kernel, accel=args.accel, size=args.size,
                       timeout=args.timeout, guest_name=args.guest, out=args.out, keep=args.keep,
                       pairs=tuple(args.pair))
 

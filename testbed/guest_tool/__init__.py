@@ -31,6 +31,19 @@ exit 0 when they ran (an I/O failure is data, not an exit status), 2 on bad usag
         The controller's Persistent Memory Region: enable it (PMRCTL.EN), fill
         it with a seeded pattern and flush, or verify that pattern.
 
+    p2pdma-guest iovec --provider BDF --client DEV --case SEGS[/key=BYTES] ... [--corrupt-host]
+        pwritev/preadv of iovecs built from p2pmem and host segments (mixed, many,
+        sub-page offsets); every byte verified; requests and page-cache use recorded.
+    p2pdma-guest limits --client DEV          the queue limits (max_hw_sectors_kb, ...)
+    p2pdma-guest fio --provider BDF --client DEV [--buffer host] [--corrupt-offset B] -- ARGS
+        fio with --mem=mmapshared:<p2pmem/allocate>; JSON parsed; pool use sampled.
+    p2pdma-guest concurrent --pair BDF=DEV ... [--threads N --size B --iters K]
+        every pair at once, threads per pair, both directions, own patterns.
+    p2pdma-guest pool --provider BDF [--chunk B] [--client DEV]
+        exhaust and release the pool, misuse, SIGKILL with I/O in flight.
+    p2pdma-guest p2p-loop --provider BDF --client DEV --log FILE [--seconds S]
+        P2P copies in flight (hot-unplug), one JSON line per event.
+
 Data pattern: every 4 KiB block starts with a stamp (magic, seed, absolute block
 number) followed by bytes from random.Random(seed, block), so misplaced or stale
 blocks are caught.  Sizes accept a K/M/G suffix (powers of 1024); MB/s are 10**6

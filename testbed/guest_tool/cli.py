@@ -5,11 +5,17 @@ import json
 import sys
 
 from . import schema, trace
+from .concurrent import concurrent
 from .copy import copy
 from .dio import USAGE, UsageError, parse_seed, parse_size
+from .fio import fio
 from .inventory import inventory
+from .iovec import iovec
+from .loop import p2p_loop
 from .passthru import passthru
 from .pmr import pmr
+from .pool import pool
+from .sysfs import queue_limits
 
 
 def emit(doc):
@@ -93,6 +99,7 @@ def main(argv=None):
     tr.add_argument("action", choices=("setup", "read", "teardown"))
     tr.set_defaults(func=lambda a: _trace(a.action))
 
+    add_newer(sub)
     args = p.parse_args(argv)
     return args.func(args)
 
@@ -100,3 +107,60 @@ def main(argv=None):
 def _trace(action):
     emit({"setup": trace.setup, "read": trace.read, "teardown": trace.teardown}[action]())
     return 0
+
+
+def add_newer(sub):
+    """The sub-commands of the workloads that cover the paths merged since 6.2."""
+    lim = sub.add_parser("limits", help="a block device's request queue limits")
+    lim.add_argument("--client", metavar="DEV", required=True)
+    lim.set_defaults(func=lambda a: run_workload(lambda a: {
+        schema.LIMITS: queue_limits(a.client)}, a))
+
+    iv = sub.add_parser("iovec", help="pwritev/preadv of iovecs mixing p2pmem and host memory")
+    iv.add_argument("--provider", metavar="BDF")
+    iv.add_argument("--client", metavar="DEV", required=True)
+    iv.add_argument("--case", action="append", default=[], metavar="SEGS[/key=BYTES...]",
+                    help="e.g. p2p:64K,host:64K  p2p:512x160/gap=512  p2p:64K/start=512")
+    iv.add_argument("--offset", type=parse_size, default=0, metavar="BYTES")
+    iv.add_argument("--seed", type=parse_seed, default=1)
+    iv.add_argument("--corrupt-host", action="store_true",
+                    help="invert, on the device, what the first host segment will read")
+    iv.set_defaults(func=lambda a: run_workload(iovec, a))
+
+    fi = sub.add_parser("fio", help="fio with its buffers in a provider's p2pmem")
+    fi.add_argument("--provider", metavar="BDF")
+    fi.add_argument("--client", metavar="DEV", required=True)
+    fi.add_argument("--buffer", choices=("p2pmem", "host"), default="p2pmem")
+    fi.add_argument("--timeout", type=float, default=600.0, help="seconds per fio run")
+    fi.add_argument("--corrupt-offset", type=parse_size, default=None, metavar="BYTES",
+                    help="write without verifying, invert the 4 KiB block there, verify only")
+    fi.add_argument("fio_args", nargs=argparse.REMAINDER, help="-- then fio's own arguments")
+    fi.set_defaults(func=lambda a: run_workload(fio, a))
+
+    cc = sub.add_parser("concurrent", help="every pair at once, threads per pair")
+    cc.add_argument("--pair", action="append", required=True, metavar="BDF=DEV")
+    cc.add_argument("--threads", type=int, default=2)
+    cc.add_argument("--size", type=parse_size, default=256 << 10, metavar="BYTES")
+    cc.add_argument("--iters", type=int, default=2)
+    cc.add_argument("--base-offset", type=parse_size, default=64 << 20, metavar="BYTES")
+    cc.add_argument("--seed", type=parse_seed, default=1)
+    cc.set_defaults(func=lambda a: run_workload(concurrent, a))
+
+    po = sub.add_parser("pool", help="exhaust and release a provider's p2pmem pool")
+    po.add_argument("--provider", metavar="BDF", required=True)
+    po.add_argument("--chunk", type=parse_size, default=1 << 20, metavar="BYTES")
+    po.add_argument("--client", metavar="DEV", help="for the kill-with-I/O-in-flight check")
+    po.add_argument("--kill-size", type=parse_size, default=4 << 20, metavar="BYTES")
+    po.add_argument("--kill-delay", type=float, default=0.5, metavar="SECONDS")
+    po.set_defaults(func=lambda a: run_workload(pool, a))
+
+    lo = sub.add_parser("p2p-loop", help="P2P copies in flight, JSON lines to --log")
+    lo.add_argument("--provider", metavar="BDF", required=True)
+    lo.add_argument("--client", metavar="DEV", required=True)
+    lo.add_argument("--size", type=parse_size, default=8 << 20, metavar="BYTES")
+    lo.add_argument("--seconds", type=float, default=60.0)
+    lo.add_argument("--max-errors", type=int, default=3)
+    lo.add_argument("--seed", type=parse_seed, default=1)
+    lo.add_argument("--log", required=True)
+    lo.set_defaults(func=lambda a: run_workload(p2p_loop, a))
+

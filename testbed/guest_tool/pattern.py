@@ -72,3 +72,42 @@ def compare_blocks(actual, expected):
                 details.append({"block": i, "found": describe_block(a),
                                 "expected": describe_block(e)})
     return bad, details
+
+
+def pattern_range(seed, start, length):
+    """Bytes [start, start+length) of the seed's device-wide stream: the stamped 4 KiB
+    blocks laid end to end, so any byte range (sub-block segments included) has one
+    expected content and a misplaced piece still names its seed and block."""
+    if length <= 0:
+        return b""
+    first, last = start // BLOCK, (start + length - 1) // BLOCK
+    data = pattern(seed, first, last - first + 1)
+    off = start - first * BLOCK
+    return data[off:off + length]
+
+
+def diff_ranges(actual, expected, base, step=512, limit=MAX_DETAILS):
+    """The byte ranges (absolute: ``base`` + index) where ``actual`` differs from
+    ``expected``, compared in ``step``-byte pieces and coalesced; at most ``limit``,
+    each with what was found there (a stamped block names its seed and block)."""
+    actual, expected = memoryview(actual), memoryview(expected)
+    if len(actual) != len(expected):
+        raise ValueError("diff_ranges needs two equal lengths")
+    out: list = []
+    i, n = 0, len(expected)
+    while i < n and len(out) < limit:
+        if actual[i:i + step] == expected[i:i + step]:
+            i += step
+            continue
+        j = i
+        while j < n and actual[j:j + step] != expected[j:j + step]:
+            j += step
+        j = min(j, n)
+        found = bytes(actual[i:j])
+        # describe the block-aligned piece when there is one, else the raw bytes
+        head = base + i
+        aligned = (-head) % BLOCK
+        piece = found[aligned:aligned + BLOCK] if len(found) >= aligned + BLOCK else found
+        out.append({"dev_start": head, "dev_end": base + j, "found": describe_block(piece)})
+        i = j
+    return out

@@ -25,8 +25,19 @@ P2P_READ, P2P_WRITE = "p2p_read", "p2p_write"          # copy: device -> buffer,
 VERIFY_READ, VERIFY_WRITE = "verify_read", "verify_write"
 PREPARE, WRITE, READ = "prepare", "write", "read"      # passthru
 VERIFY, VERIFY_DEVICE = "verify", "verify_device"
+IO = "io"                                              # fio: the jobs' I/O as a whole
 # steps whose failure means the I/O itself failed (not the verification)
-TRANSFER_STEPS = (P2P_READ, P2P_WRITE, WRITE, READ)
+TRANSFER_STEPS = (P2P_READ, P2P_WRITE, WRITE, READ, IO)
+
+# -- the newer sub-commands (each also carries the transfer keys below when it moved data) --
+CASES, MISMATCHES = "cases", "mismatches"              # iovec: one entry per case
+LIMITS = "limits"                                      # iovec, limits: the queue limits
+PAIRS, WORKERS = "pairs", "workers"                    # concurrent: per pair, per thread
+AVAILABLE = "available"                                # p2pmem/available samples
+JOBS, PHASES, P2PMEM = "jobs", "phases", "p2pmem"      # fio: parsed jobs, fio runs, pool use
+EXHAUST, MISUSE, KILL = "exhaust", "misuse", "kill"    # pool: its three checks
+EVENT = "event"                                        # p2p-loop: one JSON line per event
+LOOP_START, LOOP_ITER, LOOP_DONE = "start", "iter", "done"
 
 # -- what the kernel decided (``--observe``, ``trace read``) --------------------------------
 MECHANISM = "mechanism"  # the key of a transfer document that holds a trace read

@@ -62,3 +62,18 @@ def nvme_controllers():
                      "bdf": os.path.basename(dev), "state": read(f"{base}/{name}/state"),
                      "model": read(f"{base}/{name}/model")}
     return out
+
+
+QUEUE_LIMITS = ("max_hw_sectors_kb", "max_sectors_kb", "max_segments", "max_segment_size",
+                "logical_block_size", "physical_block_size", "dma_alignment",
+                "virt_boundary_mask")
+
+
+def queue_limits(dev):
+    """The request queue limits of block device ``dev`` (/dev/nvme1n1 or nvme1n1), as ints."""
+    name = os.path.basename(os.path.realpath(dev)) if dev.startswith("/") else dev
+    out = {}
+    for key in QUEUE_LIMITS:
+        value = read(f"/sys/block/{name}/queue/{key}")
+        out[key] = int(value) if value is not None and value.isdigit() else value
+    return out

@@ -37,7 +37,8 @@ from .devices import (DEVICES, IOMMU_CMDLINE, MACHINE, ROOT_BUS, VIOMMU_ID, bus_
 
 __all__ = ["BackingFile", "BootMedia", "Drive", "build", "machine_argv", "boot_argv",
            "probe_argv", "bare_argv", "backing_files", "namespace_path", "pmr_path",
-           "iommu_cmdline", "IOMMU_CMDLINE", "ROOT_BUS", "firmware"]
+           "iommu_cmdline", "IOMMU_CMDLINE", "ROOT_BUS", "firmware", "nvme_device",
+           "namespace_drive", "pmr_backend"]
 
 
 @dataclass(frozen=True)
@@ -151,20 +152,37 @@ def _node_argv(node: Node, bus: str, chassis: Iterator[int], run_dir: Path,
     return out
 
 
+def pmr_backend(nvme: Nvme) -> str:
+    return f"tb-{nvme.name}-pmr"
+
+
+def namespace_drive(nvme: Nvme, index: int) -> str:
+    return f"tb-{nvme.name}-ns{index + 1}"
+
+
+def nvme_device(nvme: Nvme, bus: str) -> dict[str, str | int]:
+    """The NVMe controller's device properties (typed, as QMP ``device_add`` takes them;
+    the command line joins them): id, serial, bus, CMB size, PMR backend."""
+    props: dict[str, str | int] = {"driver": "nvme", "id": nvme.name, "serial": nvme.serial,
+                                   "bus": bus}
+    if nvme.cmb:
+        props["cmb_size_mb"] = nvme.cmb // MiB
+    if nvme.pmr:
+        props["pmrdev"] = pmr_backend(nvme)
+    return props
+
+
 def nvme_argv(nvme: Nvme, bus: str, run_dir: Path) -> list[str]:
     """``-object``/``-drive``/``-device`` options of one NVMe and its namespaces."""
     out: list[str] = []
-    props = [f"nvme,id={nvme.name}", f"serial={_escape(nvme.serial)}", f"bus={bus}"]
-    if nvme.cmb:
-        props.append(f"cmb_size_mb={nvme.cmb // MiB}")
     if nvme.pmr:
-        backend = f"tb-{nvme.name}-pmr"
-        out += ["-object", f"memory-backend-file,id={backend},share=on,"
+        out += ["-object", f"memory-backend-file,id={pmr_backend(nvme)},share=on,"
                 f"mem-path={_escape(str(pmr_path(nvme, run_dir)))},size={nvme.pmr.size}"]
-        props.append(f"pmrdev={backend}")
-    out += ["-device", ",".join(props)]
+    props = nvme_device(nvme, bus)
+    out += ["-device", ",".join([str(props.pop("driver"))] + [
+        f"{k}={_escape(str(v))}" for k, v in props.items()])]
     for i, ns in enumerate(nvme.namespaces):
-        drive = f"tb-{nvme.name}-ns{i + 1}"
+        drive = namespace_drive(nvme, i)
         out += ["-drive", f"file={_escape(str(namespace_path(nvme, i, run_dir)))},if=none,"
                 f"id={drive},format=raw,cache=writeback",
                 "-device", f"nvme-ns,drive={drive},bus={nvme.name},nsid={i + 1}"

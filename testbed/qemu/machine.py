@@ -168,6 +168,16 @@ class QemuMachine:
                 return event
         return None
 
+    def clear_events(self) -> None:
+        """Forget the QMP events received so far (before waiting for a fresh one)."""
+        with self._lock:
+            if self._qmp is not None:
+                try:
+                    self._qmp.get_events(wait=False)
+                    self._qmp.clear_events()
+                except (QMPError, OSError, EOFError):
+                    pass
+
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

@@ -89,7 +89,8 @@ def run_matrix(plan: MatrixPlan, out: Path, run: RunFunction = run_topology,
         d = out / slug(topo.name) / slug(k.label)
         log.info("[%d/%d] %s × %s", i, total, topo.name, k.label)
         opts = RunOptions(workloads=plan.workloads, kernel=k.kernel, accel=plan.accel,
-                          size=plan.size, timeout=plan.timeout, out=d)
+                          size=plan.size, timeout=plan.timeout, out=d,
+                          fio_args=plan.fio_args)
         result, rdir = run(topo, opts)
         _keep_console(result, rdir)
         first_error = ""

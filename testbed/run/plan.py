@@ -39,6 +39,7 @@ class MatrixPlan:
     timeout: float = 120.0
     accel: str | None = None
     boot_retries: int = 1  # retries of a run whose boot timed out (not: panicked)
+    fio_args: tuple[str, ...] = ()
 
 
 def _disambiguate(entries: list[KernelEntry]) -> None:
@@ -63,7 +64,7 @@ def _disambiguate(entries: list[KernelEntry]) -> None:
 
 def plan_matrix(topologies: Sequence[str], kernels: Sequence[str],
                 workloads: Sequence[str] = (), size: int = 1 << 20, timeout: float = 120.0,
-                accel: str | None = None) -> MatrixPlan:
+                accel: str | None = None, fio_args: Sequence[str] = ()) -> MatrixPlan:
     """Load every topology and resolve every kernel; UsageError on bad input."""
     if not topologies:
         raise UsageError("--topology: give at least one topology")
@@ -95,5 +96,7 @@ def plan_matrix(topologies: Sequence[str], kernels: Sequence[str],
             entries.append(KernelEntry(k.label, spec, k, k.description, k.release, k.p2pdma))
     _disambiguate(entries)
     for topo in topos:
-        plan(topo, RunOptions(workloads=tuple(workloads)))  # unknown workload -> UsageError
-    return MatrixPlan(topos, entries, tuple(workloads), size, timeout, accel)
+        plan(topo, RunOptions(workloads=tuple(workloads),  # unknown workload -> UsageError
+                              fio_args=tuple(fio_args)))
+    return MatrixPlan(topos, entries, tuple(workloads), size, timeout, accel,
+                      fio_args=tuple(fio_args))

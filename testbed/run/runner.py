@@ -35,6 +35,7 @@ from ..util.timing import Phases, process_age
 from ..verdicts.record import Record
 from ..workloads import OBSERVED, WORKLOADS, default_workloads
 from ..workloads.base import Context
+from .checks import check_newer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class RunOptions:
     keep: bool = False
     pairs: tuple[tuple[str, str], ...] = ()  # (provider, client) to run; empty: every pair
     copy_extra: tuple[str, ...] = field(default=())  # extra args for p2p-copy (tests)
+    fio_args: tuple[str, ...] = ()  # --fio-arg: fio options or a job file in the guest
+    inject: tuple[str, ...] = ()  # self-checks: "corrupt" (fio, mixed-iovec), "warning"
 
 
 def plan(topo: Topology, opts: RunOptions) -> list[str]:
@@ -76,6 +79,7 @@ def plan(topo: Topology, opts: RunOptions) -> list[str]:
         if not nvmes[provider].cmb:
             raise UsageError(f"--pair {provider}:{client}: {provider} has no CMB, so it "
                              "provides no p2pmem")
+    check_newer(topo, names, opts)
     for local, _ in opts.pushes:
         p = Path(local)
         if p.is_dir():
@@ -103,6 +107,7 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: RunO
     caps = probe(topo.machine.qemu)
     ctx = Context(guest=guest, topology=topo, cpu=cpu_info(caps, topo.machine.cpu),
                   timeout=opts.timeout, size=opts.size, seed=opts.seed, execs=list(opts.execs),
+                  fio_args=list(opts.fio_args), inject=tuple(opts.inject),
                   pairs=list(opts.pairs))
     records: list[Record] = []
     try:

@@ -37,10 +37,42 @@ FAULT_PATTERNS = {
     "nvme": re.compile(r"nvme.*(timeout|reset|abort|I/O error|Data Transfer Error)", re.I),
 }
 
+# Lines that say the kernel itself is in trouble, whatever the workload: any of them in a
+# workload's dmesg delta makes its record an ``error`` naming the line.  Case matters
+# ("WARNING:" is __warn()'s prefix; "Warning" lines are ordinary driver chatter), and a
+# ``traps:`` line is a user process's fault (fio killed by SIGBUS/GP), not the kernel's.
+KERNEL_TROUBLE = re.compile(
+    r"\bOops\b|\bBUG:|kernel BUG at|\bWARNING:|KASAN|UBSAN:|Kernel panic|"
+    r"INFO: task \S+ blocked for more than|Unable to handle kernel|"
+    r"list_(?:add|del) corruption|refcount_t: ")
+USER_TRAP = re.compile(r"\btraps: \S+\[\d+\]")
+
 FAULT_QUIET_SECONDS = 5.5  # printk ratelimit interval (5 s) plus a margin
 
 REFUSAL = re.compile(r"(?P<client>[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]): cannot be used for "
                      r"peer-to-peer DMA as the client and provider \((?P<provider>[0-9a-f:.]+)\)")
+
+
+def kernel_trouble(delta: str) -> list[str]:
+    """The lines of a dmesg delta that show an oops, ``BUG:``, ``WARNING:``, KASAN/UBSAN
+    report, panic or hung task, in order (the first one is what a record names).
+
+    >>> kernel_trouble("[ 1.0] nvme nvme1: 2/0/0 default/read/poll queues\\n"
+    ...                "[ 2.5] WARNING: CPU: 0 PID: 7 at drivers/pci/p2pdma.c:1 x+0x1/0x2")
+    ['[ 2.5] WARNING: CPU: 0 PID: 7 at drivers/pci/p2pdma.c:1 x+0x1/0x2']
+    """
+    return [line.strip() for line in delta.splitlines()
+            if KERNEL_TROUBLE.search(line) and not USER_TRAP.search(line)]
+
+
+def trouble_verdict(delta_or_lines: str | list[str]) -> tuple[str, str] | None:
+    """("error", detail naming the first trouble line) when the kernel logged trouble."""
+    lines = (kernel_trouble(delta_or_lines) if isinstance(delta_or_lines, str)
+             else delta_or_lines)
+    if not lines:
+        return None
+    more = f" (and {len(lines) - 1} more line(s))" if len(lines) > 1 else ""
+    return "error", f"the kernel logged trouble during the workload: {lines[0]}{more}"
 
 
 def refusals(dmesg_text: str) -> set[tuple[str, str]]:
@@ -53,6 +85,9 @@ def observe(result: dict[str, Any] | None, dmesg: dict[str, list[str]], timed_ou
     """(verdict, detail) for one transfer."""
     if kernel_p2pdma is False:
         return "unsupported", "the guest kernel has no CONFIG_PCI_P2PDMA"
+    trouble = trouble_verdict(dmesg.get("trouble", []))
+    if trouble:
+        return trouble
     if timed_out:
         if dmesg.get("iommu-fault"):
             return "iommu-fault", f"timed out after IOMMU faults: {dmesg['iommu-fault'][0]}"
@@ -93,4 +128,7 @@ def pull_dmesg(delta: str) -> dict[str, list[str]]:
         for cat, rx in FAULT_PATTERNS.items():
             if rx.search(line):
                 out.setdefault(cat, []).append(line.strip())
+    trouble = kernel_trouble(delta)
+    if trouble:
+        out["trouble"] = trouble
     return {k: v[:50] for k, v in out.items()}

@@ -1,24 +1,32 @@
 """P2PDMA workloads: each runs guest-side code over SSH and returns judged records.
 
-    >>> sorted(WORKLOADS)
-    ['exec', 'host-baseline', 'inventory', 'p2p-copy', 'passthru', 'pmr']
+    >>> sorted(WORKLOADS)  # doctest: +NORMALIZE_WHITESPACE
+    ['concurrent', 'exec', 'fio', 'host-baseline', 'hot-unplug', 'inventory', 'mixed-iovec',
+     'p2p-copy', 'passthru', 'pmr', 'pool', 'split']
 """
 
 from __future__ import annotations
 
 from ..spec.model import Topology
 from .base import Context, Record, Workload
+from .concurrent import Concurrent
 from .copy import HostBaseline, P2PCopy
 from .exec import Exec
+from .fio import Fio
+from .hotunplug import HotUnplug
 from .inventory import Inventory
+from .iovec import MixedIovec, Split
 from .passthru import Passthru
 from .pmr import Pmr
+from .pool import Pool
 
 WORKLOADS: dict[str, type[Workload]] = {
     w.name: w for w in (Inventory, P2PCopy, HostBaseline, Passthru, Pmr, Exec)
 }
 # workloads whose records carry the kernel's P2P mechanism (tracing is set up for them)
 OBSERVED: frozenset[str] = frozenset({"p2p-copy", "passthru"})
+# the paths merged since 6.2: run when named (-w), never by default
+WORKLOADS.update({w.name: w for w in (Fio, MixedIovec, Split, Concurrent, Pool, HotUnplug)})
 
 
 def default_workloads(topo: Topology) -> list[str]:

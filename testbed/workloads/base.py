@@ -40,6 +40,8 @@ class Context:
     seed: int = 1
     execs: list[str] = field(default_factory=list)
     pairs: list[tuple[str, str]] = field(default_factory=list)  # empty: every pair
+    fio_args: list[str] = field(default_factory=list)  # --fio-arg: replaces fio's default jobs
+    inject: tuple[str, ...] = ()  # self-checks: "corrupt" (fio, mixed-iovec), "warning"
     dmesg_log: list[str] = field(default_factory=list)  # every delta, for dmesg.txt
     last_transfer: float = 0.0  # monotonic end of the previous transfer
     # the kernel's own tracing of its P2P decisions (see observe_mechanism below)

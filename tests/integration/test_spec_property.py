@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from testbed.qemu.validate import load_checked
 from testbed.qemu.verify import verify
-from testbed.spec import SpecError, Topology, load_topology
+from testbed.spec import SpecError, Topology
 from testbed.spec.parse import TOP_KEYS
 
 # (YAML value, valid?)

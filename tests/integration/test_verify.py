@@ -197,7 +197,7 @@ def test_root_complex_limit_is_real(real_qemu, tmp_path, iommu, image):
         with QemuMachine(lambda qmp: build(topo, caps.path, run.path, "tcg", media=media, qmp=qmp,
                                            paused=True), run.path, name="root-full") as vm:
             assert vm.qmp("query-status")["status"] == "prelaunch"
-    spec.write_text("\n".join(lines + [f"  - {{root_port: rpx, device: {{nvme: nx}}}}"]) + "\n")
+    spec.write_text("\n".join(lines + ["  - {root_port: rpx, device: {nvme: nx}}"]) + "\n")
     from testbed.spec import SpecError
     with pytest.raises(SpecError, match="too many devices on the root complex"):
         load_checked(spec, probe_qemu=False)

@@ -16,8 +16,7 @@ from testbed.errors import QemuNotFound
 from testbed.qemu.probe import Capabilities
 from testbed.qemu.validate import check_document
 from testbed.spec import SpecError
-from testbed.spec.model import (DownstreamPort, Iommu, Machine, Namespace, Nvme, Pmr, RootPort,
-                                Switch)
+from testbed.spec.model import (DownstreamPort, Iommu, Machine, Namespace, Nvme, Pmr)
 from testbed.spec.parse import parse
 from testbed.spec.problems import Problem, did_you_mean
 from testbed.spec.units import MiB

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from testbed.verdicts.observe import pull_dmesg
-from testbed.verdicts.observe import observe, refusals
+from pathlib import Path
+
+from testbed.verdicts.observe import kernel_trouble, observe, pull_dmesg, refusals
 
 OK = {"ok": True}
 FAIL_EINVAL = {"ok": False, "errno": 22, "error": "Invalid argument"}
@@ -59,3 +60,34 @@ def test_allocation_and_kernel_support():
 def test_timeouts():
     assert observe(None, {}, True)[0] == "error"
     assert observe(None, pull_dmesg(DMAR), True)[0] == "iommu-fault"
+
+
+# -- kernel trouble in the dmesg delta -------------------------------------------------------
+DMESG = Path(__file__).parent / "data" / "dmesg"
+
+
+def test_trouble_lines_name_the_first_report_line():
+    """Recorded dmesg text: hung-task.txt is a real 7.3.4 guest's (a writer blocked on a
+    frozen filesystem); the others follow the kernel's report formats."""
+    first = {name: kernel_trouble((DMESG / name).read_text())[0]
+             for name in ("warning.txt", "bug-null-deref.txt", "kasan.txt", "hung-task.txt")}
+    assert "WARNING: CPU: 1 PID: 1873 at drivers/pci/p2pdma.c:1031" in first["warning.txt"]
+    assert "BUG: kernel NULL pointer dereference" in first["bug-null-deref.txt"]
+    assert "BUG: KASAN: slab-use-after-free" in first["kasan.txt"]
+    assert "INFO: task bash:249 blocked for more than 2 seconds." in first["hung-task.txt"]
+
+
+def test_ordinary_lines_are_not_trouble():
+    """Hot-plug chatter, the pool's documented refusal, a user process's trap (fio killed by
+    a signal) and an ACPI "Warning" are no kernel trouble."""
+    assert kernel_trouble((DMESG / "benign.txt").read_text()) == []
+
+
+def test_trouble_turns_any_transfer_into_an_error_naming_the_line():
+    text = (DMESG / "warning.txt").read_text()
+    verdict, detail = observe(result(), pull_dmesg(text), False)
+    assert verdict == "error" and "drivers/pci/p2pdma.c:1031" in detail
+    # it wins over what the transfer alone would say
+    assert observe(result(FAIL_EINVAL, FAIL_EINVAL), pull_dmesg(REFUSAL + "\n" + text),
+                   False)[0] == "error"
+    assert observe(result(), pull_dmesg((DMESG / "benign.txt").read_text()), False)[0] == "ok"
