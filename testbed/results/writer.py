@@ -1,4 +1,5 @@
-"""Write a run's files: results.json, junit.xml, report.md, dmesg, console, spec, qemu.sh."""
+"""Write a run's files: results.json, junit.xml, results.ktap, report.md, dmesg, console,
+spec, qemu.sh."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import jinja2
 
 from ..util.files import atomic_write, new_out_dir
 from .junit import to_junit
+from .ktap import to_ktap
 from .model import RunResult
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -34,6 +36,7 @@ def write_results(out: Path, result: RunResult, *, topology_file: Path | None = 
                   dmesg: str = "", dmesg_deltas: Sequence[tuple[str, str]] = ()) -> None:
     _write(out / "results.json", json.dumps(result.to_json(), indent=1) + "\n")
     _write(out / "junit.xml", to_junit(result) + "\n")
+    _write(out / "results.ktap", to_ktap(result))
     _write(out / "report.md", render_report(result))
     if topology_file and topology_file.exists():
         shutil.copyfile(topology_file, out / "topology.yaml")
