@@ -183,8 +183,8 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
         script = guest.script() if guest is not None else None
         if script is None and failed_argv:
             script = to_script(failed_argv)
-        write_results(out, result, topology_file=topo.source, qemu_script=script,
-                      console=console_copy, dmesg=dmesg,
+        write_results(out, result, topology=topo, topology_file=topo.source,
+                      qemu_script=script, console=console_copy, dmesg=dmesg,
                       dmesg_deltas=[(f"delta {i}", d) for i, d in
                                     enumerate(ctx.dmesg_log if ctx else [])])
         if guest is not None:

@@ -242,3 +242,32 @@ def test_real_dot_draws_every_library_topology(name):
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     for n in topo.nvmes():
         assert f"<title>{n.name}</title>" in svg
+
+
+# -- testbed render --format svg|dot -----------------------------------------------------------
+
+def test_render_prints_or_writes_the_drawing_without_a_run(tmp_path, monkeypatch, capsys):
+    from testbed import cli
+    monkeypatch.setenv("TESTBED_STATE", str(tmp_path / "state"))
+    assert cli.main(["render", "--format", "dot", "rootports-cmb"]) == 0
+    dot = capsys.readouterr().out
+    assert dot.startswith('digraph "rootports-cmb"') and "predicted P2P paths" in dot
+    assert "rejected · not-supported (predicted)" in dot  # the oracle's paths, no run
+    target = tmp_path / "picture.dot"
+    assert cli.main(["render", "--format", "dot", "-o", str(target), "rootports-cmb"]) == 0
+    assert capsys.readouterr().out == "" and target.read_text() == dot
+    if shutil.which("dot"):
+        target = tmp_path / "picture.svg"
+        assert cli.main(["render", "--format", "svg", "-o", str(target), "switch-cmb"]) == 0
+        assert target.read_text().startswith("<svg") and target.stat().st_mode & 0o044
+
+
+def test_render_svg_without_dot_says_what_to_install(tmp_path, monkeypatch, capsys):
+    from testbed import cli
+    monkeypatch.setenv("TESTBED_STATE", str(tmp_path / "state"))
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which",
+                        lambda name, *a, **k: None if name == "dot" else real_which(name, *a,
+                                                                                      **k))
+    assert cli.main(["render", "--format", "svg", "switch-cmb"]) == 2
+    assert "apt-get install graphviz" in capsys.readouterr().err
