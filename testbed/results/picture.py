@@ -3,12 +3,13 @@ is run here; :mod:`testbed.results.graphviz` turns the text into SVG).
 
 The tree: q35's root complex (host bridge, CPU model) with the vIOMMU beside it, any
 expander host bridges, root ports, switches and their downstream ports, NVMe controllers
-with their CMB and PMR sizes.  Over it, one coloured path per judged (provider, client)
-pair (both directions in one path, arrows at both ends, when they went alike), coloured
-by verdict and labelled with the mechanism (see :mod:`testbed.results.routes` for the
-ways a path goes).  A dashed path ending in a bar was refused at the root complex; a
-path ending in a bar at the vIOMMU faulted there.  A path drawn bold with a cross did
-not go as predicted.
+with their CMB and PMR sizes.  Over it, one path per judged (provider, client) pair
+(both directions in one path, arrows at both ends, when they went alike), coloured by
+verdict and numbered; a table under the tree gives each number's pair, verdict,
+mechanism and way (see :mod:`testbed.results.routes` for the ways a path goes).  A
+dashed path ending in a bar was refused at the root complex; a path ending in a bar at
+the vIOMMU faulted there.  A path drawn bold did not go as predicted (its table row says
+what was).  More than :data:`SEPARATE` paths are bundled hop by hop.
 
     >>> from testbed.spec import load_topology
     >>> from testbed.verdicts.record import Record
