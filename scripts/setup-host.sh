@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs zstd kmod openssh-client python3-venv python3-pip"
+# graphviz draws topology.svg; chromium (headless) is how the tests check that report.html
+# really renders; fonts-dejavu-core is the font both use.
+PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs zstd kmod openssh-client python3-venv python3-pip
+      graphviz chromium fonts-dejavu-core"
 
 . /etc/os-release
 missing=""

@@ -30,6 +30,7 @@ Hierarchy::
      +-- GuestError
      +-- WorkloadError
      +-- InstanceError
+     +-- DotFailed (stderr)
 """
 
 from __future__ import annotations
@@ -235,6 +236,16 @@ class InstanceError(TestbedError):
     """A detached instance is stale, not ready, or its state file is unusable."""
 
     kind = "instance"
+
+
+class DotFailed(TestbedError):
+    """Graphviz's ``dot`` refused a drawing or did not finish; ``stderr`` is what it said."""
+
+    kind = "dot"
+
+    def __init__(self, message: str, stderr: str = ""):
+        super().__init__(message)
+        self.stderr = stderr
 
 
 def did_you_mean(word: str, choices: Iterable[object]) -> str:

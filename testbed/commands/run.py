@@ -4,7 +4,9 @@ Exit status 0 when every judged workload's observed verdict equals the oracle's
 prediction (or the topology's explicit expectation), 1 when any differs or the run
 did not finish, 2 on bad input (checked before anything is created or started).
 Results go to --out (default runs/<time>-<topology>/): results.json, junit.xml,
-report.md, console.log, dmesg.txt, topology.yaml, qemu.sh.
+results.ktap, report.md, report.html, topology.svg, console.log, dmesg.txt,
+topology.yaml, qemu.sh.  --format ktap prints the results in KTAP (as in
+results.ktap) on stdout instead of the summary table.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..kernel.resolve import resolve_kernel
 from ..qemu.validate import load_checked
+from ..results.ktap import to_ktap
 from ..results.summary import summary
 from ..run.runner import RunOptions, run_topology
 from ..workloads import WORKLOADS
@@ -47,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=options.seconds, default=120.0,
                    help="seconds per workload command")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
+    p.add_argument("--format", choices=("table", "ktap"), default="table",
+                   help="what to print at the end: the summary table (default) or the "
+                        "results in KTAP, as kselftest and KUnit print them")
     p.add_argument("--pair", action="append", default=[], type=options.pair,
                    metavar="PROVIDER:CLIENT",
                    help="run the P2P workloads on this pair only (repeatable; PROVIDER:PROVIDER "
@@ -71,5 +77,6 @@ def run(args: argparse.Namespace) -> int:
     topo = load_checked(args.topology)
     opts = options_from_args(args)
     result, out = run_topology(topo, opts)
-    print(summary(result, out))
+    print(to_ktap(result) if args.format == "ktap" else summary(result, out),
+          end="" if args.format == "ktap" else "\n")
     return result.status

@@ -38,6 +38,7 @@ class Cell:
     detail: str = ""
     predicted_map_type: str | None = None
     observed_map_type: str | None = None  # what the guest kernel chose (None: unobserved)
+    passed: bool | None = None  # the run judged it as predicted (verdict and mechanism)
 
     @property
     def row(self) -> tuple[str, str, str, str]:
@@ -274,7 +275,8 @@ def cells_from_result(topology: str, kernel: str, result: RunResult) -> list[Cel
             continue
         cells.append(Cell(topology, kernel, r.name, r.provider, r.client, r.predicted,
                           r.observed, r.data_verified, r.mb_per_s, r.detail or "",
-                          r.predicted_map_type, r.observed_map_type))
+                          r.predicted_map_type, r.observed_map_type,
+                          r.passed if r.judged else None))
     return cells
 
 

@@ -1,4 +1,5 @@
-"""The matrix as files and text: matrix.json, matrix.md, matrix.html, the terminal table."""
+"""The matrix as files and text: matrix.json, matrix.md, matrix.html, results.ktap, the
+terminal table."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import jinja2
 from ..util.files import atomic_write
 from ..util.table import format_table
 from .cells import VERDICTS, Matrix
+from .ktap import matrix_ktap
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -55,7 +57,8 @@ def render_html(m: Matrix) -> str:
 
 def write_matrix(m: Matrix, out: Path) -> None:
     for name, text in (("matrix.json", json.dumps(m.to_json(), indent=1) + "\n"),
-                       ("matrix.md", render_md(m)), ("matrix.html", render_html(m))):
+                       ("matrix.md", render_md(m)), ("matrix.html", render_html(m)),
+                       ("results.ktap", matrix_ktap(m))):
         atomic_write(out / name, text)
 
 

@@ -215,7 +215,8 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
             result.seconds = time.monotonic() - start
             result.phases = phases.to_json()
             with phases.phase("write results"):
-                write_results(out, result, topology_file=topo.source, qemu_script=script,
+                write_results(out, result, topology=topo, topology_file=topo.source,
+                              qemu_script=script,
                               console=console_copy, dmesg=dmesg,
                               dmesg_deltas=[(f"delta {i}", d) for i, d in
                                             enumerate(ctx.dmesg_log if ctx else [])])

@@ -132,6 +132,12 @@ BAD_OPTIONS = [
     (["run", "switch-cmb", "--guest", "nope"], "nope"),
     (["validate", ""], "empty"),
     (["render", "switch-cmb", "--run-dir", ""], "--run-dir"),
+    (["render", "switch-cmb", "--format", "svg", "--boot"], "--boot"),
+    (["render", "switch-cmb", "--format", "dot", "--json"], "--json"),
+    (["render", "switch-cmb", "--format", "dot", "-o", "{tmp}"], "-o"),
+    (["render", "switch-cmb", "--format", "svg", "-o", "{tmp}/no/such/dir/x.svg"], "-o"),
+    (["render", "switch-cmb", "--format", "tiff"], "--format"),
+    (["run", "switch-cmb", "--format", "tap"], "--format"),
     (["run", "switch-cmb", "--kernel", "{file}"], "--kernel"),
     (["kernel", "build", "{tmp}"], "{tmp}"),
 ]

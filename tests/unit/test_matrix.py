@@ -143,7 +143,14 @@ def test_rendering_md_html_json_and_summary(tmp_path):
     assert "## Regressions" in md and "**FAIL**" in md
 
     html = (tmp_path / "matrix.html").read_text()
-    assert re.search(r'<td class="cell ok"[^>]*>ok<span class="mbps">19.8 MB/s', html)
+    assert re.search(r'<td class="cell ok"[^>]*><a class="report" '
+                     r'href="switch-cmb/7.3.4-build/report.html">ok</a><span class="mbps">'
+                     r'19.8 MB/s', html)
+    # every cell links to its run's report.html, and so does the runs table
+    links = re.findall(r'<td class="cell[^"]*"[^>]*><a class="report" href="([^"]+)"', html)
+    assert links == ["switch-cmb/7.3.4-build/report.html",
+                     "switch-cmb/7.3.4-build-patched/report.html"]
+    assert html.count('href="switch-cmb/7.3.4-build-patched/report.html"') == 2
     assert 'class="cell rejected regression"' in html
     assert "&lt;x&gt;" in html and "<x>" not in html  # escaped
     assert html.count("<tr>") == 1 + 1 + 1 + 2 + 1 + 2  # cells, kernels, runs tables

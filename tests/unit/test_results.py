@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -70,3 +71,64 @@ def test_out_dir_is_never_overwritten(tmp_path):
     (tmp_path / "old" / "results.json").write_text("{}")
     with pytest.raises(UsageError, match="not empty"):
         make_out_dir(tmp_path / "old", "x")
+
+
+# -- the drawing and report.html -------------------------------------------------------------
+
+def _pairs_table(html: str) -> list[list[str]]:
+    """The rows of report.html's pair table, as cell texts (tags dropped)."""
+    import re
+    table = re.search(r'<table id="pairs">(.*?)</table>', html, re.S)
+    assert table, "no pair table"
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table.group(1), re.S)
+    return [[re.sub(r"<[^>]+>", " ", c).split()[0] if c.strip() else ""
+             for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, re.S)] for row in rows]
+
+
+@pytest.fixture
+def with_topology():
+    from testbed.spec import load_topology
+    return load_topology("switch-cmb")
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz is not installed")
+def test_a_run_gets_a_picture_and_report_html(tmp_path, with_topology):
+    out = make_out_dir(tmp_path / "r", "x")
+    r = sample()
+    r.workloads[1].detail = "<script>alert(1)</script>"
+    write_results(out, r, topology=with_topology,
+                  dmesg_deltas=[("delta 0", "[ 1.0] nvme nvme0: hello\n"),
+                                ("delta 1", "----- end of p2p-copy -----")])
+    svg = (out / "topology.svg").read_text()
+    assert svg.startswith("<svg") and "<title>nvme0</title>" in svg
+    assert (out / "topology.dot").read_text().startswith('digraph "switch-cmb"')
+    html = (out / "report.html").read_text()
+    assert '<figure id="topology"><svg' in html  # inline, so the page stands alone
+    rows = _pairs_table(html)
+    assert rows[0][:5] == ["workload", "provider", "client", "predicted", "observed"]
+    assert [row[1:5] + [row[-1]] for row in rows[1:]] == [
+        ["nvme0", "nvme1", "ok", "ok", "PASS"], ["nvme1", "nvme0", "ok", "error", "FAIL"]]
+    assert "<script>alert" not in html and "&lt;script&gt;" in html
+    assert "[nvme] nvme: I/O error" in html  # the record's dmesg excerpt
+    assert "nvme nvme0: hello" in html and "end of p2p-copy" not in html  # the deltas
+
+
+def test_without_dot_the_run_is_written_all_the_same(tmp_path, with_topology, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    out = make_out_dir(tmp_path / "r", "x")
+    write_results(out, sample(), topology=with_topology)
+    assert not (out / "topology.svg").exists() and (out / "topology.dot").exists()
+    html = (out / "report.html").read_text()
+    assert "No picture: host tool &#39;dot&#39; is missing: apt-get install graphviz" in html
+    for name in ("results.json", "results.ktap", "junit.xml", "report.md"):
+        assert (out / name).exists(), name
+    assert len(_pairs_table(html)) == 3
+
+
+def test_a_broken_run_report_html_says_so(tmp_path):
+    out = make_out_dir(tmp_path / "r", "x")
+    r = RunResult(topology="switch-cmb", error="boot failed: Kernel panic", logs="/tmp/logs")
+    write_results(out, r)
+    html = (out / "report.html").read_text()
+    assert "FAIL" in html and "Kernel panic" in html and "No judged pairs" in html
+    assert "No picture: no topology was given" in html
