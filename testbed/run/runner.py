@@ -26,6 +26,7 @@ from ..guest.protocol import GuestLike
 from ..kernel.resolve import KernelSpec
 from ..qemu.accel import requested_accel
 from ..qemu.probe import cpu_info, probe
+from ..qemu.share import Share
 from ..qemu.script import to_script
 from ..results.model import RunResult
 from ..results.writer import make_out_dir, write_results
@@ -53,6 +54,7 @@ class RunOptions:
     keep: bool = False
     pairs: tuple[tuple[str, str], ...] = ()  # (provider, client) to run; empty: every pair
     copy_extra: tuple[str, ...] = field(default=())  # extra args for p2p-copy (tests)
+    shares: tuple[Share, ...] = ()  # host directories mounted in a guest this run boots
 
 
 def plan(topo: Topology, opts: RunOptions) -> list[str]:
@@ -90,6 +92,10 @@ def check_inputs(topo: Topology, opts: RunOptions) -> list[str]:
     names = plan(topo, opts)
     if opts.out is not None:
         check_out_dir(opts.out)
+    if opts.guest_name is not None and opts.shares:
+        raise UsageError(f"--share mounts a directory in a guest this run boots; guest "
+                         f"{opts.guest_name!r} is already running (testbed boot --share "
+                         "shares with a detached guest)")
     if opts.guest_name is not None:
         check_name(opts.guest_name)
         get_ready(opts.guest_name)  # an unknown or stale instance is bad input: exit 2
@@ -146,7 +152,8 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
             guest = AttachedGuest(get_ready(opts.guest_name), topo)
         else:
             guest = boot(topo, options=BootOptions(kernel=opts.kernel, accel=opts.accel,
-                                                   keep=opts.keep, label=topo.name))
+                                                   keep=opts.keep, label=topo.name,
+                                                   shares=opts.shares))
         console = guest.console.path
         result.boot_seconds = guest.boot_seconds
         result.qemu.update(accel=guest.accel.name, accel_reason=guest.accel.reason)
