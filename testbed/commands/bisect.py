@@ -63,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"))
     p.add_argument("--timeout", type=options.seconds, default=120.0,
                    help="seconds per workload command")
+    p.add_argument("--size", type=options.transfer_size, default=1 << 20,
+                   help="transfer size per pair (default 1M)")
 
 
 def bisect_options(args: argparse.Namespace) -> BisectOptions:
@@ -72,7 +74,7 @@ def bisect_options(args: argparse.Namespace) -> BisectOptions:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs: at least 1")
     run = RunOptions(workloads=tuple(args.workload), pairs=tuple(args.pair), out=args.out,
-                     accel=args.accel, timeout=args.timeout)
+                     accel=args.accel, timeout=args.timeout, size=args.size)
     baseline = load_baseline(args.baseline) if args.baseline is not None else None
     if args.kernel is not None:
         return BisectOptions(kernel=resolve_kernel(args.kernel), run=run, baseline=baseline)
