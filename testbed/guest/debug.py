@@ -11,7 +11,8 @@ vmlinux is the one with the symbols of the kernel the guest runs:
   ``usr/lib/debug/boot/vmlinux-<release>``;
 - the image's own (Debian) kernel: its symbols are in Debian's
   ``linux-image-<release>-dbg`` (several hundred MB, never downloaded unasked); unpacked
-  (``dpkg-deb -x``) into :func:`debug_root`, or installed on the host, it is found.
+  (its vmlinux alone is enough) into :func:`debug_root`, or installed on the host, it is
+  found.
 
     >>> print(gdb_help(1234, Path("/b/vmlinux"), "7.3.4", default_kernel=False))
     gdb: QEMU's gdbstub is on 127.0.0.1:1234 (the guest kernel runs with nokaslr)
@@ -116,10 +117,12 @@ def gdb_help(port: int, vmlinux: Path | None, release: str | None,
         lines.append("  no vmlinux with symbols found: gdb sees addresses only (the guest's "
                      "/proc/kallsyms names them)")
         if default_kernel and release:
-            lines += [f"  symbols of the image's kernel {release}: Debian's "
-                      f"{dbg_package(release)} (large, not downloaded); unpack it with",
-                      f"    dpkg-deb -x {dbg_package(release)}_*.deb {debug_root()}",
-                      "  and --gdb uses it (README, 'A debugger', shows the download)"]
+            vmlinux_path = f"./usr/lib/debug/boot/vmlinux-{release}"
+            lines += [f"  symbols of the image's kernel {release} are in Debian's "
+                      f"{dbg_package(release)} (over a GB: not downloaded); with its .deb,",
+                      f"    mkdir -p {debug_root()} && dpkg-deb --fsys-tarfile "
+                      f"{dbg_package(release)}_*.deb | tar -x -C {debug_root()} {vmlinux_path}",
+                      "  and --gdb uses it (the README's 'A debugger' shows the download)"]
         else:
             lines.append("  a custom kernel's symbols are in its build tree's vmlinux: pass "
                          "--kernel the build tree (or its arch/x86/boot/bzImage)")

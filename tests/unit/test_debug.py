@@ -72,7 +72,8 @@ def test_default_kernel_symbols_from_the_unpacked_dbg_package(tmp_path, monkeypa
     assert find_vmlinux(None, rel) is None
     help_text = gdb_help(4000, None, rel, default_kernel=True)
     assert dbg_package(rel) == "linux-image-7.3.4+deb13-amd64-dbg"
-    assert f"dpkg-deb -x {dbg_package(rel)}_*.deb {debug_root()}" in help_text
+    assert (f"dpkg-deb --fsys-tarfile {dbg_package(rel)}_*.deb | tar -x -C {debug_root()} "
+            f"./usr/lib/debug/boot/vmlinux-{rel}") in help_text
     assert "gdb -q -ex 'target remote 127.0.0.1:4000'" in help_text
     vmlinux = fake_elf(debug_root() / "usr/lib/debug/boot" / f"vmlinux-{rel}", [2])
     assert find_vmlinux(None, rel) == vmlinux
