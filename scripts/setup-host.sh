@@ -12,6 +12,9 @@ SUDO=""
 # really renders; fonts-dejavu-core is the font both use.
 PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs zstd kmod openssh-client python3-venv python3-pip
       graphviz chromium fonts-dejavu-core"
+# gdb: `testbed boot --gdb` (and its CI test); the kernel build tools (testbed.kernel.build's
+# BUILD_PACKAGES): `testbed kernel build` and `testbed bisect` (CI bisects a tree make rejects)
+PKGS="$PKGS gdb build-essential flex bison bc libelf-dev libssl-dev dwarves"
 
 . /etc/os-release
 missing=""

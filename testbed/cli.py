@@ -10,18 +10,28 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from .errors import SpecError, TestbedError
 from .util.log import setup as setup_logging
 from .util.signals import install_signal_handlers
 
 COMMANDS = ("validate", "render", "verify", "image", "boot", "ssh", "ps", "stop", "run",
-            "matrix", "kernel")
+            "matrix", "kernel", "bisect")
 
 
-def _verbosity() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit with its ``usage_status`` default: 2,
+    unless the command's module says otherwise (``bisect``: git bisect run reads 2 as
+    "bad")."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.get_default("usage_status") or 2, f"{self.prog}: error: {message}\n")
+
+
+def _verbosity() -> _Parser:
+    common = _Parser(add_help=False)
     group = common.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_const", const=1, dest="verbosity",
                        default=0, help="more progress output (debug)")
@@ -31,16 +41,16 @@ def _verbosity() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="testbed", description="PCIe peer-to-peer DMA testbeds on QEMU")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser = _Parser(prog="testbed", description="PCIe peer-to-peer DMA testbeds on QEMU")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
     common = _verbosity()
     for name in COMMANDS:
         module = importlib.import_module(f".commands.{name}", __package__)
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
                            parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
-        p.set_defaults(handler=module.run)
+        p.set_defaults(handler=module.run, usage_status=getattr(module, "USAGE_STATUS", 2))
     return parser
 
 
@@ -52,7 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in argv:  # `testbed ssh NAME [options] -- CMD ...`: CMD is never parsed
         i = argv.index("--")
         argv, rest = argv[:i], argv[i + 1:]
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported with the command's usage status, as its own errors are
+        parser.set_defaults(usage_status=args.usage_status)
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if rest is not None:
         if not hasattr(args, "cmd"):
             parser.error(f"'--' is for `testbed ssh NAME -- CMD`, not for {args.command}")

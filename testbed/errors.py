@@ -26,7 +26,8 @@ Hierarchy::
      +-- QemuError
      |    +-- QemuNotFound, QemuStartError (+-- PortInUse), HotplugError
      +-- BootError (logs, argv)
-     |    +-- BootTimeout, BootFailed (+-- DriverProbeFailed), GuestViewMismatch
+     |    +-- BootTimeout, BootFailed (+-- DriverProbeFailed), GuestViewMismatch,
+     |        ShareMountFailed
      +-- GuestError
      +-- WorkloadError
      +-- InstanceError
@@ -134,7 +135,8 @@ class QemuStartError(QemuError):
 
 
 class PortInUse(QemuStartError):
-    """QEMU could not bind the SSH forwarding port (another program took it)."""
+    """QEMU could not bind the SSH forwarding port or the gdbstub's (another program took
+    it)."""
 
     def __init__(self, message: str, stderr: str = "", exitcode: int | None = None,
                  port: int | None = None):
@@ -218,6 +220,20 @@ class GuestViewMismatch(BootError):
                  argv: Sequence[str] | None = None, diffs: Sequence[str] = ()):
         super().__init__(message, logs, argv)
         self.diffs = list(diffs)
+
+
+class ShareMountFailed(BootError):
+    """The guest booted but could not mount a shared directory (``--share``): a custom
+    kernel without 9p, say.  ``share`` is the ``--share`` value, ``output`` what the
+    guest's mount said."""
+
+    kind = "share-mount"
+
+    def __init__(self, message: str, logs: Path | None = None,
+                 argv: Sequence[str] | None = None, share: str = "", output: str = ""):
+        super().__init__(message, logs, argv)
+        self.share = share
+        self.output = output
 
 
 class GuestError(TestbedError):

@@ -2,6 +2,11 @@
 
 With --detach, return once SSH is ready and leave the guest running under a
 supervisor process; reach it with `testbed ssh NAME`, stop it with `testbed stop NAME`.
+
+--gdb starts QEMU's gdbstub on a free port on 127.0.0.1, boots the kernel with
+nokaslr and prints the gdb command (with the kernel's vmlinux when there is one).
+--share HOSTDIR[:GUESTDIR][:rw] mounts a host directory in the guest (virtio-9p),
+read-only unless :rw.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from ..errors import BootError, ToolMissing, UsageError
 from ..guest import instances
 from ..guest.boot import BootOptions, boot
+from ..guest.debug import gdb_help
 from ..kernel.resolve import KernelSpec, resolve_kernel
 from ..qemu.accel import requested_accel
 from ..qemu.validate import load_checked
@@ -40,12 +47,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds to wait for SSH")
     p.add_argument("--keep", action="store_true", help="keep the run directory afterwards")
     p.add_argument("--command", "-c", help="run this command in the guest instead of a shell")
+    p.add_argument("--gdb", action="store_true",
+                   help="QEMU's gdbstub on a free 127.0.0.1 port, the kernel with nokaslr; "
+                        "prints the gdb command")
+    p.add_argument("--share", action="append", default=[], type=options.share,
+                   metavar="HOSTDIR[:GUESTDIR][:rw]", help=options.SHARE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     topo = load_checked(args.topology)  # bad input fails here, before anything starts
     kernel = resolve_kernel(args.kernel) if args.kernel else None
     requested_accel(args.accel or topo.machine.accel)
+    args.share = options.shares(args.share)
     if args.name is not None and not args.detach:
         raise UsageError("--name names a detached instance: use it with --detach")
     if args.detach:
@@ -57,8 +70,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _interactive(args: argparse.Namespace, topo: Topology, kernel: KernelSpec | None) -> int:
     guest = boot(topo, options=BootOptions(kernel=kernel, accel=args.accel, timeout=args.timeout,
-                                           keep=args.keep))
+                                           keep=args.keep, gdb=args.gdb, shares=args.share))
     with guest:
+        if guest.gdb_port is not None:  # stderr: stdout is the guest command's
+            print(gdb_help(guest.gdb_port, guest.vmlinux, guest.kernel.release,
+                           default_kernel=kernel is None), file=sys.stderr, flush=True)
         log.info("%s is up (%.1f s, %s); %s", topo.name, guest.boot_seconds, guest.accel.name,
                  "running the command" if args.command else "exit the shell to shut it down")
         if args.command is not None:
@@ -88,6 +104,10 @@ def _detach(args: argparse.Namespace, topo: Topology) -> int:
                  else "default"]
     if args.accel:
         argv += ["--accel", args.accel]
+    if args.gdb:
+        argv.append("--gdb")
+    for share in args.share:
+        argv += ["--share", share.spec]
     with open(inst.directory / "supervisor.log", "wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
@@ -119,4 +139,9 @@ def _detach(args: argparse.Namespace, topo: Topology) -> int:
     print(f"  testbed ssh {name} -- CMD     # run a command")
     print(f"  testbed stop {name}")
     print(f"  or: {' '.join(loaded.ssh)}")
+    for share in loaded.shares:
+        print(f"  shared: {share}")
+    if loaded.gdb_port:
+        print(gdb_help(loaded.gdb_port, Path(loaded.vmlinux) if loaded.vmlinux else None,
+                       loaded.kernel_release, default_kernel=loaded.default_kernel))
     return 0

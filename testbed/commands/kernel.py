@@ -18,13 +18,11 @@ fragment changed or --reconfigure) and only rebuilds what changed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 from pathlib import Path
 
 from ..errors import UsageError
-from ..kernel.build import build_kernel
-from ..paths import cache_dir
+from ..kernel.build import build_kernel, default_build_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="redo defconfig/fragment/olddefconfig even if up to date")
 
 
-def default_output(ksrc: Path) -> Path:
-    src = ksrc.resolve()
-    tag = hashlib.sha256(str(src).encode()).hexdigest()[:10]
-    return cache_dir() / "kernel-builds" / f"{src.name}-{tag}"
-
-
 def run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs: at least 1")
-    output = args.output or default_output(args.ksrc)
+    output = args.output or default_build_dir(args.ksrc)
     result = build_kernel(args.ksrc, output, fragment=args.fragment, jobs=args.jobs,
                           reconfigure=args.reconfigure)
     log.info("kernel %s built in %.0f s", result.release or "?", result.seconds)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..errors import UsageError
+from ..qemu.share import Share, check_shares, parse_share
 from ..spec.units import parse_size
 
 MAX_SECONDS = 7 * 24 * 3600.0
@@ -76,3 +78,25 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
+
+
+def share(text: str) -> Share:
+    """--share HOSTDIR[:GUESTDIR][:ro|rw]: an existing host directory, a guest path that
+    covers nothing the guest needs (see :mod:`testbed.qemu.share`)."""
+    try:
+        return parse_share(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+SHARE_HELP = ("mount host directory HOSTDIR in the guest on GUESTDIR (default /mnt/<name>), "
+              "read-only unless :rw; repeatable")
+
+
+def shares(values: list[Share]) -> tuple[Share, ...]:
+    """Several --share values together: no guest directory twice or inside another."""
+    try:
+        check_shares(values)
+    except ValueError as exc:
+        raise UsageError(f"--share: {exc}") from None
+    return tuple(values)

@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="PROVIDER:CLIENT",
                    help="run the P2P workloads on this pair only (repeatable; PROVIDER:PROVIDER "
                         "uses a controller's own CMB for its own I/O)")
+    p.add_argument("--share", action="append", default=[], type=options.share,
+                   metavar="HOSTDIR[:GUESTDIR][:rw]", help=options.SHARE_HELP)
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -70,7 +72,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     return RunOptions(workloads=tuple(args.workload), pushes=tuple(pushes),
                       execs=tuple(args.execs), fio_args=tuple(args.fio_args), kernel=kernel, accel=args.accel, size=args.size,
                       timeout=args.timeout, guest_name=args.guest, out=args.out, keep=args.keep,
-                      pairs=tuple(args.pair))
+                      pairs=tuple(args.pair), shares=options.shares(args.share))
 
 
 def run(args: argparse.Namespace) -> int:

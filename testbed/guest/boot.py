@@ -40,11 +40,14 @@ from ..qemu.cmdline import BootMedia, build
 from ..qemu.devices import iommu_cmdline
 from ..qemu.machine import QemuMachine
 from ..qemu.probe import probe
+from ..qemu.share import Share
 from ..spec.model import Topology
 from ..util.rundir import RunDir
 from ..util.timing import Phases
 from .guest import Guest
+from .debug import find_vmlinux
 from .ports import reserve_port
+from .share import mount_shares
 from .tool import install_and_run, zipapp_bytes
 from .treecheck import check_tree, map_names
 
@@ -68,14 +71,24 @@ class BootOptions:
     observe: bool = False  # set up the kernel's P2P tracing with the first inventory
     run_base: Path | None = None
     label: str | None = None
+    gdb: bool = False  # QEMU's gdbstub on a locked free port; the kernel gets nokaslr
+    shares: tuple[Share, ...] = ()  # host directories mounted in the guest (virtio-9p)
 
 
 def kernel_cmdline(topo: Topology, image_cmdline: tuple[str, ...] | list[str],
-                   extra: tuple[str, ...] | list[str] = ()) -> list[str]:
+                   extra: tuple[str, ...] | list[str] = (), debug: bool = False) -> list[str]:
     """The guest kernel's command line: the image's words, the vIOMMU's, the testbed's,
-    the topology's, then ``extra``; later ``key=value`` words replace earlier ones."""
+    the topology's, then ``extra``; later ``key=value`` words replace earlier ones.
+    ``debug`` (``--gdb``) adds ``nokaslr``: the kernel then runs at its link-time
+    addresses, the ones of its vmlinux's symbols.
+
+        >>> from testbed.spec import load_topology
+        >>> kernel_cmdline(load_topology("switch-cmb"), ["quiet"], debug=True)[-1]
+        'nokaslr'
+    """
     words = [*image_cmdline, *iommu_cmdline(topo.iommu),
-             f"nvme_core.io_timeout={NVME_IO_TIMEOUT}", *topo.kernel_cmdline, *extra]
+             f"nvme_core.io_timeout={NVME_IO_TIMEOUT}", *topo.kernel_cmdline, *extra,
+             *(["nokaslr"] if debug else [])]
     out: list[str] = []
     for w in words:
         key = w.split("=", 1)[0]
@@ -116,13 +129,15 @@ def boot(topo: Topology, image: Image | None = None,
         run = RunDir.create(options.label or topo.name, base=options.run_base, keep=options.keep)
     guest = Guest(topo, image, kernel, run, accel, options.timeout)
     guest.phases = phases
+    guest.debug = options.gdb
+    guest.shares = options.shares
     try:
         with phases.phase("prepare"):
             create_backing_files(topo, run.path)
             overlay = run / "boot.qcow2"
             _create_overlay(image.disk, overlay)
         cmdline = tuple(kernel_cmdline(topo, [*image.cmdline, *kernel.cmdline],
-                                       options.extra_cmdline))
+                                       options.extra_cmdline, debug=options.gdb))
 
         def launch(stall: float | None = None) -> None:
             _launch(guest, caps.path, overlay, cmdline, stall)
@@ -142,12 +157,16 @@ def boot(topo: Topology, image: Image | None = None,
 
         def relaunch() -> None:
             launch()
-            check_guest_view(guest)
+            check_guest_view(guest, trace=options.observe)
+            mount_shares(guest, options.shares)
 
         guest.relaunch = relaunch
         if options.check_tree:
             with phases.phase("tree check"):
                 check_guest_view(guest, trace=options.observe)
+        mount_shares(guest, options.shares)
+        if options.gdb:
+            guest.vmlinux = find_vmlinux(options.kernel, kernel.release)
         return guest
     except BaseException:
         guest.kill()
@@ -168,9 +187,11 @@ def _launch(guest: Guest, binary: str, overlay: Path, cmdline: tuple[str, ...],
     run = guest.run_dir
     for attempt in range(PORT_ATTEMPTS):
         lease = guest.lease = reserve_port()
+        gdb = guest.gdb_lease = reserve_port() if guest.debug else None
         media = BootMedia(kernel=guest.kernel.kernel, initrd=guest.kernel.initrd,
                           cmdline=cmdline, disk=overlay, ssh_port=lease.port,
-                          drives=guest.kernel.drives)
+                          drives=guest.kernel.drives, gdb_port=gdb.port if gdb else None,
+                          shares=guest.shares)
         guest.machine = QemuMachine(
             lambda qmp: build(guest.topology, binary, run.path, guest.accel.name, media=media,
                               qmp=qmp, console=run / "console.log"),
@@ -182,11 +203,15 @@ def _launch(guest: Guest, binary: str, overlay: Path, cmdline: tuple[str, ...],
             break
         except PortInUse:
             lease.release()
+            if gdb is not None:
+                gdb.release()
             if attempt == PORT_ATTEMPTS - 1:
                 raise _fail(guest, BootFailed, "QEMU could not bind an SSH port "
                             f"{PORT_ATTEMPTS} times") from None
         except QemuStartError as exc:
             lease.release()
+            if gdb is not None:
+                gdb.release()
             logs = preserve_logs(run, guest.topology.name)
             raise BootFailed(f"QEMU did not start: {exc}\n(logs: {logs})", logs=logs,
                              argv=guest.argv) from None

@@ -24,6 +24,7 @@ from ..qemu.accel import Accel
 from ..qemu.cmdline import backing_files
 from ..qemu.machine import QemuMachine
 from ..qemu.script import quote, to_script
+from ..qemu.share import Share
 from ..spec.model import Topology
 from ..util.rundir import RunDir
 from ..util.timing import Phases
@@ -136,6 +137,10 @@ class Guest(SshGuest):
         self.timeout = timeout
         self.machine: QemuMachine | None = None
         self.lease: PortLease | None = None
+        self.debug = False  # --gdb: QEMU's gdbstub on gdb_port, the kernel with nokaslr
+        self.gdb_lease: PortLease | None = None
+        self.vmlinux: Path | None = None  # the running kernel's symbols, when found
+        self.shares: tuple[Share, ...] = ()
         # set by the boot: starts QEMU again for this guest (used by restart)
         self.relaunch: Callable[[], None] | None = None
 
@@ -143,6 +148,10 @@ class Guest(SshGuest):
     def port(self) -> int:
         assert self.lease is not None
         return self.lease.port
+
+    @property
+    def gdb_port(self) -> int | None:
+        return self.gdb_lease.port if self.gdb_lease is not None else None
 
     @property
     def qemu(self) -> QemuMachine | None:
@@ -201,6 +210,8 @@ class Guest(SshGuest):
             self.ssh.close()
         if self.lease is not None:
             self.lease.release()
+        if self.gdb_lease is not None:
+            self.gdb_lease.release()
 
     def restart(self) -> float:
         """Power the guest off and boot it again from the same run directory (same

@@ -70,6 +70,11 @@ class Instance:
     boot_seconds: float = 0.0
     error: str = ""
     started: float = field(default_factory=time.time)
+    gdb_port: int = 0  # QEMU's gdbstub (testbed boot --detach --gdb); 0: none
+    vmlinux: str = ""  # the running kernel's vmlinux with symbols, when one was found
+    kernel_release: str = ""
+    default_kernel: bool = True  # the image's own kernel (for the gdb symbols hint)
+    shares: list[str] = field(default_factory=list)  # --share values, canonical
 
     @property
     def directory(self) -> Path:
@@ -107,11 +112,15 @@ def _from_json(name: str, data: Any) -> Instance:
     inst.supervisor = ProcessIdentity.from_json(data.get("supervisor"))
     inst.qemu = ProcessIdentity.from_json(data.get("qemu"))
     for attr, kind in (("port", int), ("boot_seconds", (int, float)), ("started", (int, float)),
-                       ("run_dir", str), ("key", str), ("status", str), ("error", str)):
+                       ("run_dir", str), ("key", str), ("status", str), ("error", str),
+                       ("gdb_port", int), ("vmlinux", str), ("kernel_release", str),
+                       ("default_kernel", bool)):
         if not isinstance(getattr(inst, attr), kind):
             raise ValueError(f"{attr} has the wrong type")
-    if not isinstance(inst.ssh, list) or not all(isinstance(a, str) for a in inst.ssh):
-        raise ValueError("ssh has the wrong type")
+    for attr in ("ssh", "shares"):
+        value = getattr(inst, attr)
+        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+            raise ValueError(f"{attr} has the wrong type")
     return inst
 
 

@@ -5,7 +5,8 @@ It boots the guest, records the instance as ready, then waits: SIGTERM (from
 instance is marked failed.  QEMU is this process's child with a parent-death
 signal, so it never outlives the supervisor.
 
-Run as ``python -m testbed.guest.supervisor NAME TOPOLOGY [--kernel K] [--accel A]``.
+Run as ``python -m testbed.guest.supervisor NAME TOPOLOGY [--kernel K] [--accel A] [--gdb]
+[--share SPEC ...]``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import traceback
 
 from ..errors import TestbedError
 from ..kernel.resolve import resolve_kernel
+from ..qemu.share import parse_share
 from ..qemu.validate import load_checked
 from ..util.log import setup as setup_logging
 from ..util.process import identify
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", default=None)
     p.add_argument("--accel", default=None)
     p.add_argument("--timeout", type=float, default=180.0)
+    p.add_argument("--gdb", action="store_true")
+    p.add_argument("--share", action="append", default=[])
     args = p.parse_args(argv)
     setup_logging(0)
 
@@ -51,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         topo = load_checked(args.topology)
         kernel = resolve_kernel(args.kernel) if args.kernel else None
+        shares = tuple(parse_share(s) for s in args.share)  # checked by `testbed boot`
         guest = boot(topo, options=BootOptions(kernel=kernel, accel=args.accel,
-                                               timeout=args.timeout, label=name))
+                                               timeout=args.timeout, label=name,
+                                               gdb=args.gdb, shares=shares))
     except Exception as exc:  # every failure is recorded for `testbed boot` to report
         inst.status = "failed"
         inst.error = str(exc) if isinstance(exc, TestbedError) else traceback.format_exc()
@@ -69,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         inst.ssh = guest.ssh_command()
         inst.boot_seconds = guest.boot_seconds
         inst.topology = str(topo.source)
+        inst.gdb_port = guest.gdb_port or 0
+        inst.vmlinux = str(guest.vmlinux or "")
+        inst.kernel_release = guest.kernel.release or ""
+        inst.default_kernel = kernel is None
+        inst.shares = [s.spec for s in shares]
         inst.save()
         while not stopping and guest.machine.is_running():
             time.sleep(0.2)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Mapping, TextIO
 
 from ..errors import KernelBuildError, ToolMissing, UsageError
-from ..paths import guest_images_dir
+from ..paths import cache_dir, guest_images_dir
 from ..util.procs import run_step
 from .config import Kconfig
 
@@ -60,6 +60,14 @@ class BuildResult:
 
 def default_fragment() -> Path:
     return guest_images_dir() / "kernel" / "p2pdma.config"
+
+
+def default_build_dir(ksrc: Path) -> Path:
+    """Where ``testbed kernel build`` and ``testbed bisect`` build ``ksrc`` when not told:
+    one directory per source tree, under the cache, so every build of it is incremental."""
+    src = Path(ksrc).resolve()
+    tag = hashlib.sha256(str(src).encode()).hexdigest()[:10]
+    return cache_dir() / "kernel-builds" / f"{src.name}-{tag}"
 
 
 def check_source_tree(ksrc: Path) -> Path:

@@ -5,7 +5,8 @@
 - the machine the topology describes (CPU, memory, vIOMMU, the PCIe tree with its
   NVMe controllers): :func:`machine_argv`, which ``testbed render`` prints;
 - what a boot adds (:class:`BootMedia`): firmware, kernel, initrd, command line, the
-  per-run boot disk, the NIC with SSH forwarding, an RNG, pvpanic, extra drives;
+  per-run boot disk, the NIC with SSH forwarding, an RNG, pvpanic, extra drives, the
+  gdbstub (``-gdb tcp:127.0.0.1:PORT``) and shared host directories (virtio-9p);
 - how the orchestrator talks to QEMU: the QMP socket, the serial console log, ``-S``.
 
 The KVM probe and the CPU-model query build their (smaller) command lines here too.
@@ -34,9 +35,10 @@ from ..spec.model import DownstreamPort, HostBridge, Node, Nvme, RootPort, Switc
 from ..spec.units import MiB
 from .devices import (DEVICES, IOMMU_CMDLINE, MACHINE, ROOT_BUS, VIOMMU_ID, bus_numbers,
                       iommu_cmdline)
+from .share import Share, share_tag
 
 __all__ = ["BackingFile", "BootMedia", "Drive", "build", "machine_argv", "boot_argv",
-           "probe_argv", "bare_argv", "backing_files", "namespace_path", "pmr_path",
+           "share_argv", "probe_argv", "bare_argv", "backing_files", "namespace_path", "pmr_path",
            "iommu_cmdline", "IOMMU_CMDLINE", "ROOT_BUS", "firmware", "nvme_device",
            "namespace_drive", "pmr_backend"]
 
@@ -74,6 +76,8 @@ class BootMedia:
     disk: Path  # the per-run qcow2 overlay holding the root filesystem
     ssh_port: int
     drives: tuple[Drive, ...] = ()
+    gdb_port: int | None = None  # QEMU's gdbstub on 127.0.0.1:gdb_port
+    shares: tuple[Share, ...] = ()  # host directories exported over virtio-9p
 
 
 def namespace_path(nvme: Nvme, index: int, run_dir: Path) -> Path:
@@ -232,7 +236,28 @@ def boot_argv(media: BootMedia, binary: str, topo: Topology | None = None) -> li
         argv += ["-drive", f"file={_escape(str(d.path))},if=none,id={d.id},format={d.format}"
                            + (",readonly=on" if d.readonly else ""),
                  "-device", f"virtio-blk-pci,drive={d.id},serial={d.serial},bus={ROOT_BUS}"]
+    if media.gdb_port is not None:  # loopback only: the stub gives full control of the guest
+        argv += ["-gdb", f"tcp:127.0.0.1:{media.gdb_port}"]
+    for i, share in enumerate(media.shares):
+        argv += share_argv(share, i)
     return argv
+
+
+def share_argv(share: Share, index: int) -> list[str]:
+    """The ``-fsdev``/``-device`` pair exporting one shared directory over virtio-9p.
+
+    ``security_model=none``: files the guest creates belong to the user running QEMU;
+    ``multidevs=remap`` keeps inode numbers unique across host mounts inside the
+    directory; a read-only share is refused by QEMU itself (EROFS in the guest), not only
+    by the guest's mount options.
+
+        >>> share_argv(Share(Path("/src,x"), "/mnt/src"), 0)[1]
+        'local,id=tb-share0,path=/src,,x,security_model=none,multidevs=remap,readonly=on'
+    """
+    tag = share_tag(index)
+    return ["-fsdev", f"local,id={tag},path={_escape(str(share.host))},security_model=none,"
+                      "multidevs=remap" + ("" if share.writable else ",readonly=on"),
+            "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag},id={tag}-dev,bus={ROOT_BUS}"]
 
 
 def plumbing_argv(qmp: Path | None, console: Path | None, paused: bool = False) -> list[str]:

@@ -116,8 +116,9 @@ class QemuMachine:
                 stderr = self.stderr_tail()
                 message = (f"{self.name}: QEMU {how} before QMP came up:\n"
                            f"{stderr or '(QEMU printed nothing)'}")
-                # QEMU's own words are the only way to know the port was taken
-                if "host forwarding" in stderr:
+                # QEMU's own words are the only way to know a port was taken (SSH
+                # forwarding: "host forwarding"; the gdbstub: "gdbstub: couldn't create")
+                if "host forwarding" in stderr or "gdbstub" in stderr:
                     raise PortInUse(message, stderr, code)
                 raise QemuStartError(message, stderr, code)
             if self.qmp_path.exists():

@@ -26,6 +26,7 @@ from ..guest.protocol import GuestLike
 from ..kernel.resolve import KernelSpec
 from ..qemu.accel import requested_accel
 from ..qemu.probe import cpu_info, probe
+from ..qemu.share import Share
 from ..qemu.script import to_script
 from ..results.model import RunResult
 from ..results.writer import make_out_dir, write_results
@@ -57,6 +58,7 @@ class RunOptions:
     copy_extra: tuple[str, ...] = field(default=())  # extra args for p2p-copy (tests)
     fio_args: tuple[str, ...] = ()  # --fio-arg: fio options or a job file in the guest
     inject: tuple[str, ...] = ()  # self-checks: "corrupt" (fio, mixed-iovec), "warning"
+    shares: tuple[Share, ...] = ()  # host directories mounted in a guest this run boots
 
 
 def plan(topo: Topology, opts: RunOptions) -> list[str]:
@@ -95,6 +97,10 @@ def check_inputs(topo: Topology, opts: RunOptions) -> list[str]:
     names = plan(topo, opts)
     if opts.out is not None:
         check_out_dir(opts.out)
+    if opts.guest_name is not None and opts.shares:
+        raise UsageError(f"--share mounts a directory in a guest this run boots; guest "
+                         f"{opts.guest_name!r} is already running (testbed boot --share "
+                         "shares with a detached guest)")
     if opts.guest_name is not None:
         check_name(opts.guest_name)
         get_ready(opts.guest_name)  # an unknown or stale instance is bad input: exit 2
@@ -166,7 +172,8 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
             else:
                 guest = boot(topo, options=BootOptions(kernel=opts.kernel, accel=opts.accel,
                                                        keep=opts.keep, label=topo.name,
-                                                       observe=bool(OBSERVED & set(names))))
+                                                       observe=bool(OBSERVED & set(names)),
+                                                       shares=opts.shares))
         for name, seconds in guest.phases.to_json().items():
             phases.add(f"boot: {name}", seconds)
         console = guest.console.path
