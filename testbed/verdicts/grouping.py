@@ -187,17 +187,16 @@ ALGORITHMS: dict[str, Algorithm] = {a.id: a for a in (
 def expected_algorithm(symbols: Mapping[str, bool] | None) -> tuple[str, str]:
     """The algorithm a running kernel follows, told from its kallsyms, and why."""
     if not symbols:
-        return UPSTREAM_WALK, ("/proc/kallsyms could not be read, so the kernel's grouping "
-                               "code is assumed to be that of every released kernel up to "
-                               "7.3.4")
+        return UPSTREAM_WALK, ("/proc/kallsyms could not be read: assumed the grouping code "
+                               "of every released kernel up to 7.3.4")
     if symbols.get("pci_bus_isolated") or symbols.get("pci_reachable_set"):
         return ACS_V3, ("its kallsyms list pci_bus_isolated/pci_reachable_set, which the 2025 "
                         "ACS grouping series adds")
     if symbols.get("get_pci_function_alias_group"):
         return UPSTREAM_WALK, ("its kallsyms list get_pci_function_alias_group and no "
-                               "pci_bus_isolated: the grouping code of Linux up to 7.3.4")
-    return UPSTREAM_WALK, ("its kallsyms show neither algorithm's functions; assumed the "
-                           "grouping code of Linux up to 7.3.4")
+                               "pci_bus_isolated")
+    return UPSTREAM_WALK, ("its kallsyms show neither algorithm's functions: assumed the "
+                           "grouping code of every released kernel up to 7.3.4")
 
 
 Partition = list[list[str]]

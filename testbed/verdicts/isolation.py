@@ -36,6 +36,8 @@ from .acs import flag_names
 from .fabric import Fabric
 from .grouping import ALGORITHMS, NO_GROUPS, OTHER, Partition, canonical, expected_algorithm
 
+HOLE = "isolation-hole"  # the verdict of a pair that reaches but sits in two groups
+
 
 @dataclass(frozen=True)
 class Reach:

@@ -30,6 +30,7 @@ class Record:
     mb_per_s: float | None = None
     detail: str = ""
     qemu_limit: bool = False
+    finding: str | None = None  # a problem shown whether or not the record passed (a hole)
     seconds: float = 0.0
     dmesg: dict[str, list[str]] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)

@@ -1,7 +1,7 @@
 """P2PDMA workloads: each runs guest-side code over SSH and returns judged records.
 
     >>> sorted(WORKLOADS)
-    ['exec', 'host-baseline', 'inventory', 'p2p-copy', 'passthru', 'pmr']
+    ['exec', 'host-baseline', 'inventory', 'isolation', 'p2p-copy', 'passthru', 'pmr']
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from .base import Context, Record, Workload
 from .copy import HostBaseline, P2PCopy
 from .exec import Exec
 from .inventory import Inventory
+from .isolation import Isolation
 from .passthru import Passthru
 from .pmr import Pmr
 
 WORKLOADS: dict[str, type[Workload]] = {
-    w.name: w for w in (Inventory, P2PCopy, HostBaseline, Passthru, Pmr, Exec)
+    w.name: w for w in (Inventory, Isolation, P2PCopy, HostBaseline, Passthru, Pmr, Exec)
 }
 # workloads whose records carry the kernel's P2P mechanism (tracing is set up for them)
 OBSERVED: frozenset[str] = frozenset({"p2p-copy", "passthru"})
@@ -24,6 +25,8 @@ OBSERVED: frozenset[str] = frozenset({"p2p-copy", "passthru"})
 def default_workloads(topo: Topology) -> list[str]:
     """The default set, minus workloads the topology has nothing for."""
     out = ["inventory"]
+    if topo.iommu.model != "none":
+        out.append("isolation")  # cheap: one inventory, no I/O
     if any(n.cmb for n in topo.nvmes()) and len(topo.nvmes()) > 1:
         out += ["p2p-copy", "host-baseline", "passthru"]
     if any(n.pmr for n in topo.nvmes()):
