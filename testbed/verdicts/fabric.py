@@ -213,8 +213,8 @@ def complete_names(topo: Topology, inventory: Mapping[str, Any],
     pci = inventory.get("pci", {})
 
     def children_of(bdf: str | None) -> list[str]:
-        kids = [b for b, d in pci.items()
-                if ((d.get("chain") or [None])[-1] if bdf else not d.get("chain")) == bdf]
+        """Devices whose upstream bridge is ``bdf`` (None: the root bus)."""
+        kids = [b for b, d in pci.items() if (d.get("chain") or [None])[-1] == bdf]
         return sorted(kids, key=_devfn)
 
     def visit(nodes: Sequence[Node], parent_bdf: str | None) -> None:

@@ -305,14 +305,17 @@ def test_nodes_off_every_nvme_path_are_mapped_by_position():
     spare = dataclasses.replace(topo.pcie[0].device, ports=(
         *topo.pcie[0].device.ports, dataclasses.replace(topo.pcie[0].device.ports[0],
                                                         name="spare", device=None)))
-    topo = dataclasses.replace(topo, pcie=(dataclasses.replace(topo.pcie[0], device=spare),))
+    topo = dataclasses.replace(topo, pcie=(dataclasses.replace(topo.pcie[0], device=spare),
+                                           RootPort("empty")))
     inv["pci"]["0000:02:02.0"] = dict(inv["pci"]["0000:02:01.0"], iommu_group="9")
+    inv["pci"]["0000:00:05.0"] = dict(inv["pci"]["0000:00:01.0"], iommu_group="10")
     inv["iommu_groups"]["groups"]["9"] = {"type": "DMA", "devices": ["0000:02:02.0"]}
+    inv["iommu_groups"]["groups"]["10"] = {"type": "DMA", "devices": ["0000:00:05.0"]}
     names, _ = map_names(topo, inv)
-    assert "spare" not in names
+    assert "spare" not in names and "empty" not in names
     names = complete_names(topo, inv, names)
-    assert names["spare"] == "0000:02:02.0"
+    assert (names["spare"], names["empty"]) == ("0000:02:02.0", "0000:00:05.0")
     fab = from_topology(topo, machine_devices(topo, inv, names), names)
     pred = predict_isolation(topo, fab, inv["kernel"]["grouping_symbols"])
     assert pred.groups == observe_groups(inv, names, fab.probe_order()).groups
-    assert ["spare"] in pred.groups
+    assert ["spare"] in pred.groups and ["empty"] in pred.groups
