@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..qemu.devices import IOMMU_TAKES_SLOT
-from ..spec.model import DownstreamPort, Node, Nvme, RootPort, Switch, Topology
+from ..qemu.devices import IOMMU_TAKES_SLOT, bus_numbers
+from ..spec.model import DownstreamPort, HostBridge, Node, Nvme, RootPort, Switch, Topology
 from . import acs
 
 # Port types as the guest tool reports them -> the kinds acs.acs_enabled() knows
@@ -30,7 +30,9 @@ KINDS = {"root_port": "root_port", "upstream": "upstream", "downstream": "downst
          "endpoint": "endpoint", "legacy_endpoint": "endpoint", "rc_endpoint": "rc_endpoint",
          None: "pci"}
 SPEC_KINDS: dict[type, str] = {RootPort: "root_port", Switch: "upstream",
-                               DownstreamPort: "downstream", Nvme: "endpoint"}
+                               DownstreamPort: "downstream", Nvme: "endpoint",
+                               HostBridge: "pci"}  # pxb-pcie: conventional, on q35's bus
+Q35_ROOT = "0000:00"
 # PCI functions of the vIOMMUs themselves: not behind the IOMMU, so in no group
 VIOMMU_FUNCTIONS = {("0x1af4", "0x1057"): "virtio-iommu", ("0x1022", "0x1419"): "amd-iommu"}
 ICH9_SLOT = 0x1F
@@ -40,7 +42,7 @@ ICH9_SLOT = 0x1F
 class Dev:
     id: str                       # spec name, or the address of a function the spec omits
     kind: str                     # root_port upstream downstream endpoint rc_endpoint pci
-    parent: str | None            # upstream bridge; None: on the root bus
+    parent: str | None            # upstream bridge; None: on a root bus
     devfn: int = 0                # slot << 3 | function
     multifunction: bool = False
     acs_cap: int | None = None    # None: no ACS capability
@@ -48,6 +50,7 @@ class Dev:
     translated: bool = True       # False: its DMA does not go through the IOMMU
     label: str = ""               # what it is, for people
     acs_steps: tuple[str, ...] = field(default=(), repr=False)
+    root: str = Q35_ROOT          # the root bus it hangs from (an expander has its own)
 
     def acs_enabled(self, flags: int = acs.REQ_ACS_FLAGS) -> bool:
         return acs.acs_enabled(self.kind, self.multifunction, self.acs_cap, self.acs_ctrl,
@@ -62,25 +65,34 @@ class Dev:
 
 
 class Fabric:
-    """A tree of :class:`Dev`, in the order Linux registers (and groups) them."""
+    """A tree of :class:`Dev`, in the order Linux registers (and groups) them.  A bus is
+    named by its bridge, or ``root:SSSS:BB`` for a root bus."""
 
     def __init__(self, devs: Sequence[Dev]):
         self.d = {x.id: x for x in devs}
-        self.kids: dict[str | None, list[str]] = {}
+        self.kids: dict[str, list[str]] = {}
         for x in devs:
-            self.kids.setdefault(x.parent, []).append(x.id)
+            self.kids.setdefault(self.bus_of(x.id), []).append(x.id)
         for v in self.kids.values():
             v.sort(key=lambda i: self.d[i].devfn)
 
     def __iter__(self) -> Iterator[Dev]:
         return iter(self.d.values())
 
+    def bus_of(self, i: str) -> str:
+        d = self.d[i]
+        return d.parent if d.parent is not None else f"root:{d.root}"
+
     def bus_peers(self, i: str) -> list[str]:
         """The devices on ``i``'s bus, ``i`` included."""
-        return self.kids[self.d[i].parent]
+        return self.kids[self.bus_of(i)]
 
     def probe_order(self, bus: str | None = None) -> list[str]:
-        """pci_bus_add_devices(): a bus's devices by devfn, then each one's child bus."""
+        """pci_bus_add_devices(): a bus's devices by devfn, then each one's child bus;
+        without ``bus``, every root bus in number order."""
+        if bus is None:
+            return [i for b in sorted(k for k in self.kids if k.startswith("root:"))
+                    for i in self.probe_order(b)]
         out = list(self.kids.get(bus, []))
         for i in self.kids.get(bus, []):
             out += self.probe_order(i)
@@ -119,24 +131,32 @@ def from_topology(topo: Topology, machine: Sequence[Dev] | None = None,
     devs: list[Dev] = []
     slot = 1 + (1 if topo.iommu.model in IOMMU_TAKES_SLOT else 0)
 
+    roots = {hb: f"0000:{nr:02x}" for hb, nr in bus_numbers(topo).items()}
+
     def chain(node: Node) -> list[str]:
+        """Addresses from the node up to its root bus (an expander is not a bridge)."""
         out = []
         for n in topo.upstream_path(node.name):
+            if isinstance(n, HostBridge):
+                break
             if n.name not in names:
                 return []
             out.append(names[n.name])
         return out
 
-    def add(node: Node, parent: str | None, devfn: int) -> None:
+    def add(node: Node, parent: str | None, devfn: int, root: str = Q35_ROOT) -> None:
         devfn = _devfn(names[node.name]) if node.name in names else devfn
         kind = SPEC_KINDS[type(node)]
         if kind == "endpoint" and parent is None:
             kind = "rc_endpoint"  # QEMU makes a PCIe device on pcie.0 an integrated one
         state = acs.node_state(node, topo, chain(node))
         devs.append(Dev(node.name, kind, parent, devfn, False, state.cap, state.ctrl,
-                        label=type(node).__name__, acs_steps=state.steps))
+                        label=type(node).__name__, acs_steps=state.steps, root=root))
         for k, child in enumerate(node.children):
-            add(child, node.name, k << 3 if isinstance(node, Switch) else 0)
+            if isinstance(node, HostBridge):  # its root ports start a root bus of their own
+                add(child, None, k << 3, roots[node.name])
+            else:
+                add(child, node.name, k << 3 if isinstance(node, Switch) else 0, root)
 
     for node in topo.pcie:
         add(node, None, slot << 3)
@@ -149,7 +169,8 @@ def _machine_dev(topo: Topology, bdf: str, kind: str, mf: bool, label: str,
                  translated: bool = True, cap: int | None = None) -> Dev:
     state = acs.enable(cap, acs.DeviceId(0, 0, chain=(bdf,)), acs.requester(topo),
                        acs.PciParams.from_cmdline(topo.kernel_cmdline))
-    return Dev(bdf, kind, None, _devfn(bdf), mf, state.cap, state.ctrl, translated, label)
+    return Dev(bdf, kind, None, _devfn(bdf), mf, state.cap, state.ctrl, translated, label,
+               root=bdf.rsplit(":", 1)[0])
 
 
 def q35_devices(topo: Topology, first_free_slot: int) -> list[Dev]:
@@ -200,7 +221,8 @@ def from_inventory(inventory: Mapping[str, Any], names: Mapping[str, str] | None
         devs.append(Dev(by_bdf.get(bdf, bdf), KINDS.get(d.get("pcie_type"), "endpoint"),
                         by_bdf.get(chain[-1], chain[-1]) if chain else None, _devfn(bdf),
                         bool(d.get("multifunction")), a.get("cap"), a.get("ctrl", 0),
-                        ids not in VIOMMU_FUNCTIONS, VIOMMU_FUNCTIONS.get(ids, "")))
+                        ids not in VIOMMU_FUNCTIONS, VIOMMU_FUNCTIONS.get(ids, ""),
+                        root=d.get("root") or bdf.rsplit(":", 1)[0]))
     return Fabric(devs)
 
 
@@ -211,14 +233,16 @@ def complete_names(topo: Topology, inventory: Mapping[str, Any],
     gives a bus's ports addresses in the order the topology lists them."""
     out = dict(names)
     pci = inventory.get("pci", {})
+    roots = {hb: f"0000:{nr:02x}" for hb, nr in bus_numbers(topo).items()}
 
-    def children_of(bdf: str | None) -> list[str]:
-        """Devices whose upstream bridge is ``bdf`` (None: the root bus)."""
-        kids = [b for b, d in pci.items() if (d.get("chain") or [None])[-1] == bdf]
+    def children_of(bdf: str | None, root: str) -> list[str]:
+        """Devices whose upstream bridge is ``bdf`` (None: on root bus ``root``)."""
+        kids = [b for b, d in pci.items() if (d.get("chain") or [None])[-1] == bdf
+                and (bdf is not None or (d.get("root") or b.rsplit(":", 1)[0]) == root)]
         return sorted(kids, key=_devfn)
 
-    def visit(nodes: Sequence[Node], parent_bdf: str | None) -> None:
-        free = [b for b in children_of(parent_bdf) if b not in out.values()]
+    def visit(nodes: Sequence[Node], parent_bdf: str | None, root: str) -> None:
+        free = [b for b in children_of(parent_bdf, root) if b not in out.values()]
         for node in nodes:
             if node.name not in out:
                 ids = acs.DeviceId.of(node)
@@ -229,7 +253,10 @@ def complete_names(topo: Topology, inventory: Mapping[str, Any],
                     continue
                 out[node.name] = match
                 free.remove(match)
-            visit(node.children, out[node.name])
+            if isinstance(node, HostBridge):
+                visit(node.children, None, roots[node.name])
+            else:
+                visit(node.children, out[node.name], root)
 
-    visit(topo.pcie, None)
+    visit(topo.pcie, None, Q35_ROOT)
     return out

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..spec.model import Topology
 from .acs import flag_names
+from .cmdline import kernel_view
 from .fabric import Fabric
 from .grouping import ALGORITHMS, NO_GROUPS, OTHER, Partition, canonical, expected_algorithm
 
@@ -102,34 +103,35 @@ class IsolationPrediction:
         return [r for r in self.reach if self.hole(r, groups)]
 
 
-def domain_type(topo: Topology, cmdline: tuple[str, ...]) -> str | None:
-    """The default domain type the kernel's command line asks for (None: no IOMMU)."""
-    if topo.iommu.model == "none":
+def domain_type(topo: Topology, cmdline: Sequence[str] = ()) -> str | None:
+    """The default domain type of the groups (None: no IOMMU driver runs): identity in
+    passthrough, else DMA with ``iommu.strict=1`` and DMA-FQ (x86's lazy default)
+    without.  ``cmdline``: words after the topology's (the guest's own command line)."""
+    view = kernel_view(topo, tuple(cmdline))
+    if view.iommu == "none":
         return None
-    passthrough, strict = False, False  # x86's default: translated, lazy (DMA-FQ)
-    for word in cmdline:
+    if not view.translating:
+        return "identity"
+    strict = False
+    for word in view.words:
         key, _, value = word.partition("=")
-        on = value.lower() in ("1", "y", "yes", "on")
-        if word in ("iommu=pt", "iommu=nopt"):
-            passthrough = word == "iommu=pt"
-        elif key == "iommu.passthrough":
-            passthrough = on
-        elif key == "iommu.strict":
-            strict = on
+        if key == "iommu.strict":
+            strict = value.lower() in ("1", "y", "yes", "on")
         elif word == "iommu=strict":  # old spelling, still accepted
             strict = True
-    return "identity" if passthrough else ("DMA" if strict else "DMA-FQ")
+    return "DMA" if strict else "DMA-FQ"
 
 
-def predict_isolation(topo: Topology, fabric: Fabric, symbols: Mapping[str, bool] | None,
-                      cmdline: tuple[str, ...] = ()) -> IsolationPrediction:
+def predict_isolation(topo: Topology, fabric: Fabric, symbols: Mapping[str, bool] | None
+                      ) -> IsolationPrediction:
     """Reach and groups for ``fabric`` (see :func:`.fabric.from_topology`); ``symbols``:
-    the kernel's grouping functions as its kallsyms list them (None: unknown);
-    ``cmdline``: the kernel's command line (for the domain type)."""
+    the kernel's grouping functions as its kallsyms list them (None: unknown)."""
     pairs = reach_pairs(fabric)
-    if topo.iommu.model == "none":
-        return IsolationPrediction(NO_GROUPS, "the machine has no vIOMMU, so no IOMMU driver "
-                                   "forms groups", [], {}, pairs, fabric)
+    view = kernel_view(topo)
+    if view.iommu == "none":
+        why = view.why or "the machine has no vIOMMU"
+        return IsolationPrediction(NO_GROUPS, f"{why}, so no IOMMU driver forms groups", [],
+                                   {}, pairs, fabric)
     order = fabric.probe_order()
     models = {}
     for alg in ALGORITHMS.values():
@@ -140,7 +142,7 @@ def predict_isolation(topo: Topology, fabric: Fabric, symbols: Mapping[str, bool
         models[alg.id] = canonical(by.values(), order)
     alg_id, why = expected_algorithm(symbols)
     return IsolationPrediction(alg_id, why, models[alg_id], models, pairs, fabric,
-                               domain_type(topo, cmdline))
+                               domain_type(topo))
 
 
 # -- what the guest showed -------------------------------------------------------------------

@@ -19,6 +19,7 @@ Records (all named ``isolation``):
 
 from __future__ import annotations
 
+from ..verdicts.cmdline import kernel_view
 from ..verdicts.fabric import complete_names, from_inventory, from_topology, machine_devices
 from ..verdicts.grouping import ALGORITHMS, NO_GROUPS, UPSTREAM_WALK
 from ..verdicts.isolation import (
@@ -45,7 +46,7 @@ class Isolation(Workload):
     def run(self, ctx: Context) -> list[Record]:
         data, res = ctx.tool(["inventory", "--grouping-symbols"], timeout=120)
         if not data:
-            expected = NO_GROUPS if ctx.topology.iommu.model == "none" else UPSTREAM_WALK
+            expected = NO_GROUPS if kernel_view(ctx.topology).iommu == "none" else UPSTREAM_WALK
             return [Record(name=self.name, predicted=expected, observed="error",
                            detail=f"the guest tool gave no inventory: {res.describe()[:500]}",
                            seconds=res.seconds)]
@@ -54,8 +55,7 @@ class Isolation(Workload):
         kernel = data.get("kernel", {})
         names = complete_names(topo, data, ctx.guest.names)
         fabric = from_topology(topo, machine_devices(topo, data, names), names)
-        pred = predict_isolation(topo, fabric, kernel.get("grouping_symbols"),
-                                 tuple((kernel.get("cmdline") or "").split()))
+        pred = predict_isolation(topo, fabric, kernel.get("grouping_symbols"))
         obs = observe_groups(data, names, fabric.probe_order())
         acs_diffs = acs_differences(fabric, from_inventory(data, names))
         records = [self.groups_record(pred, obs, acs_diffs, kernel.get("release"), names)]
