@@ -130,7 +130,6 @@ def from_topology(topo: Topology, machine: Sequence[Dev] | None = None,
     names = names or {}
     devs: list[Dev] = []
     slot = 1 + (1 if topo.iommu.model in IOMMU_TAKES_SLOT else 0)
-
     roots = {hb: f"0000:{nr:02x}" for hb, nr in bus_numbers(topo).items()}
 
     def chain(node: Node) -> list[str]:

@@ -30,7 +30,6 @@ class Record:
     mb_per_s: float | None = None
     detail: str = ""
     qemu_limit: bool = False
-    finding: str | None = None  # a problem shown whether or not the record passed (a hole)
     seconds: float = 0.0
     dmesg: dict[str, list[str]] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
@@ -44,6 +43,8 @@ class Record:
     observed_map_type: str | None = None   # from the guest kernel's own tracing
     mechanism: dict[str, Any] = field(default_factory=dict)  # distance, IOMMU evidence, ...
     mechanism_problem: str = ""  # why the observed mechanism is not the predicted one
+    # a problem shown whether or not the record passed (an isolation hole)
+    finding: str | None = None
 
     @property
     def judged(self) -> bool:
