@@ -298,3 +298,11 @@ def test_same_groups_or_no_isolation_record_list_no_change():
     add_run(m, "switch-cmb", "b", result(*isolation([list(g) for g in OLD_GROUPS])), "b")
     add_run(m, "switch-cmb", "c", result(copy("nvme0", "nvme1")), "c")
     assert m.group_changes() == []
+
+
+def test_group_changes_survive_a_shard_merge_round_trip():
+    m = matrix()
+    add_run(m, "switch-cmb", "base", result(*isolation(OLD_GROUPS)), "a")
+    add_run(m, "switch-cmb", "new", result(*isolation(V3_GROUPS, "acs-v3", holes=False)), "b")
+    back = Matrix.from_json(json.loads(json.dumps(m.to_json())))
+    assert [str(g) for g in back.group_changes()] == [str(g) for g in m.group_changes()]
