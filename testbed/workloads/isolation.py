@@ -50,7 +50,7 @@ class Isolation(Workload):
             return [Record(name=self.name, predicted=expected, observed="error",
                            detail=f"the guest tool gave no inventory: {res.describe()[:500]}",
                            seconds=res.seconds)]
-        ctx.guest.inventory = data
+        ctx.guest.inventory = {**ctx.guest.inventory, **data}  # keep the boot's tracing
         topo = ctx.topology
         kernel = data.get("kernel", {})
         names = complete_names(topo, data, ctx.guest.names)
