@@ -51,6 +51,8 @@ def main(argv=None):
     inv.add_argument("--expect-p2pmem", type=int, default=None)
     inv.add_argument("--trace", action="store_true",
                      help="also set up the P2P tracing (as `trace setup`)")
+    inv.add_argument("--grouping-symbols", action="store_true",
+                     help="also look up the IOMMU grouping functions in /proc/kallsyms (~1 s)")
     inv.set_defaults(func=inventory)
 
     cp = sub.add_parser("copy", help="O_DIRECT read into / write from a p2pmem buffer")

@@ -1,4 +1,5 @@
-"""inventory: the PCI tree, NVMe controllers and p2pmem providers as JSON."""
+"""inventory: the PCI tree (with IOMMU groups and ACS registers), NVMe controllers,
+p2pmem providers and the IOMMU groups as JSON."""
 
 import json
 import os
@@ -6,6 +7,7 @@ import sys
 import time
 
 from . import trace
+from .iommu import grouping_symbols, iommu_groups
 from .sysfs import kernel_config, nvme_controllers, pci_devices, read
 
 
@@ -24,10 +26,13 @@ def inventory(args):
         if ready or time.monotonic() > deadline:
             break
         time.sleep(0.1)
+    kernel = {"release": os.uname().release, "p2pdma": kernel_config(),
+              "cmdline": read("/proc/cmdline")}
+    if getattr(args, "grouping_symbols", False):
+        kernel["grouping_symbols"] = grouping_symbols()
     doc = {
-        "kernel": {"release": os.uname().release, "p2pdma": kernel_config(),
-                   "cmdline": read("/proc/cmdline")},
-        "pci": devices, "nvme": nvmes, "ready": ready,
+        "kernel": kernel, "pci": devices, "nvme": nvmes, "ready": ready,
+        "iommu_groups": iommu_groups(),
     }
     if getattr(args, "trace", False):  # set up the P2P tracing in the same process
         doc["tracing"] = trace.setup()

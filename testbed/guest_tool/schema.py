@@ -11,7 +11,7 @@ A transfer document (``copy``, ``passthru``)::
 or, when the transfer could not start, ``{"stage": STAGE, "error": str, "errno": int|None}``.
 """
 
-from typing import List, Optional, TypedDict
+from typing import Dict, List, Optional, TypedDict
 
 # -- stages at which a sub-command can give up before any transfer -------------------------
 STAGE_USAGE = "usage"        # bad arguments (exit status 2)
@@ -66,3 +66,28 @@ class Transfer(TypedDict, total=False):
     stage: str
     error: str
     errno: Optional[int]
+
+
+# -- the inventory's isolation facts ---------------------------------------------------------
+# inventory["pci"][BDF] has, besides vendor/device/class/driver/chain/p2pmem:
+#   "iommu_group": "7" | None, "pcie_type": PCIE_TYPE | None (conventional PCI),
+#   "multifunction": bool, "acs": Acs | None (no ACS extended capability)
+# inventory["iommu_groups"] = IommuGroups
+# inventory["kernel"]["grouping_symbols"] = {symbol: bool} | None   (--grouping-symbols)
+ROOT_PORT, UPSTREAM, DOWNSTREAM, ENDPOINT = "root_port", "upstream", "downstream", "endpoint"
+
+
+class Acs(TypedDict):
+    offset: int
+    cap: int   # ACS Capability register
+    ctrl: int  # ACS Control register
+
+
+class IommuGroup(TypedDict):
+    type: Optional[str]  # the default domain: DMA, DMA-FQ, identity, ...
+    devices: List[str]
+
+
+class IommuGroups(TypedDict):
+    present: bool  # /sys/kernel/iommu_groups exists (it is empty without an IOMMU driver)
+    groups: Dict[str, IommuGroup]

@@ -1,8 +1,11 @@
-"""What the guest's sysfs says: PCI devices with their upstream chains, NVMe
-controllers, p2pmem pools, the kernel's P2PDMA config."""
+"""What the guest's sysfs says: PCI devices with their upstream chains, IOMMU groups and
+ACS registers, NVMe controllers, p2pmem pools, the kernel's P2PDMA config."""
 
 import gzip
 import os
+
+from .iommu import device_group
+from .pciconfig import read_device
 
 SYS_PCI = "/sys/bus/pci/devices"
 
@@ -46,7 +49,10 @@ def pci_devices():
             # the root bus it hangs from ("pci0000:40" -> "0000:40"): one per host bridge
             "root": next((p[3:] for p in real.split("/") if p.startswith("pci")
                           and p.count(":") == 1), None),
+            "iommu_group": device_group(d),
         }
+        # PCIe port type, multifunction, ACS capability/control (see pciconfig)
+        out[bdf].update(read_device(f"{d}/config", int(bdf.rsplit(".", 1)[1], 16)))
         p2p = f"{d}/p2pmem"
         if os.path.isdir(p2p):
             out[bdf]["p2pmem"] = {k: read(f"{p2p}/{k}") for k in ("size", "available", "published")}

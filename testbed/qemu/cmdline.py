@@ -33,8 +33,8 @@ from typing import Iterator, Sequence
 
 from ..spec.model import DownstreamPort, HostBridge, Node, Nvme, RootPort, Switch, Topology
 from ..spec.units import MiB
-from .devices import (DEVICES, IOMMU_CMDLINE, MACHINE, ROOT_BUS, VIOMMU_ID, bus_numbers,
-                      iommu_cmdline)
+from .devices import (DEVICES, DISABLE_ACS, IOMMU_CMDLINE, MACHINE, ROOT_BUS, VIOMMU_ID,
+                      bus_numbers, iommu_cmdline)
 from .share import Share, share_tag
 
 __all__ = ["BackingFile", "BootMedia", "Drive", "build", "machine_argv", "boot_argv",
@@ -136,6 +136,8 @@ def device_props(node: Node, bus: str, chassis: int | None = None) -> str:
     props = [kind.qemu_device, f"id={node.name}", f"bus={bus}"]
     if chassis is not None:
         props += [f"chassis={chassis}", "slot=0"]
+    if isinstance(node, RootPort) and not node.acs:
+        props.append(f"{DISABLE_ACS}=on")
     return ",".join(props)
 
 

@@ -17,6 +17,10 @@ from ..spec.model import (DownstreamPort, HostBridge, Iommu, Node, Nvme, RootPor
                           Topology)
 
 
+# pcie-root-port's property that builds the port without its ACS capability (``acs: false``)
+DISABLE_ACS = "disable-acs"
+
+
 @dataclass(frozen=True)
 class DeviceKind:
     """How one kind of spec node exists in QEMU and in the guest."""
@@ -36,7 +40,8 @@ class DeviceKind:
 
 DEVICES: dict[type, DeviceKind] = {
     RootPort: DeviceKind("root_port", "pcie-root-port", ("0x1b36", "0x000c"), "root port",
-                         acs=True, hotplug_slot=True, props=("chassis", "slot")),
+                         acs=True, hotplug_slot=True,
+                         props=("chassis", "slot", DISABLE_ACS)),
     Switch: DeviceKind("switch", "x3130-upstream", ("0x104c", "0x8232"),
                        "switch upstream port", acs=False, hotplug_slot=False),
     DownstreamPort: DeviceKind("downstream_port", "xio3130-downstream", ("0x104c", "0x8233"),
@@ -56,6 +61,16 @@ EXTRA_DEVICES: dict[type, tuple[str, ...]] = {Switch: ("xio3130-downstream",),
 
 def kind_of(node: Node) -> DeviceKind:
     return DEVICES[type(node)]
+
+
+def has_acs(node: Node) -> bool:
+    """Does QEMU give this node an ACS extended capability?  Its kind must have one, and a
+    root port written with ``acs: false`` is built without it.
+
+    >>> has_acs(RootPort("rp0")), has_acs(RootPort("rp0", acs=False))
+    (True, False)
+    """
+    return DEVICES[type(node)].acs and getattr(node, "acs", True)
 
 
 # -- the vIOMMU ----------------------------------------------------------------------------

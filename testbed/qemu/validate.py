@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import Problem, QemuError, SpecError, did_you_mean
-from ..spec.model import HostBridge, Machine, Nvme, Topology
+from ..spec.model import HostBridge, Machine, Nvme, RootPort, Topology
 from ..spec.parse import parse
 from ..spec.source import read_text, resolve
 from ..spec.units import format_size
@@ -26,6 +26,7 @@ from ..spec.yamlsource import Sourced, load
 from .accel import expected_accel
 from .devices import (
     DEVICES,
+    DISABLE_ACS,
     EXTRA_DEVICES,
     IOMMU_DEVICES,
     KVM_ONLY_CPUS,
@@ -138,6 +139,9 @@ def capabilities(topo: Topology, caps: Capabilities, accel: str | None = None) -
         for device in (kind.qemu_device, *EXTRA_DEVICES.get(type(node), ())):
             if not need(path, device, key=True) and isinstance(node, Nvme):
                 break  # no point asking about nvme-ns without nvme
+        if isinstance(node, RootPort) and not node.acs:
+            need(f"{topo.node_paths.get(node.name, '')}.acs", kind.qemu_device, DISABLE_ACS,
+                 caps.device_props.get(kind.qemu_device, frozenset()))
         if isinstance(node, Nvme):
             base = topo.node_paths.get(node.name, "")
             if node.cmb:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..spec.model import Topology
+from ..spec.model import RootPort, Topology
 from ..spec.units import format_size
 from ..util.rundir import RunDir
 from .backing import create_backing_files
 from .cmdline import build
-from .devices import CMB_BAR, DEVICES, PMR_BAR, ROOT_BUS
+from .devices import CMB_BAR, DEVICES, DISABLE_ACS, PMR_BAR, ROOT_BUS
 from .machine import QemuMachine
 from .probe import probe
 
@@ -69,6 +69,11 @@ def _check_qom(vm: QemuMachine, topo: Topology) -> list[str]:
         got_parent = bus.rstrip("/").split("/")[-1]
         if got_parent != parent:
             diffs.append(f"{node.name}: plugged into {got_parent}, the spec says {parent}")
+        if isinstance(node, RootPort) and qtype == want_type:
+            off = vm.qmp("qom-get", path=path, property=DISABLE_ACS)
+            if off != (not node.acs):
+                diffs.append(f"{node.name}: QEMU has {DISABLE_ACS}={'on' if off else 'off'}, "
+                             f"the spec says acs: {str(node.acs).lower()}")
     return diffs
 
 

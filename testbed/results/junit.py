@@ -40,6 +40,11 @@ def to_junit(result: RunResult) -> str:
                 line for lines in rec.dmesg.values() for line in lines)
         elif rec.command is not None and rec.exit_status != 0:
             case.set("exit_status", str(rec.exit_status))
+        if rec.finding:  # a problem that holds whether or not the verdict was predicted
+            props = ET.Element("properties")
+            ET.SubElement(props, "property", name="finding", value=rec.finding)
+            case.insert(0, props)  # before any failure, as pytest writes them
         out = ET.SubElement(case, "system-out")
-        out.text = (rec.detail or "") + ("\n" + rec.stdout if rec.stdout else "")
+        out.text = (rec.detail or "") + (f"\nFINDING: {rec.finding}" if rec.finding else "") \
+            + ("\n" + rec.stdout if rec.stdout else "")
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)

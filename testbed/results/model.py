@@ -44,6 +44,11 @@ class RunResult:
         return [r for r in self.judged if not r.passed]
 
     @property
+    def findings(self) -> list[Record]:
+        """Records that show a problem whatever their verdict (isolation holes)."""
+        return [r for r in self.workloads if r.finding]
+
+    @property
     def verdict(self) -> str:
         """``fail`` (an error stopped the run, or a verdict differed), ``incomplete`` (it
         did not get to its end, for no reported error) or ``pass``."""

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from ..results.model import RunResult
+from .groups import GroupChange, compare, observed_groups
 
 # what a cell can show, in the order a legend lists them
-VERDICTS = ("ok", "rejected", "iommu-fault", "unsupported", "error", "missing")
+VERDICTS = ("ok", "rejected", "iommu-fault", "isolation-hole", "unsupported", "error",
+            "missing")
 
 
 @dataclass
@@ -74,6 +76,7 @@ class RunEntry:
     seconds: float = 0.0
     first_attempt_error: str = ""  # a boot timeout that was retried
     error_kind: str = ""
+    iommu_groups: list[list[str]] | None = None  # observed by the isolation workload
 
 
 @dataclass
@@ -182,6 +185,23 @@ class Matrix:
         the baseline, ok through the host bridge now, say): a regression of its own kind."""
         return find_mechanism_changes(self)
 
+    def group_changes(self) -> list[GroupChange]:
+        """Later kernels whose IOMMU groups differ from the baseline's, per topology (not
+        regressions by themselves)."""
+        out = []
+        for topo in self.topologies:
+            base = self.run(topo, self.baseline)
+            if base is None or base.iommu_groups is None:
+                continue
+            for label in self.labels[1:]:
+                later = self.run(topo, label)
+                if later is None or later.iommu_groups is None:
+                    continue
+                changes = compare(base.iommu_groups, later.iommu_groups)
+                if changes:
+                    out.append(GroupChange(topo, label, self.baseline, tuple(changes)))
+        return out
+
     @property
     def incomplete(self) -> list[RunEntry]:
         """Runs that broke before their workloads finished (boot failure, ...)."""
@@ -204,6 +224,7 @@ class Matrix:
                       if (c := self.cell(row, label)) is not None],
             "regressions": [asdict(r) for r in regs],
             "mechanism_regressions": [asdict(r) for r in self.mechanism_regressions()],
+            "group_changes": [g.to_json() for g in self.group_changes()],
             "incomplete": [f"{r.topology} × {r.kernel}: {r.error.splitlines()[0]}"
                            for r in self.incomplete],
             "status": self.status,
@@ -288,5 +309,6 @@ def add_run(m: Matrix, topology: str, kernel: str, result: RunResult,
     m.runs.append(RunEntry(topology, kernel, str(directory), result.status, error,
                            kinfo.get("release"), kinfo.get("p2pdma"),
                            round(result.boot_seconds, 2), round(result.seconds, 2),
-                           error_kind=result.error_kind))
+                           error_kind=result.error_kind,
+                           iommu_groups=observed_groups(result.workloads)))
     m.cells += cells_from_result(topology, kernel, result)

@@ -44,6 +44,7 @@ def _view(m: Matrix) -> dict[str, Any]:
     run_dirs = {(r.topology, r.kernel): r.directory for r in m.runs}
     return {"m": m, "rows": rows, "regressions": regs,
             "mechanism_regressions": m.mechanism_regressions(), "incomplete": m.incomplete,
+            "group_changes": m.group_changes(),
             "status": m.status, "verdicts": VERDICTS, "run_dirs": run_dirs}
 
 
@@ -88,6 +89,8 @@ def summary(m: Matrix, out: Path | None = None) -> str:
     mech = m.mechanism_regressions()
     for r in mech:
         out_lines.append(f"MECHANISM REGRESSION: {r}")
+    for change in m.group_changes():
+        out_lines.append(f"GROUPS CHANGED: {change}")
     for run in m.incomplete:
         out_lines.append(f"INCOMPLETE: {run.topology} × {run.kernel}: "
                          f"{run.error.splitlines()[0]}")

@@ -31,7 +31,7 @@ BOOT_SECONDS = 12.0  # what a boot with its checks costs under TCG, roughly
 # seconds per (provider, client) pair of each workload (under a translating vIOMMU the
 # transfers are spaced out for the fault messages' rate limit)
 PAIR_SECONDS = {"p2p-copy": 2.0, "host-baseline": 1.0, "passthru": 1.5}
-FIXED_SECONDS = {"pmr": 15.0, "inventory": 0.5}
+FIXED_SECONDS = {"pmr": 15.0, "inventory": 0.5, "isolation": 4.0}
 OTHER_SECONDS = 10.0
 
 

@@ -85,10 +85,14 @@ class Switch:
 
 @dataclass(frozen=True)
 class RootPort:
-    """A pcie-root-port on the q35 root complex; holds at most one device."""
+    """A pcie-root-port on the q35 root complex; holds at most one device.
+
+    ``acs=False`` builds it without its ACS capability (QEMU's ``disable-acs=on``), so
+    neither Linux's P2PDMA code nor its IOMMU grouping sees any isolation there."""
 
     name: str
     device: "Device | None" = None
+    acs: bool = True
 
     kind = "root_port"
 

@@ -65,7 +65,7 @@ TOP_KEYS = ("name", "description", "machine", "iommu", "kernel_cmdline", "pcie",
 MACHINE_KEYS = ("type", "cpu", "memory", "cpus", "accel", "qemu")
 IOMMU_KEYS = ("model", "mode")
 KIND_KEYS = {
-    "root_port": ("root_port", "device"),
+    "root_port": ("root_port", "device", "acs"),
     "switch": ("switch", "downstream"),
     "downstream_port": ("downstream_port", "device"),
     "nvme": ("nvme", "serial", "cmb", "pmr", "namespaces"),
@@ -131,6 +131,12 @@ class _Parser:
             self.problem(node, path, f"must be between {lo} and {hi}, got {v}")
             return None
         return v
+
+    def boolean(self, node: Sourced, path: str) -> bool | None:
+        if not isinstance(node.value, bool):
+            self.problem(node, path, f"expected true or false, got {_describe(node.value)}")
+            return None
+        return node.value
 
     def size(self, node: Sourced, path: str) -> int | None:
         try:
@@ -375,7 +381,11 @@ class _Parser:
         if kind not in allowed:
             self.problem(item, f"{path}.{kind}", _placement_error(kind, where), at_key=kind)
             return None
-        m = self.mapping(item, path, KIND_KEYS[kind], f"a {kind}") or {}
+        allowed_keys = KIND_KEYS[kind]
+        if "acs" in item.value and "acs" not in allowed_keys:
+            self.problem(item, f"{path}.acs", _NO_ACS[kind], at_key="acs")
+            allowed_keys += ("acs",)  # reported above, not as an unknown key
+        m = self.mapping(item, path, allowed_keys, f"a {kind}") or {}
         name = self.name(m[kind], f"{path}.{kind}", kind.replace("_", " "))
         if name is not None:
             self.node_paths[name] = path
@@ -417,7 +427,8 @@ class _Parser:
     def root_port(self, item, m, path, name):
         self.bus_count += 1
         device = self.port_device(m, path, "a root port")
-        return RootPort(name, device) if name else None
+        acs = self.boolean(m["acs"], f"{path}.acs") if "acs" in m else True
+        return RootPort(name, device, acs=acs) if name and acs is not None else None
 
     def downstream_port(self, item, m, path, name):
         self.bus_count += 1
@@ -635,6 +646,17 @@ class _Parser:
                 if getattr(exp, key) not in nvme_names:
                     self.problem(m[key], f"{sub}.{key}", f"{getattr(exp, key)!r} is not an nvme "
                                  "device: expectations name a p2pmem provider and an NVMe client")
+
+
+_SWITCH_NO_ACS = ("only a root port can switch ACS off: QEMU's x3130 switch ports have no ACS "
+                  "capability at all (none to turn off, and no option to add one)")
+_NO_ACS = {
+    "switch": _SWITCH_NO_ACS,
+    "downstream_port": _SWITCH_NO_ACS,
+    "nvme": "only a root port can switch ACS off: an NVMe endpoint has no ACS capability",
+    "host_bridge": "only a root port can switch ACS off: write acs under one of the host "
+                   "bridge's root_ports",
+}
 
 
 def _placement_error(kind: str, where: str) -> str:

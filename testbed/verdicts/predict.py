@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from ..qemu.devices import DEVICES, HOST_BRIDGE_ID
 from ..qemu.probe import CpuInfo
 from ..spec.model import HostBridge, Node, Nvme, Topology
+from . import acs
 from .cmdline import KernelView, kernel_view
 
 # The q35 host bridge, and whether Linux allow-lists it (it is not in
@@ -54,15 +55,17 @@ class Prediction:
 
 
 def has_acs_capability(node: Node) -> bool:
-    """QEMU's pcie-root-port has an ACS capability; the x3130 switch ports do not."""
-    return DEVICES[type(node)].acs
+    """QEMU's pcie-root-port has an ACS capability (not with ``acs: false``); the x3130
+    switch ports do not."""
+    return acs.capability(node) is not None
 
 
 def acs_redirect(node: Node, topo: Topology, view: KernelView | None = None) -> bool:
-    """Will Linux have set ACS RR/CR on this bridge?  pci_enable_acs() turns them on
-    only when an IOMMU driver requested ACS (pci_request_acs())."""
+    """Will Linux have set ACS RR/CR/EC on this bridge?  pci_enable_acs() turns them on
+    when an IOMMU driver requested ACS; pci=disable_acs_redir/config_acs change them
+    (the whole model: :mod:`testbed.verdicts.acs`)."""
     view = view or kernel_view(topo)
-    return has_acs_capability(node) and view.acs_requested
+    return acs.node_state(node, topo, requested=view.acs_requested).redirect
 
 
 def _chain(topo: Topology, name: str) -> list[Node]:

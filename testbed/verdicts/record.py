@@ -43,6 +43,8 @@ class Record:
     observed_map_type: str | None = None   # from the guest kernel's own tracing
     mechanism: dict[str, Any] = field(default_factory=dict)  # distance, IOMMU evidence, ...
     mechanism_problem: str = ""  # why the observed mechanism is not the predicted one
+    # a problem shown whether or not the record passed (an isolation hole)
+    finding: str | None = None
 
     @property
     def judged(self) -> bool:

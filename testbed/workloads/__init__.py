@@ -1,8 +1,8 @@
 """P2PDMA workloads: each runs guest-side code over SSH and returns judged records.
 
     >>> sorted(WORKLOADS)  # doctest: +NORMALIZE_WHITESPACE
-    ['concurrent', 'exec', 'fio', 'host-baseline', 'hot-unplug', 'inventory', 'mixed-iovec',
-     'p2p-copy', 'passthru', 'pmr', 'pool', 'split']
+    ['concurrent', 'exec', 'fio', 'host-baseline', 'hot-unplug', 'inventory', 'isolation',
+     'mixed-iovec', 'p2p-copy', 'passthru', 'pmr', 'pool', 'split']
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from .fio import Fio
 from .hotunplug import HotUnplug
 from .inventory import Inventory
 from .iovec import MixedIovec, Split
+from .isolation import Isolation
 from .passthru import Passthru
 from .pmr import Pmr
 from .pool import Pool
 
 WORKLOADS: dict[str, type[Workload]] = {
-    w.name: w for w in (Inventory, P2PCopy, HostBaseline, Passthru, Pmr, Exec)
+    w.name: w for w in (Inventory, Isolation, P2PCopy, HostBaseline, Passthru, Pmr, Exec)
 }
 # workloads whose records carry the kernel's P2P mechanism (tracing is set up for them)
 OBSERVED: frozenset[str] = frozenset({"p2p-copy", "passthru"})
@@ -32,6 +33,8 @@ WORKLOADS.update({w.name: w for w in (Fio, MixedIovec, Split, Concurrent, Pool, 
 def default_workloads(topo: Topology) -> list[str]:
     """The default set, minus workloads the topology has nothing for."""
     out = ["inventory"]
+    if topo.iommu.model != "none":
+        out.append("isolation")  # cheap: one inventory, no I/O
     if any(n.cmb for n in topo.nvmes()) and len(topo.nvmes()) > 1:
         out += ["p2p-copy", "host-baseline", "passthru"]
     if any(n.pmr for n in topo.nvmes()):

@@ -59,7 +59,7 @@ class Context:
         else:
             data, res = self.tool(["trace", "setup"], timeout=60)
             self.tracing = data or {"ok": False, "problems": [res.describe()[:500]]}
-        self.observing = bool(data and data.get("ok"))
+        self.observing = bool(self.tracing.get("ok"))
         if not self.observing:
             self.observe_why = "; ".join(self.tracing.get("problems") or []) or \
                 "the kernel's P2P functions cannot be traced"

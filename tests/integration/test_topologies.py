@@ -1,6 +1,7 @@
 """Every library topology boots (the guest-side tree and p2pmem check runs at boot),
 and for every P2P pair the oracle's prediction equals the observed verdict and the
-mechanism the guest kernel chose (its map type, traced), with the IOMMU evidence.
+mechanism the guest kernel chose (its map type, traced), with the IOMMU evidence; the IOMMU
+groups and ACS registers the guest kernel set up are the ones the oracle predicts.
 
 One guest per topology, shared by the tests of this module (the plugin's `guest`
 fixture, selected with the `topology` marker).
@@ -20,7 +21,8 @@ CASES = [pytest.param(name, marks=pytest.mark.topology(name), id=name) for name 
 def test_library_has_the_named_topologies():
     for name in ("switch-cmb", "rootports-cmb", "rootports-cmb-zen", "switch-cmb-intel-iommu",
                  "switch-cmb-virtio-iommu", "switch-cmb-iommu-pt", "nvme-pmr", "fabric-large",
-                 "switch-cmb-zen", "hostbridges-cmb-zen", "rootports-cmb-zen-intel-iommu"):
+                 "switch-cmb-zen", "hostbridges-cmb-zen", "rootports-cmb-zen-intel-iommu",
+                 "rootports-intel-iommu", "rootports-acs-off"):
         assert name in LIBRARY
 
 
@@ -86,6 +88,46 @@ def test_both_mechanisms_of_ok_are_in_the_library():
     assert got == {"switch-cmb-zen": {"bus-address"}, "rootports-cmb-zen": {"host-bridge"},
                    "hostbridges-cmb-zen": {"host-bridge"},
                    "rootports-cmb-zen-intel-iommu": {"host-bridge"}}
+
+
+SWITCHES = ("switch-cmb-intel-iommu", "switch-cmb-virtio-iommu", "switch-cmb-iommu-pt")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_isolation_matches_the_oracle(guest, name):
+    """Observed groups equal the predicted 7.3.4 grouping; the switch topologies show the
+    isolation hole (a passing, predicted finding), ACS on every port shows none, and the
+    root ports with acs: false merge their subtrees exactly as predicted."""
+    topo = load_topology(name)
+    groups, *pairs = guest.workload("isolation")
+    assert groups["observed"] == groups["predicted"], groups["detail"]
+    assert groups["data"]["acs_differences"] == []
+    if topo.iommu.model == "none":
+        assert (groups["predicted"], pairs) == ("no-groups", [])
+        return
+    assert groups["predicted"] == "upstream-walk"  # the image's 7.3.4 (kallsyms)
+    assert all(p["observed"] == p["predicted"] for p in pairs), pairs
+    holes = {(p["provider"], p["client"]) for p in pairs if p["observed"] == "isolation-hole"}
+    findings = {(p["provider"], p["client"]) for p in pairs if p.get("finding")}
+    assert holes == findings
+    if name in SWITCHES:
+        assert holes == {("nvme0", "nvme1"), ("nvme1", "nvme0")}
+        assert all("kernel grouping problem" in p["finding"] and not p["qemu_limit"]
+                   for p in pairs)
+        assert ["sw0-dp0", "nvme0"] in groups["data"]["observed_groups"]
+    else:
+        assert holes == set()
+    if name == "rootports-intel-iommu":
+        assert pairs == []
+        assert {d: a["ctrl"] for d, a in groups["data"]["acs"].items()} == \
+            {"rp0": 0x1D, "rp1": 0x1D}
+    if name == "rootports-acs-off":
+        observed = groups["data"]["observed_groups"]
+        assert ["rp0", "nvme0"] in observed and ["rp1"] in observed
+        assert ["rp2", "sw0", "sw0-dp0", "sw0-dp1", "nvme2", "nvme3"] in observed
+        assert groups["data"]["acs"]["rp0"]["cap"] is None
+        assert [(p["provider"], p["client"], p["observed"]) for p in pairs] == [
+            ("nvme2", "nvme3", "ok"), ("nvme3", "nvme2", "ok")]
 
 
 def test_all_verdict_kinds_occur_across_the_library():

@@ -150,6 +150,17 @@ def test_wrong_tree_is_caught(real_qemu, switch_cmb):
         "nvme0: plugged into sw0-dp0, the spec says sw0-dp1"]
 
 
+def test_root_port_acs_is_checked(real_qemu, switch_cmb):
+    """acs: false is QEMU's disable-acs=on, and verify reads it back over QMP."""
+    rp0 = switch_cmb.pcie[0]
+    off = dataclasses.replace(switch_cmb, pcie=(dataclasses.replace(rp0, acs=False),))
+    assert verify_claim(off, off, bars=False) == []
+    assert verify_claim(switch_cmb, off, bars=False) == [
+        "rp0: QEMU has disable-acs=off, the spec says acs: false"]
+    assert verify_claim(off, switch_cmb, bars=False) == [
+        "rp0: QEMU has disable-acs=on, the spec says acs: true"]
+
+
 def test_invented_device_is_caught(real_qemu, switch_cmb):
     extra = dataclasses.replace(switch_cmb, pcie=switch_cmb.pcie + (RootPort("rp9"),))
     diffs = verify_claim(switch_cmb, extra, bars=False)

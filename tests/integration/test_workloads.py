@@ -59,10 +59,12 @@ def test_run_nvme_pmr_passthru_push_exec(real_qemu, tmp_path):
 
 def test_faulting_and_hanging_workloads_are_bounded(real_qemu, tmp_path):
     """Under a translating vIOMMU the P2P copy faults (as predicted: exit 0); a user command
-    that hangs is cut at --timeout and the run still collects everything."""
+    that hangs is cut at --timeout and the run still collects everything.  The isolation
+    workload reports the switch's predicted hole as a finding in every result file."""
     out = tmp_path / "out"
-    res = run_testbed("switch-cmb-intel-iommu", "-w", "p2p-copy", "--exec", "sleep 600",
-                      "--timeout", "20", "--out", str(out), tmp_path=tmp_path)
+    res = run_testbed("switch-cmb-intel-iommu", "-w", "isolation", "-w", "p2p-copy",
+                      "--exec", "sleep 600", "--timeout", "20", "--out", str(out),
+                      tmp_path=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     data = json.loads((out / "results.json").read_text())
     copies = [w for w in data["workloads"] if w["name"] == "p2p-copy"]
@@ -72,6 +74,15 @@ def test_faulting_and_hanging_workloads_are_bounded(real_qemu, tmp_path):
     assert hung["exit_status"] == -1 and hung["detail"] == "timed out"
     assert "DMAR" in (out / "dmesg.txt").read_text()
     assert (out / "console.log").stat().st_size > 0
+    iso = [w for w in data["workloads"] if w["name"] == "isolation"]
+    assert [(w.get("provider"), w["predicted"], w["observed"]) for w in iso] == [
+        (None, "upstream-walk", "upstream-walk"),
+        ("nvme0", "isolation-hole", "isolation-hole"),
+        ("nvme1", "isolation-hole", "isolation-hole")]
+    assert "FINDING: isolation nvme0 <- nvme1: isolation hole" in res.stdout
+    assert "2 finding(s)" in res.stdout.splitlines()[-1]
+    assert "## Findings" in (out / "report.md").read_text()
+    assert (out / "junit.xml").read_text().count('name="finding"') == 2
 
 
 @pytest.mark.topology("switch-cmb")

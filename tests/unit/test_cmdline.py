@@ -70,6 +70,18 @@ def test_switch_cmb_argv():
                     "-device", "nvme-ns,drive=tb-nvme1-ns1,bus=nvme1,nsid=1"]
 
 
+def test_acs_false_is_disable_acs_on_that_root_port_only():
+    topo = topo_of("""
+        pcie:
+          - root_port: rp0
+            acs: false
+          - root_port: rp1
+        """)
+    assert devices(machine_argv(topo, "qemu", RUN, "tcg")) == [
+        "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=0,disable-acs=on",
+        "pcie-root-port,id=rp1,bus=pcie.0,chassis=2,slot=0"]
+
+
 def test_nvme_pmr_argv():
     topo = load_topology("nvme-pmr")
     argv = machine_argv(topo, "qemu", RUN, "tcg")

@@ -246,3 +246,70 @@ def test_a_boot_timeout_is_retried_once_a_panic_is_not(tmp_path):
     assert m.runs[0].error == "" and "boot timeout" in m.runs[0].first_attempt_error
     assert "Kernel panic" in m.runs[1].error
     assert [r.now for r in m.regressions()] == ["error"]
+
+
+# -- IOMMU group changes between kernels -------------------------------------------------------
+
+OLD_GROUPS = [["rp0"], ["sw0"], ["sw0-dp0", "nvme0"], ["sw0-dp1", "nvme1"]]
+V3_GROUPS = [["rp0"], ["sw0", "sw0-dp0", "sw0-dp1", "nvme0", "nvme1"]]
+
+
+def isolation(groups, algorithm="upstream-walk", holes=True):
+    verdict = "isolation-hole" if holes else "ok"
+    return [Record(name="isolation", predicted=algorithm, observed=algorithm,
+                   data={"observed_groups": groups}),
+            Record(name="isolation", provider="nvme0", client="nvme1", predicted=verdict,
+                   observed=verdict)]
+
+
+def test_merged_groups_are_listed_and_are_not_a_regression(tmp_path):
+    m = matrix(("7.3.4 (build)", "7.3.4 (build-patched)"))
+    add_run(m, "switch-cmb", "7.3.4 (build)", result(*isolation(OLD_GROUPS)), "a")
+    add_run(m, "switch-cmb", "7.3.4 (build-patched)",
+            result(*isolation(V3_GROUPS, "acs-v3", holes=False)), "b")
+    assert m.regressions() == [] and m.status == 0
+    (change,) = m.group_changes()
+    assert (change.topology, change.kernel, change.baseline_kernel) == \
+        ("switch-cmb", "7.3.4 (build-patched)", "7.3.4 (build)")
+    (c,) = change.changes
+    assert c.kind == "merged"
+    assert c.before == [["sw0"], ["sw0-dp0", "nvme0"], ["sw0-dp1", "nvme1"]]
+    assert c.after == [["sw0", "sw0-dp0", "sw0-dp1", "nvme0", "nvme1"]]
+    text = summary(m)
+    assert ("GROUPS CHANGED: switch-cmb: 7.3.4 (build) -> 7.3.4 (build-patched): merged {sw0} "
+            "+ {sw0-dp0, nvme0} + {sw0-dp1, nvme1} -> {sw0, sw0-dp0, sw0-dp1, nvme0, nvme1}") \
+        in text
+    assert re.search(r"switch-cmb +isolation +nvme0->nvme1 +isolation-hole +ok\n", text)
+    write_matrix(m, tmp_path)
+    doc = json.loads((tmp_path / "matrix.json").read_text())
+    assert doc["group_changes"][0]["changes"][0]["kind"] == "merged"
+    assert doc["runs"][1]["iommu_groups"] == V3_GROUPS
+    md = (tmp_path / "matrix.md").read_text()
+    assert "## IOMMU group changes" in md and "merged `sw0` + `sw0-dp0, nvme0`" in md
+    html = (tmp_path / "matrix.html").read_text()
+    assert "<h2>IOMMU group changes</h2>" in html and 'class="cell isolation-hole"' in html
+
+
+def test_a_new_hole_is_a_regression_and_a_split():
+    m = matrix()
+    add_run(m, "switch-cmb", "base", result(*isolation(V3_GROUPS, "acs-v3", holes=False)), "a")
+    add_run(m, "switch-cmb", "new", result(*isolation(OLD_GROUPS)), "b")
+    (reg,) = m.regressions()
+    assert (reg.workload, reg.was, reg.now) == ("isolation", "ok", "isolation-hole")
+    assert [c.kind for c in m.group_changes()[0].changes] == ["split"]
+
+
+def test_same_groups_or_no_isolation_record_list_no_change():
+    m = matrix(("a", "b", "c"))
+    add_run(m, "switch-cmb", "a", result(*isolation(OLD_GROUPS)), "a")
+    add_run(m, "switch-cmb", "b", result(*isolation([list(g) for g in OLD_GROUPS])), "b")
+    add_run(m, "switch-cmb", "c", result(copy("nvme0", "nvme1")), "c")
+    assert m.group_changes() == []
+
+
+def test_group_changes_survive_a_shard_merge_round_trip():
+    m = matrix()
+    add_run(m, "switch-cmb", "base", result(*isolation(OLD_GROUPS)), "a")
+    add_run(m, "switch-cmb", "new", result(*isolation(V3_GROUPS, "acs-v3", holes=False)), "b")
+    back = Matrix.from_json(json.loads(json.dumps(m.to_json())))
+    assert [str(g) for g in back.group_changes()] == [str(g) for g in m.group_changes()]

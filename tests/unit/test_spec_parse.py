@@ -385,14 +385,16 @@ FULL_NVME = frozenset({"serial", "cmb_size_mb", "pmrdev", "drive"})
 FULL_NS = frozenset({"drive", "nsid", "logical_block_size", "physical_block_size"})
 
 
-def fake_probe(version=(10, 0, 0), devices=FULL_DEVICES, nvme=FULL_NVME, ns=FULL_NS):
+def fake_probe(version=(10, 0, 0), devices=FULL_DEVICES, nvme=FULL_NVME, ns=FULL_NS,
+               root_port=frozenset({"chassis", "slot", "disable-acs"})):
     calls = []
 
     def probe(binary):
         calls.append(binary)
         return Capabilities(path=f"/opt/qemu-{'.'.join(map(str, version))}/bin/{binary}",
                             version=version, version_text=f"QEMU emulator version {version}",
-                            devices=devices, nvme_props=nvme, nvme_ns_props=ns)
+                            devices=devices, nvme_props=nvme, nvme_ns_props=ns,
+                            device_props={"pcie-root-port": root_port})
     probe.calls = calls
     return probe
 
@@ -463,3 +465,31 @@ def test_missing_qemu_is_reported_even_with_other_machine_problems():
         "2:17: machine.qemu: QEMU binary '/opt/nope' not found or not executable",
         "2:35: machine.accel: must be one of auto, kvm, tcg, got 'bogus'",
     ]
+
+
+# -- ACS on root ports -----------------------------------------------------------------------
+
+ACS_OFF = """
+iommu: intel
+pcie:
+  - root_port: rp0
+    acs: false
+    device: {nvme: nvme0}
+  - root_port: rp1
+    acs: true
+    device: {nvme: nvme1}
+"""
+
+
+def test_acs_is_a_root_port_boolean():
+    topo = spec(ACS_OFF, probe=fake_probe())
+    assert [(p.name, p.acs) for p in topo.pcie] == [("rp0", False), ("rp1", True)]
+    assert spec("pcie: [{root_port: rp0}]").pcie[0].acs is True  # the default: QEMU's ACS
+
+
+def test_acs_false_needs_a_qemu_with_disable_acs():
+    old = fake_probe(version=(2, 12, 0), root_port=frozenset({"chassis", "slot"}))
+    assert problems(ACS_OFF, probe=old) == [
+        "5:10: pcie[0].acs: QEMU 2.12.0 (/opt/qemu-2.12.0/bin/qemu-system-x86_64) lacks the "
+        "pcie-root-port property 'disable-acs'"]
+    assert spec(ACS_OFF.replace("acs: false", "acs: true"), probe=old).pcie[0].acs is True
