@@ -31,6 +31,7 @@ from ..errors import (
 )
 from ..image.build import ensure_image
 from ..image.model import Image
+from ..kernel.cmdline import merge_words
 from ..kernel.prepare import PreparedKernel, prepare
 from ..kernel.resolve import KernelSpec
 from ..paths import cache_dir
@@ -89,12 +90,7 @@ def kernel_cmdline(topo: Topology, image_cmdline: tuple[str, ...] | list[str],
     words = [*image_cmdline, *iommu_cmdline(topo.iommu),
              f"nvme_core.io_timeout={NVME_IO_TIMEOUT}", *topo.kernel_cmdline, *extra,
              *(["nokaslr"] if debug else [])]
-    out: list[str] = []
-    for w in words:
-        key = w.split("=", 1)[0]
-        out = [o for o in out if o.split("=", 1)[0] != key or "=" not in w]
-        out.append(w)
-    return out
+    return merge_words(words)
 
 
 def default_kernel(image: Image) -> PreparedKernel:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..results.model import RunResult
 from .groups import GroupChange, compare, observed_groups
@@ -242,47 +242,41 @@ def _worse(base: Cell, later: Cell) -> str | None:
     return None
 
 
-def find_regressions(m: Matrix) -> list[Regression]:
-    out: list[Regression] = []
+def _against_baseline(m: Matrix) -> Iterator[tuple[tuple[str, str, str, str], Cell, str, Cell]]:
+    """(row, baseline cell, later kernel, its cell) for every cell both runs have (a run
+    that has not happened has no cell)."""
     if not m.kernels:
-        return out
-    base = m.baseline
+        return
     for row in m.rows():
-        b = m.cell(row, base)
+        b = m.cell(row, m.baseline)
         if b is None:
             continue
         for label in m.labels[1:]:
             later = m.cell(row, label)
-            if later is None:
-                continue  # that run has not happened
-            why = _worse(b, later)
-            if why:
-                out.append(Regression(row[0], row[1], row[2] or None, row[3] or None, label,
-                                      base, b.verdict, later.verdict, why))
+            if later is not None:
+                yield row, b, label, later
+
+
+def find_regressions(m: Matrix) -> list[Regression]:
+    out: list[Regression] = []
+    for row, b, label, later in _against_baseline(m):
+        why = _worse(b, later)
+        if why:
+            out.append(Regression(row[0], row[1], row[2] or None, row[3] or None, label,
+                                  m.baseline, b.verdict, later.verdict, why))
     return out
 
 
 def find_mechanism_changes(m: Matrix) -> list[Regression]:
     out: list[Regression] = []
-    if not m.kernels:
-        return out
-    base = m.baseline
-    for row in m.rows():
-        b = m.cell(row, base)
-        if b is None or b.observed_map_type is None:
-            continue
-        for label in m.labels[1:]:
-            later = m.cell(row, label)
-            if later is None or later.observed_map_type is None:
-                continue
-            if later.observed_map_type != b.observed_map_type and later.verdict == b.verdict:
-                out.append(Regression(
-                    row[0], row[1], row[2] or None, row[3] or None, label, base,
-                    f"{b.verdict} by {b.observed_map_type}",
-                    f"{later.verdict} by {later.observed_map_type}",
-                    f"the same verdict, but {label} maps the transfer by "
-                    f"{later.observed_map_type} where {base} used {b.observed_map_type}",
-                    kind="mechanism"))
+    for row, b, label, later in _against_baseline(m):
+        before, after = b.observed_map_type, later.observed_map_type
+        if before and after and after != before and later.verdict == b.verdict:
+            out.append(Regression(
+                row[0], row[1], row[2] or None, row[3] or None, label, m.baseline,
+                f"{b.verdict} by {before}", f"{later.verdict} by {after}",
+                f"the same verdict, but {label} maps the transfer by {after} where "
+                f"{m.baseline} used {before}", kind="mechanism"))
     return out
 
 

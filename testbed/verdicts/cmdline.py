@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..kernel.cmdline import merge_words
 from ..qemu.devices import iommu_cmdline
 from ..spec.model import Topology
 
@@ -37,12 +38,7 @@ class KernelView:
 def effective_words(topo: Topology, extra: Sequence[str] = ()) -> list[str]:
     """The command line words that decide (image words do not), later words winning."""
     words = [*iommu_cmdline(topo), *topo.kernel_cmdline, *extra]
-    out: list[str] = []
-    for w in words:
-        key = w.split("=", 1)[0]
-        out = [o for o in out if o.split("=", 1)[0] != key or "=" not in w]
-        out.append(w)
-    return out
+    return merge_words(words)
 
 
 def _value(words: Sequence[str], key: str) -> str | None:

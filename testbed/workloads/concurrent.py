@@ -7,15 +7,7 @@ from __future__ import annotations
 
 from ..guest_tool import schema
 from .base import Context, Record, Workload, need_bdf
-from .judged import (
-    client_device,
-    error_record,
-    judge,
-    pair_dmesg,
-    pair_record,
-    selected_pairs,
-    tool_step,
-)
+from .judged import judge, pair_dmesg, pair_targets, tool_step
 
 THREADS = 3
 ITERATIONS = 2
@@ -29,16 +21,9 @@ class Concurrent(Workload):
     judged = True
 
     def run(self, ctx: Context) -> list[Record]:
-        devices = ctx.block_devices()
         records: list[Record] = []
-        todo = []
-        for provider, client in selected_pairs(ctx):
-            rec = pair_record(ctx, self.name, provider, client)
-            dev = client_device(ctx, devices, client)
-            if dev is None:
-                records.append(error_record(rec, f"{client}: no block device in the guest"))
-            else:
-                todo.append((rec, need_bdf(ctx, provider), dev))
+        todo = [(rec, need_bdf(ctx, provider), dev)
+                for rec, provider, dev in pair_targets(ctx, self.name, records)]
         if not todo:
             return records
         threads = max(2, min(THREADS, MAX_THREADS // len(todo)))

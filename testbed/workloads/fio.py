@@ -20,14 +20,7 @@ from typing import Any
 
 from ..guest_tool import schema
 from .base import Context, Record, Workload, need_bdf
-from .judged import (
-    client_device,
-    error_record,
-    judge,
-    pair_record,
-    selected_pairs,
-    tool_step,
-)
+from .judged import judge, pair_targets, tool_step
 
 DEFAULT_JOBS: tuple[tuple[str, ...], ...] = (
     # one region of the client each, so a later job never overwrites an earlier one's
@@ -72,16 +65,10 @@ class Fio(Workload):
     judged = True
 
     def run(self, ctx: Context) -> list[Record]:
-        devices = ctx.block_devices()
         args = fio_args(ctx.fio_args)
         host_runs: dict[str, dict[str, Any] | None] = {}
-        records = []
-        for provider, client in selected_pairs(ctx):
-            rec = pair_record(ctx, self.name, provider, client)
-            dev = client_device(ctx, devices, client)
-            if dev is None:
-                records.append(error_record(rec, f"{client}: no block device in the guest"))
-                continue
+        records: list[Record] = []
+        for rec, provider, dev in pair_targets(ctx, self.name, records):
             extra = ["--corrupt-offset", str(CORRUPT_OFFSET)] if "corrupt" in ctx.inject else []
             tool = ["fio", "--provider", need_bdf(ctx, provider), "--client", dev,
                     "--timeout", str(max(10.0, ctx.timeout - 10)), *extra, "--", *args]

@@ -21,14 +21,7 @@ from typing import Any
 
 from ..guest_tool import schema
 from .base import Context, Record, Workload, need_bdf
-from .judged import (
-    client_device,
-    error_record,
-    judge,
-    pair_record,
-    selected_pairs,
-    tool_step,
-)
+from .judged import judge, pair_targets, tool_step
 
 MIXED_CASES = ("p2p:64K,host:64K", "host:64K,p2p:64K", "host:4K,p2p:8K,host:4K,p2p:4K",
                "p2p:1M,host:1M", "host:1M,p2p:1M")
@@ -79,14 +72,8 @@ class MixedIovec(Workload):
         return [(c, 1) for c in MIXED_CASES]
 
     def run(self, ctx: Context) -> list[Record]:
-        devices = ctx.block_devices()
-        records = []
-        for provider, client in selected_pairs(ctx):
-            rec = pair_record(ctx, self.name, provider, client)
-            dev = client_device(ctx, devices, client)
-            if dev is None:
-                records.append(error_record(rec, f"{client}: no block device in the guest"))
-                continue
+        records: list[Record] = []
+        for rec, provider, dev in pair_targets(ctx, self.name, records):
             cases = self.cases(ctx, dev)
             args = ["iovec", "--provider", need_bdf(ctx, provider), "--client", dev,
                     "--seed", str(ctx.seed), "--offset", str(128 << 20)]

@@ -54,6 +54,22 @@ def client_device(ctx: Context, devices: dict[str, dict], client: str) -> str | 
     return f"/dev/{dev['block']}" if dev else None
 
 
+def pair_targets(ctx: Context, name: str, records: list[Record]
+                 ) -> list[tuple[Record, str, str]]:
+    """(record, provider, client block device) of every selected pair; a pair whose client
+    has no block device in the guest gets its error record in ``records`` instead."""
+    devices = ctx.block_devices()
+    out = []
+    for provider, client in selected_pairs(ctx):
+        rec = pair_record(ctx, name, provider, client)
+        dev = client_device(ctx, devices, client)
+        if dev is None:
+            records.append(error_record(rec, f"{client}: no block device in the guest"))
+        else:
+            out.append((rec, provider, dev))
+    return out
+
+
 def tool_step(ctx: Context, args: list[str], timeout: float | None = None) -> Step:
     """Run the guest tool with a dmesg delta of its own (and the self-check line, if asked)."""
     ctx.quiet_gap()

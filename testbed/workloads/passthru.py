@@ -20,7 +20,8 @@ class Passthru(Workload):
         records = []
         seen_clients = set()
         for provider, client in ctx.pairs or pairs(ctx.topology):
-            if client in seen_clients and not ctx.pairs:  # one provider per client keeps the run short
+            # one provider per client keeps the run short
+            if client in seen_clients and not ctx.pairs:
                 continue
             seen_clients.add(client)
             pred = predict(ctx.topology, provider, client, ctx.cpu, ctx.kernel_p2pdma)
