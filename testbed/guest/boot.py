@@ -49,7 +49,7 @@ from .guest import Guest
 from .debug import find_vmlinux
 from .ports import reserve_port
 from .share import mount_shares
-from .tool import install_and_run, zipapp_bytes
+from .tool import install_and_run, package_tar
 from .treecheck import check_tree, map_names
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ def check_guest_view(guest: Guest, trace: bool = False) -> None:
     res = guest.run(install_and_run(["inventory", "--wait", "30", "--expect-nvme",
                                      str(len(topo.nvmes())), "--expect-p2pmem", str(n_p2p),
                                      *(["--trace"] if trace else [])]),
-                    timeout=60, stdin=zipapp_bytes())
+                    timeout=60, stdin=package_tar())
     if not res.ok:
         raise _fail(guest, GuestViewMismatch, f"the guest inventory failed: {res.describe()}")
     try:

@@ -1,6 +1,7 @@
 """p2pdma-guest: the testbed's guest-side tool (runs inside the guest, stdlib only).
 
-Shipped into the guest image as a zipapp, ``/usr/local/bin/p2pdma-guest``; on the host
+Shipped into the guest at every boot (``/usr/local/lib/p2pdma-guest``, run as
+``/usr/local/bin/p2pdma-guest``); on the host
 the same package is ``testbed.guest_tool`` (its pure parts are unit-tested and
 :mod:`.schema` is shared with the host-side verdicts).  It imports nothing from the
 rest of the testbed and nothing outside the standard library.

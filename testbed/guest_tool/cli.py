@@ -1,21 +1,28 @@
 """The command line of p2pdma-guest: one JSON document on stdout per sub-command."""
 
 import argparse
+import importlib
 import json
 import sys
 
-from . import schema, trace
-from .concurrent import concurrent
-from .copy import copy
-from .dio import USAGE, UsageError, parse_seed, parse_size
-from .fio import fio
-from .inventory import inventory
-from .iovec import iovec
-from .loop import p2p_loop
-from .passthru import passthru
-from .pmr import pmr
-from .pool import pool
-from .sysfs import queue_limits
+from . import schema
+from .usage import USAGE, UsageError, parse_seed, parse_size
+
+
+def lazy(module, name):
+    """The function ``name`` of the tool's module ``module``, imported only when called:
+    each call of the tool is a new interpreter in a TCG guest, so it loads only what its
+    sub-command runs (importing every workload cost about a second).
+
+        >>> lazy("usage", "parse_size")("4K")
+        4096
+    """
+    def call(*args):
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args)
+    return call
+
+
+trace_clear, trace_read = lazy("trace", "clear"), lazy("trace", "read")
 
 
 def emit(doc):
@@ -29,10 +36,10 @@ def run_workload(func, args):
     observe = getattr(args, "observe", False)
     try:
         if observe:
-            trace.clear()
+            trace_clear()
         doc = func(args)
         if observe:
-            doc[schema.MECHANISM] = trace.read()
+            doc[schema.MECHANISM] = trace_read()
     except UsageError as exc:
         emit({"stage": schema.STAGE_USAGE, "error": str(exc), "errno": None})
         print(f"p2pdma-guest {args.cmd}: {exc}", file=sys.stderr)
@@ -53,7 +60,7 @@ def main(argv=None):
                      help="also set up the P2P tracing (as `trace setup`)")
     inv.add_argument("--grouping-symbols", action="store_true",
                      help="also look up the IOMMU grouping functions in /proc/kallsyms (~1 s)")
-    inv.set_defaults(func=inventory)
+    inv.set_defaults(func=lazy("inventory", "inventory"))
 
     cp = sub.add_parser("copy", help="O_DIRECT read into / write from a p2pmem buffer")
     cp.add_argument("--provider", metavar="BDF", help="p2pmem provider, e.g. 0000:03:00.0")
@@ -68,7 +75,7 @@ def main(argv=None):
                     help="overwrite block K of region A on the device before the read")
     cp.add_argument("--observe", action="store_true",
                     help="add what the kernel decided (p2pdma-guest trace setup first)")
-    cp.set_defaults(func=lambda a: run_workload(copy, a))
+    cp.set_defaults(func=lambda a: run_workload(lazy("copy", "copy"), a))
 
     pt = sub.add_parser("passthru", help="NVMe Write/Read passthrough with a p2pmem buffer")
     pt.add_argument("--provider", metavar="BDF", required=True)
@@ -84,7 +91,7 @@ def main(argv=None):
                     help="per-command timeout (0: the driver's io_timeout)")
     pt.add_argument("--observe", action="store_true",
                     help="add what the kernel decided (p2pdma-guest trace setup first)")
-    pt.set_defaults(func=lambda a: run_workload(passthru, a))
+    pt.set_defaults(func=lambda a: run_workload(lazy("passthru", "passthru"), a))
 
     pm = sub.add_parser("pmr", help="write or verify a pattern in the Persistent Memory Region")
     pm.add_argument("--bdf", required=True)
@@ -95,7 +102,7 @@ def main(argv=None):
     pm.add_argument("--unbind", action="store_true",
                     help="if the kernel refuses to mmap the BARs because the driver holds "
                          "them (CONFIG_IO_STRICT_DEVMEM), unbind the driver; it stays unbound")
-    pm.set_defaults(func=lambda a: run_workload(pmr, a))
+    pm.set_defaults(func=lambda a: run_workload(lazy("pmr", "pmr"), a))
 
     tr = sub.add_parser("trace", help="the kernel's P2P map-type decisions (tracefs probes)")
     tr.add_argument("action", choices=("setup", "read", "teardown"))
@@ -107,7 +114,7 @@ def main(argv=None):
 
 
 def _trace(action):
-    emit({"setup": trace.setup, "read": trace.read, "teardown": trace.teardown}[action]())
+    emit(lazy("trace", action)())
     return 0
 
 
@@ -116,7 +123,7 @@ def add_newer(sub):
     lim = sub.add_parser("limits", help="a block device's request queue limits")
     lim.add_argument("--client", metavar="DEV", required=True)
     lim.set_defaults(func=lambda a: run_workload(lambda a: {
-        schema.LIMITS: queue_limits(a.client)}, a))
+        schema.LIMITS: lazy("sysfs", "queue_limits")(a.client)}, a))
 
     iv = sub.add_parser("iovec", help="pwritev/preadv of iovecs mixing p2pmem and host memory")
     iv.add_argument("--provider", metavar="BDF")
@@ -127,7 +134,7 @@ def add_newer(sub):
     iv.add_argument("--seed", type=parse_seed, default=1)
     iv.add_argument("--corrupt-host", action="store_true",
                     help="invert, on the device, what the first host segment will read")
-    iv.set_defaults(func=lambda a: run_workload(iovec, a))
+    iv.set_defaults(func=lambda a: run_workload(lazy("iovec", "iovec"), a))
 
     fi = sub.add_parser("fio", help="fio with its buffers in a provider's p2pmem")
     fi.add_argument("--provider", metavar="BDF")
@@ -137,7 +144,7 @@ def add_newer(sub):
     fi.add_argument("--corrupt-offset", type=parse_size, default=None, metavar="BYTES",
                     help="write without verifying, invert the 4 KiB block there, verify only")
     fi.add_argument("fio_args", nargs=argparse.REMAINDER, help="-- then fio's own arguments")
-    fi.set_defaults(func=lambda a: run_workload(fio, a))
+    fi.set_defaults(func=lambda a: run_workload(lazy("fio", "fio"), a))
 
     cc = sub.add_parser("concurrent", help="every pair at once, threads per pair")
     cc.add_argument("--pair", action="append", required=True, metavar="BDF=DEV")
@@ -146,7 +153,7 @@ def add_newer(sub):
     cc.add_argument("--iters", type=int, default=2)
     cc.add_argument("--base-offset", type=parse_size, default=64 << 20, metavar="BYTES")
     cc.add_argument("--seed", type=parse_seed, default=1)
-    cc.set_defaults(func=lambda a: run_workload(concurrent, a))
+    cc.set_defaults(func=lambda a: run_workload(lazy("concurrent", "concurrent"), a))
 
     po = sub.add_parser("pool", help="exhaust and release a provider's p2pmem pool")
     po.add_argument("--provider", metavar="BDF", required=True)
@@ -154,7 +161,7 @@ def add_newer(sub):
     po.add_argument("--client", metavar="DEV", help="for the kill-with-I/O-in-flight check")
     po.add_argument("--kill-size", type=parse_size, default=4 << 20, metavar="BYTES")
     po.add_argument("--kill-delay", type=float, default=0.5, metavar="SECONDS")
-    po.set_defaults(func=lambda a: run_workload(pool, a))
+    po.set_defaults(func=lambda a: run_workload(lazy("pool", "pool"), a))
 
     lo = sub.add_parser("p2p-loop", help="P2P copies in flight, JSON lines to --log")
     lo.add_argument("--provider", metavar="BDF", required=True)
@@ -164,5 +171,5 @@ def add_newer(sub):
     lo.add_argument("--max-errors", type=int, default=3)
     lo.add_argument("--seed", type=parse_seed, default=1)
     lo.add_argument("--log", required=True)
-    lo.set_defaults(func=lambda a: run_workload(p2p_loop, a))
+    lo.set_defaults(func=lambda a: run_workload(lazy("loop", "p2p_loop"), a))
 

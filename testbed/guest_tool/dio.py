@@ -1,42 +1,17 @@
 """Direct I/O pieces shared by the workload sub-commands: sizes, step records, O_DIRECT
 transfers, host buffers, p2pmem allocation."""
 
-import argparse
 import errno as errno_mod
 import mmap
 import os
-import re
 import time
 
 from . import schema
 from .pattern import BLOCK, compare_blocks
 from .sysfs import SYS_PCI, read
+from .usage import USAGE, UsageError, parse_seed, parse_size  # noqa: F401 (the tool's names)
 
 MAX_SIZE = 32 << 20  # keeps the guest's memory use small (a few copies of the buffer)
-USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad usage: exit status 2 with a JSON document saying why."""
-
-
-def parse_size(text):
-    """'4096', '64K', '1M', '2G' (powers of 1024) -> bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*", str(text))
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
-
-
-def parse_seed(text):
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value < 1 << 64:
-        raise argparse.ArgumentTypeError("the seed must be in [0, 2**64)")
-    return value
-
 
 
 def mb_per_s(nbytes, seconds):

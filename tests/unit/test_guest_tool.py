@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from types import ModuleType
 
 import pytest
@@ -225,17 +224,29 @@ def test_copy_region_must_fit(capsys, tmp_path):
     assert status == 2 and "smaller" in doc["error"]
 
 
-def test_the_zipapp_runs_and_holds_only_the_package(tmp_path):
-    """Every boot ships the package as a zipapp: it must run with a bare python3 (no
-    testbed on its path) and contain nothing but the tool."""
+def test_the_shipped_tool_runs_and_holds_only_the_package(tmp_path):
+    """Every boot ships the package as a tar unpacked into a directory: its launcher must
+    run the tool with a bare python3 (no testbed on its path) from that directory, and the
+    tar must contain nothing but the package and the launcher."""
+    import io
     import subprocess
     import sys
-    from testbed.guest.tool import zipapp_bytes
-    app = tmp_path / "p2pdma-guest"
-    app.write_bytes(zipapp_bytes())
-    names = zipfile.ZipFile(app).namelist()
-    assert "__main__.py" in names and all(n == "__main__.py" or n.startswith("p2pdma_guest/")
-                                          for n in names)
-    out = subprocess.run([sys.executable, "-I", str(app), "copy", "--help"], capture_output=True,
-                         text=True, cwd=tmp_path, timeout=30)
-    assert out.returncode == 0 and "--provider" in out.stdout, out.stderr
+    import tarfile
+    from testbed.guest.tool import GUEST_LIB, package_tar
+    tar = tarfile.open(fileobj=io.BytesIO(package_tar()))
+    names = tar.getnames()
+    assert "p2pdma-guest" in names and all(n == "p2pdma-guest" or n.startswith("p2pdma_guest/")
+                                           for n in names)
+    assert tar.getmember("p2pdma-guest").mode == 0o755
+    lib = tmp_path / "lib"
+    tar.extractall(lib, filter="data")
+    launcher = (lib / "p2pdma-guest").read_text().replace(GUEST_LIB, str(lib))
+    assert launcher.startswith("#!/usr/bin/python3\n")
+    for args in (["copy", "--help"], ["inventory", "--help"]):
+        out = subprocess.run([sys.executable, "-I", "-c", launcher, *args], capture_output=True,
+                             text=True, cwd=tmp_path, timeout=30)
+        assert out.returncode == 0 and "--" in out.stdout, out.stderr
+    assert "--provider" in subprocess.run([sys.executable, "-I", "-c", launcher, "copy", "--help"],
+                                          capture_output=True, text=True, timeout=30).stdout
+    # the bytecode is kept beside the sources (the reason for a directory, not a zipapp)
+    assert list((lib / "p2pdma_guest" / "__pycache__").glob("cli.*.pyc"))
