@@ -49,8 +49,20 @@ def run_workload(func, args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="p2pdma-guest")
     sub = p.add_subparsers(dest="cmd", required=True)
+    # only the sub-command asked for gets its parser built (all of them for help or a
+    # mistyped name): each call of the tool is a new interpreter in a TCG guest
+    only = argv[0] if argv and not argv[0].startswith("-") else None
+    for name, build in SUBCOMMANDS.items():
+        if only is None or only not in SUBCOMMANDS or name == only:
+            build(sub)
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+def add_inventory(sub):
     inv = sub.add_parser("inventory", help="PCI tree, NVMe controllers, p2pmem providers")
     inv.add_argument("--wait", type=float, default=0.0,
                      help="seconds to wait for every NVMe to be live")
@@ -62,6 +74,8 @@ def main(argv=None):
                      help="also look up the IOMMU grouping functions in /proc/kallsyms (~1 s)")
     inv.set_defaults(func=lazy("inventory", "inventory"))
 
+
+def add_copy(sub):
     cp = sub.add_parser("copy", help="O_DIRECT read into / write from a p2pmem buffer")
     cp.add_argument("--provider", metavar="BDF", help="p2pmem provider, e.g. 0000:03:00.0")
     cp.add_argument("--client", metavar="DEV", required=True,
@@ -77,6 +91,8 @@ def main(argv=None):
                     help="add what the kernel decided (p2pdma-guest trace setup first)")
     cp.set_defaults(func=lambda a: run_workload(lazy("copy", "copy"), a))
 
+
+def add_passthru(sub):
     pt = sub.add_parser("passthru", help="NVMe Write/Read passthrough with a p2pmem buffer")
     pt.add_argument("--provider", metavar="BDF", required=True)
     pt.add_argument("--ctrl", metavar="CHARDEV", required=True,
@@ -93,6 +109,8 @@ def main(argv=None):
                     help="add what the kernel decided (p2pdma-guest trace setup first)")
     pt.set_defaults(func=lambda a: run_workload(lazy("passthru", "passthru"), a))
 
+
+def add_pmr(sub):
     pm = sub.add_parser("pmr", help="write or verify a pattern in the Persistent Memory Region")
     pm.add_argument("--bdf", required=True)
     pm.add_argument("mode", choices=("write", "read"))
@@ -104,13 +122,11 @@ def main(argv=None):
                          "them (CONFIG_IO_STRICT_DEVMEM), unbind the driver; it stays unbound")
     pm.set_defaults(func=lambda a: run_workload(lazy("pmr", "pmr"), a))
 
+
+def add_trace(sub):
     tr = sub.add_parser("trace", help="the kernel's P2P map-type decisions (tracefs probes)")
     tr.add_argument("action", choices=("setup", "read", "teardown"))
     tr.set_defaults(func=lambda a: _trace(a.action))
-
-    add_newer(sub)
-    args = p.parse_args(argv)
-    return args.func(args)
 
 
 def _trace(action):
@@ -118,13 +134,15 @@ def _trace(action):
     return 0
 
 
-def add_newer(sub):
-    """The sub-commands of the workloads that cover the paths merged since 6.2."""
+# the sub-commands of the workloads that cover the paths merged since 6.2
+def add_limits(sub):
     lim = sub.add_parser("limits", help="a block device's request queue limits")
     lim.add_argument("--client", metavar="DEV", required=True)
     lim.set_defaults(func=lambda a: run_workload(lambda a: {
         schema.LIMITS: lazy("sysfs", "queue_limits")(a.client)}, a))
 
+
+def add_iovec(sub):
     iv = sub.add_parser("iovec", help="pwritev/preadv of iovecs mixing p2pmem and host memory")
     iv.add_argument("--provider", metavar="BDF")
     iv.add_argument("--client", metavar="DEV", required=True)
@@ -136,6 +154,8 @@ def add_newer(sub):
                     help="invert, on the device, what the first host segment will read")
     iv.set_defaults(func=lambda a: run_workload(lazy("iovec", "iovec"), a))
 
+
+def add_fio(sub):
     fi = sub.add_parser("fio", help="fio with its buffers in a provider's p2pmem")
     fi.add_argument("--provider", metavar="BDF")
     fi.add_argument("--client", metavar="DEV", required=True)
@@ -146,6 +166,8 @@ def add_newer(sub):
     fi.add_argument("fio_args", nargs=argparse.REMAINDER, help="-- then fio's own arguments")
     fi.set_defaults(func=lambda a: run_workload(lazy("fio", "fio"), a))
 
+
+def add_concurrent(sub):
     cc = sub.add_parser("concurrent", help="every pair at once, threads per pair")
     cc.add_argument("--pair", action="append", required=True, metavar="BDF=DEV")
     cc.add_argument("--threads", type=int, default=2)
@@ -155,6 +177,8 @@ def add_newer(sub):
     cc.add_argument("--seed", type=parse_seed, default=1)
     cc.set_defaults(func=lambda a: run_workload(lazy("concurrent", "concurrent"), a))
 
+
+def add_pool(sub):
     po = sub.add_parser("pool", help="exhaust and release a provider's p2pmem pool")
     po.add_argument("--provider", metavar="BDF", required=True)
     po.add_argument("--chunk", type=parse_size, default=1 << 20, metavar="BYTES")
@@ -163,6 +187,8 @@ def add_newer(sub):
     po.add_argument("--kill-delay", type=float, default=0.5, metavar="SECONDS")
     po.set_defaults(func=lambda a: run_workload(lazy("pool", "pool"), a))
 
+
+def add_p2p_loop(sub):
     lo = sub.add_parser("p2p-loop", help="P2P copies in flight, JSON lines to --log")
     lo.add_argument("--provider", metavar="BDF", required=True)
     lo.add_argument("--client", metavar="DEV", required=True)
@@ -173,3 +199,8 @@ def add_newer(sub):
     lo.add_argument("--log", required=True)
     lo.set_defaults(func=lambda a: run_workload(lazy("loop", "p2p_loop"), a))
 
+
+SUBCOMMANDS = {"inventory": add_inventory, "copy": add_copy, "passthru": add_passthru,
+               "pmr": add_pmr, "trace": add_trace, "limits": add_limits, "iovec": add_iovec,
+               "fio": add_fio, "concurrent": add_concurrent, "pool": add_pool,
+               "p2p-loop": add_p2p_loop}

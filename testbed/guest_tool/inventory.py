@@ -6,7 +6,6 @@ import os
 import sys
 import time
 
-from . import trace
 from .iommu import grouping_symbols, iommu_groups
 from .sysfs import kernel_config, nvme_controllers, pci_devices, read
 
@@ -35,6 +34,7 @@ def inventory(args):
         "iommu_groups": iommu_groups(),
     }
     if getattr(args, "trace", False):  # set up the P2P tracing in the same process
+        from . import trace  # only here: most calls do not trace
         doc["tracing"] = trace.setup()
     json.dump(doc, sys.stdout, indent=1)
     print()
