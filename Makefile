@@ -30,10 +30,15 @@ validate: $(STAMP)
 verify: $(STAMP)
 	$(PY) -m testbed verify topologies/*.yaml
 
+# unit tests on every core (pure, no guests); the real-guest tests one guest at a time
+# (a TCG guest wants a core of its own).  A --junitxml=F.xml in PYTEST_ARGS becomes
+# F-unit.xml for the unit run and stays F.xml for the integration run.
 test: $(STAMP)
 	$(PY) -m mypy
 	$(PY) -m testbed image build
-	$(PY) -m pytest -p no:cacheprovider tests/unit tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider -n auto tests/unit \
+		$(patsubst --junitxml=%.xml,--junitxml=%-unit.xml,$(PYTEST_ARGS))
+	$(PY) -m pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
