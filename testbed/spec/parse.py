@@ -16,14 +16,14 @@ the tree (root-bus slots, devices and properties the binary has) is a second pas
     64
 """
 
+
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import Problem, SpecError, did_you_mean
+from ..errors import SpecError, did_you_mean
 from .model import (
     ACCELS,
     IOMMU_MODELS,
@@ -35,197 +35,32 @@ from .model import (
     HostBridge,
     Iommu,
     Machine,
-    Namespace,
-    Nvme,
-    Pmr,
     RootPort,
     Switch,
     Topology,
 )
-from .units import MiB, format_size, is_power_of_two, parse_size
-from .files import check_backing_file
+from .units import MiB, format_size
 from .yamlsource import Sourced, positions
-
-NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")  # always fullmatch
-TOPOLOGY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-RESERVED_PREFIX = "tb-"  # the testbed's own QEMU ids (boot disk, NIC, vIOMMU)
-
-SWITCH_MAX_PORTS = 32  # a PCI bus has 32 device slots
-MAX_BUSES = 255
-MAX_CMB = 4 << 30
-MAX_PMR = 4 << 30
-MAX_NAMESPACE = 4 << 40  # sparse files: ext4 allows 16T; 4T is plenty for a test
-MAX_MEMORY = 1 << 40  # the host's own memory is checked in the second pass
-MAX_CMDLINE = 1536  # of Linux's 2048-byte x86 command line; the testbed adds its own words
-MAX_CPUS = 255  # APIC ID 255 and up need x2APIC
-BLOCK_SIZES = (512, 4096)
-
-KINDS = ("root_port", "switch", "downstream_port", "nvme", "host_bridge")
-TOP_KEYS = ("name", "description", "machine", "iommu", "kernel_cmdline", "pcie", "expect")
-MACHINE_KEYS = ("type", "cpu", "memory", "cpus", "accel", "qemu")
-IOMMU_KEYS = ("model", "mode")
-KIND_KEYS = {
-    "root_port": ("root_port", "device", "acs"),
-    "switch": ("switch", "downstream"),
-    "downstream_port": ("downstream_port", "device"),
-    "nvme": ("nvme", "serial", "cmb", "pmr", "namespaces"),
-    "host_bridge": ("host_bridge", "bus_nr", "root_ports"),
-}
-PMR_KEYS = ("size", "file", "create")
-NS_KEYS = ("size", "block_size", "file", "create")
-EXPECT_KEYS = ("provider", "client", "verdict", "reason", "map_type")
-ALL_KNOWN_KEYS = sorted({k for keys in KIND_KEYS.values() for k in keys})
+from .fields import (  # the limits and key lists: also imported from here
+    describe,
+    EXPECT_KEYS,
+    IOMMU_KEYS,
+    KINDS,
+    KIND_KEYS,
+    MACHINE_KEYS,
+    MAX_BUSES,
+    MAX_CMDLINE,
+    MAX_CPUS,
+    MAX_MEMORY,
+    SWITCH_MAX_PORTS,
+    TOPOLOGY_NAME_RE,
+    TOP_KEYS,
+)
+from .devices import DeviceReader
 
 
-
-class _Parser:
-    def __init__(self, filename: str, base_dir: Path):
-        self.filename = filename
-        self.base_dir = base_dir
-        self.node_paths: dict[str, str] = {}
-        self.problems: list[Problem] = []
-        self.names: dict[str, int] = {}  # name -> line first seen
-        self.bus_count = 0
-        self.expect_nodes: list = []
-        self.serials: dict[str, int] = {}  # NVMe serial -> line first seen
-
-    # -- reporting --------------------------------------------------------------------------
-    def problem(self, node: Sourced | None, path: str, message: str, at_key: str | None = None):
-        line, col = (node.line, node.col) if node is not None else (1, 1)
-        if at_key is not None and node is not None and at_key in node.key_line:
-            line, col = node.key_line[at_key]
-        self.problems.append(Problem(self.filename, line, col, path, message))
-
-    # -- generic shapes ---------------------------------------------------------------------
-    def mapping(self, node: Sourced, path: str, allowed, what: str) -> dict[str, Sourced] | None:
-        if not isinstance(node.value, dict):
-            hint = " (the list of devices goes under a 'pcie:' key)" \
-                if path == "" and isinstance(node.value, list) else ""
-            self.problem(node, path, f"expected {what} (a mapping), got {_describe(node.value)}"
-                         + hint)
-            return None
-        for key in node.value:
-            if key not in allowed:
-                sub = f"{path}.{key}" if path else key
-                owners = [k for k, keys in KIND_KEYS.items() if key in keys and k != key]
-                if owners:
-                    hint = (f": {what} has no {key!r} (a key of "
-                            f"{' and '.join(o.replace('_', ' ') for o in owners)} entries)")
-                else:
-                    hint = did_you_mean(key, allowed) or did_you_mean(key, ALL_KNOWN_KEYS)
-                self.problem(node, sub, f"unknown key {key!r}{hint}", at_key=key)
-        return node.value
-
-    def string(self, node: Sourced, path: str) -> str | None:
-        if isinstance(node.value, bool) or not isinstance(node.value, (str, int, float)):
-            self.problem(node, path, f"expected a string, got {_describe(node.value)}")
-            return None
-        return str(node.value)
-
-    def integer(self, node: Sourced, path: str, lo: int, hi: int) -> int | None:
-        v = node.value
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.problem(node, path, f"expected a whole number, got {_describe(v)}")
-            return None
-        if not lo <= v <= hi:
-            self.problem(node, path, f"must be between {lo} and {hi}, got {v}")
-            return None
-        return v
-
-    def boolean(self, node: Sourced, path: str) -> bool | None:
-        if not isinstance(node.value, bool):
-            self.problem(node, path, f"expected true or false, got {_describe(node.value)}")
-            return None
-        return node.value
-
-    def size(self, node: Sourced, path: str) -> int | None:
-        try:
-            return parse_size(node.value)
-        except ValueError as exc:
-            self.problem(node, path, str(exc))
-            return None
-
-    def choice(self, node: Sourced, path: str, choices) -> str | None:
-        v = node.value
-        if v is None and "none" in choices:  # YAML: "none" is a string, but "null"/"~" are not
-            v = "none"
-        if isinstance(v, bool) or not isinstance(v, str):  # yes/no/on/off/true/false are booleans
-            self.problem(node, path, f"must be one of {', '.join(choices)}, got {_describe(v)}")
-            return None
-        if v not in choices:
-            self.problem(node, path, f"must be one of {', '.join(choices)}, got {v!r}"
-                         + did_you_mean(v, choices))
-            return None
-        return v
-
-    def path_value(self, node: Sourced, path: str) -> Path | None:
-        s = self.string(node, path)
-        if s is None:
-            return None
-        if not s.strip() or "\0" in s:
-            self.problem(node, path, f"expected a file path, got {s!r}")
-            return None
-        try:
-            p = Path(s).expanduser()
-        except RuntimeError:  # "~user/..." for a user that does not exist
-            self.problem(node, path, f"cannot expand {s.split('/')[0]!r} in {s!r}: no such user")
-            return None
-        p = p if p.is_absolute() else self.base_dir / p
-        try:
-            if p.is_dir():
-                self.problem(node, path, f"{s!r} is a directory, expected a file")
-                return None
-            if not p.parent.is_dir():
-                what = "is not a directory" if p.parent.exists() else "does not exist"
-                self.problem(node, path, f"directory {str(p.parent)!r} {what}: create it "
-                             "or give another path")
-                return None
-        except OSError as exc:  # e.g. a file name too long
-            self.problem(node, path, f"unusable path {s!r}: {exc.strerror}")
-            return None
-        return p
-
-    def create_flag(self, m: dict[str, Sourced], path: str) -> bool | None:
-        """``create: true|false`` (default false); only meaningful with ``file``."""
-        if "create" not in m:
-            return False
-        v = m["create"].value
-        if not isinstance(v, bool):
-            self.problem(m["create"], f"{path}.create", f"expected true or false, got "
-                         f"{_describe(v)}")
-            return None
-        if "file" not in m:
-            self.problem(m["create"], f"{path}.create", "create goes with file: (a file the "
-                         "testbed may create); without a file the testbed uses a per-run one",
-                         at_key="create")
-            return None
-        return v
-
-    def backing_file(self, node: Sourced, path: str, file: Path, size: int, create: bool,
-                     role: str) -> bool:
-        why = check_backing_file(file, size, create, role)
-        if why is not None:
-            self.problem(node, path, f"{str(node.value)!r} {why}")
-            return False
-        return True
-
-    def name(self, node: Sourced, path: str, kind: str) -> str | None:
-        s = self.string(node, path)
-        if s is None:
-            return None
-        if not NAME_RE.fullmatch(s):
-            self.problem(node, path, f"{kind} name {s!r} must start with a letter and use only "
-                         "letters, digits, '-' and '_' (at most 32 characters)")
-            return None
-        if s.startswith(RESERVED_PREFIX):
-            self.problem(node, path, f"names starting with {RESERVED_PREFIX!r} are reserved "
-                         "for the testbed's own devices")
-            return None
-        if s in self.names:
-            self.problem(node, path, f"duplicate name {s!r} (first used on line {self.names[s]})")
-            return None
-        self.names[s] = node.line
-        return s
+class _Parser(DeviceReader):
+    """The document and its tree; fields in FieldReader, NVMe in DeviceReader."""
 
     # -- the document -----------------------------------------------------------------------
     def topology(self, root: Sourced) -> Topology | None:
@@ -325,7 +160,7 @@ class _Parser:
                 texts.append((w, f"kernel_cmdline[{i}]", s))
         else:
             self.problem(node, "kernel_cmdline", f"expected a string or a list of strings, got "
-                         f"{_describe(node.value)}")
+                         f"{describe(node.value)}")
             return None
         ok = True
         for at, path, text in texts:
@@ -346,7 +181,7 @@ class _Parser:
     # -- the PCIe tree ----------------------------------------------------------------------
     def root_complex(self, node: Sourced, iommu: Iommu | None) -> tuple:
         if not isinstance(node.value, list):
-            self.problem(node, "pcie", f"expected a list of devices, got {_describe(node.value)}")
+            self.problem(node, "pcie", f"expected a list of devices, got {describe(node.value)}")
             return ()
         out = []
         for i, item in enumerate(node.value):
@@ -359,7 +194,7 @@ class _Parser:
     def node(self, item: Sourced, path: str, allowed: tuple[str, ...], where: str):
         if not isinstance(item.value, dict):
             self.problem(item, path, f"expected a device (a mapping with one of "
-                         f"{', '.join(allowed)}), got {_describe(item.value)}")
+                         f"{', '.join(allowed)}), got {describe(item.value)}")
             return None
         kinds = [k for k in KINDS if k in item.value]
         if len(kinds) != 1:
@@ -469,143 +304,12 @@ class _Parser:
                 ports.append(port)
         return Switch(name, tuple(ports)) if name else None
 
-    def nvme(self, item, m, path, name):
-        ok = True
-        serial = name
-        if "serial" in m:
-            serial = self.string(m["serial"], f"{path}.serial")
-            if serial is not None and not re.fullmatch(r"[ -~]{1,20}", serial):
-                self.problem(m["serial"], f"{path}.serial", f"serial {serial!r} has {len(serial)} "
-                             "characters: an NVMe serial is 1 to 20 printable ASCII characters")
-                ok = False
-                serial = None
-        elif name is not None and len(name) > 20:
-            self.problem(item, f"{path}.serial", f"missing: the name {name!r} is too long to be "
-                         "the serial (at most 20 characters): give a serial", at_key="nvme")
-            ok = False
-        if serial is not None:
-            at = m["serial"] if "serial" in m else m["nvme"]
-            if serial in self.serials:
-                self.problem(at, f"{path}.serial", f"duplicate NVMe serial {serial!r} (first used "
-                             f"on line {self.serials[serial]}): Linux rejects a second controller "
-                             "with the same serial")
-                ok = False
-            else:
-                self.serials[serial] = at.line
-        cmb: int | None = 0
-        if "cmb" in m and m["cmb"].value not in (None, 0, False):
-            cmb = self.size(m["cmb"], f"{path}.cmb")
-            if cmb is None:
-                ok = False
-            elif cmb:  # "0M", like 0, means no CMB
-                fix = format_size(max(2 * MiB, 1 << (cmb - 1).bit_length()))
-                if cmb % (2 * MiB):
-                    self.problem(m["cmb"], f"{path}.cmb", f"CMB size {format_size(cmb)} is not a "
-                                 "multiple of 2M: Linux would silently not publish it as p2pmem "
-                                 f"(use a power of two of at least 2M, such as {fix})")
-                    ok = False
-                elif not is_power_of_two(cmb):
-                    self.problem(m["cmb"], f"{path}.cmb", f"CMB size {format_size(cmb)} is not a "
-                                 "power of two: QEMU aborts on it (a CMB is a PCI BAR, whose size "
-                                 f"must be a power of two): use {fix}, for example")
-                    ok = False
-                elif cmb > MAX_CMB:
-                    self.problem(m["cmb"], f"{path}.cmb", f"CMB size {format_size(cmb)} is larger "
-                                 f"than {format_size(MAX_CMB)}")
-                    ok = False
-        pmr = self.pmr(m["pmr"], f"{path}.pmr") if "pmr" in m and m["pmr"].value is not None else None
-        if "pmr" in m and m["pmr"].value is not None and pmr is None:
-            ok = False
-        namespaces = self.namespaces(m.get("namespaces"), f"{path}.namespaces")
-        if namespaces is None:
-            ok = False
-        if not (ok and name and serial is not None and cmb is not None
-                and namespaces is not None):
-            return None
-        return Nvme(name=name, serial=serial, cmb=cmb, pmr=pmr, namespaces=namespaces)
-
-    def pmr(self, node: Sourced, path: str) -> Pmr | None:
-        if isinstance(node.value, dict):
-            m = self.mapping(node, path, PMR_KEYS, "PMR settings") or {}
-            if "size" not in m:
-                self.problem(node, f"{path}.size", "missing: the PMR size, a power of two such as 16M")
-                return None
-            size_node = m["size"]
-            file = self.path_value(m["file"], f"{path}.file") if "file" in m else None
-            if "file" in m and file is None:
-                return None
-            create = self.create_flag(m, path)
-            if create is None:
-                return None
-            spath = f"{path}.size"
-        else:
-            size_node, file, spath, create = node, None, path, False
-        size = self.size(size_node, spath)
-        if size is None:
-            return None
-        if not is_power_of_two(size) or size < 4096:
-            up = max(4096, 1 << max(size - 1, 1).bit_length())
-            self.problem(size_node, spath, f"PMR size {format_size(size)} must be a power of two "
-                         f"(QEMU refuses other sizes), at least 4K: such as {format_size(up)}")
-            return None
-        if size > MAX_PMR:
-            self.problem(size_node, spath, f"PMR size {format_size(size)} is larger than "
-                         f"{format_size(MAX_PMR)}")
-            return None
-        if file is not None and not self.backing_file(m["file"], f"{path}.file", file, size,
-                                                      create, "PMR"):
-            return None
-        return Pmr(size=size, file=file, create=create)
-
-    def namespaces(self, node: Sourced | None, path: str) -> tuple[Namespace, ...] | None:
-        if node is None:
-            return (Namespace(size=1 << 30),)
-        if not isinstance(node.value, list) or not node.value:
-            self.problem(node, path, "expected a non-empty list of namespaces, each with a size")
-            return None
-        if len(node.value) > 32:
-            self.problem(node, path, f"{len(node.value)} namespaces: at most 32 are supported")
-            return None
-        out = []
-        for i, ns in enumerate(node.value):
-            sub = f"{path}[{i}]"
-            m = self.mapping(ns, sub, NS_KEYS, "a namespace")
-            if m is None:
-                continue
-            if "size" not in m:
-                self.problem(ns, f"{sub}.size", "missing: the namespace size, such as 1G")
-                continue
-            size = self.size(m["size"], f"{sub}.size")
-            bs = self.integer(m["block_size"], f"{sub}.block_size", 1, 1 << 16) \
-                if "block_size" in m else 512
-            if bs is not None and bs not in BLOCK_SIZES:
-                self.problem(m["block_size"], f"{sub}.block_size", f"block size must be one of "
-                             f"{', '.join(map(str, BLOCK_SIZES))}, got {bs}")
-                bs = None
-            file = self.path_value(m["file"], f"{sub}.file") if "file" in m else None
-            create = self.create_flag(m, sub)
-            if size is None or bs is None or ("file" in m and file is None) or create is None:
-                continue
-            if size < MiB or size % bs:
-                self.problem(m["size"], f"{sub}.size", f"namespace size {format_size(size)} must "
-                             f"be at least 1M and a multiple of the block size {bs}")
-                continue
-            if size > MAX_NAMESPACE:
-                self.problem(m["size"], f"{sub}.size", f"namespace size {format_size(size)} is "
-                             f"larger than {format_size(MAX_NAMESPACE)}")
-                continue
-            if file is not None and not self.backing_file(m["file"], f"{sub}.file", file, size,
-                                                          create, "namespace"):
-                continue
-            out.append(Namespace(size=size, block_size=bs, file=file, create=create))
-        return tuple(out) if len(out) == len(node.value) else None
-
     def expectations(self, node: Sourced | None) -> tuple[Expectation, ...]:
         if node is None or node.value is None:
             return ()
         if not isinstance(node.value, list):
             self.problem(node, "expect", f"expected a list of {{provider, client, verdict}}, got "
-                         f"{_describe(node.value)}")
+                         f"{describe(node.value)}")
             return ()
         out = []
         for i, e in enumerate(node.value):
@@ -671,19 +375,6 @@ def _placement_error(kind: str, where: str) -> str:
         "nvme": f"an nvme cannot be placed {where}",
     }[kind]
 
-
-def _describe(value) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, (int, float)):
-        return f"a number ({value})"
-    return f"{type(value).__name__} {value!r}"
 
 
 def parse(root: Sourced, filename: str, base_dir: Path | None = None) -> Topology:
