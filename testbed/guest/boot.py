@@ -160,6 +160,10 @@ def boot(topo: Topology, image: Image | None = None,
         if options.check_tree:
             with phases.phase("tree check"):
                 check_guest_view(guest, trace=options.observe)
+            # the parts the guest timed itself: devices still settling, the probes' set-up
+            for part, seconds in (guest.inventory.get("seconds") or {}).items():
+                if isinstance(seconds, (int, float)):
+                    phases.add(f"tree check: {part}", float(seconds))
         mount_shares(guest, options.shares)
         if options.gdb:
             guest.vmlinux = find_vmlinux(options.kernel, kernel.release)

@@ -11,7 +11,8 @@ from .sysfs import kernel_config, nvme_controllers, pci_devices, read
 
 
 def inventory(args):
-    deadline = time.monotonic() + args.wait
+    start = time.monotonic()
+    deadline = start + args.wait
     want_nvme = args.expect_nvme
     while True:
         devices = pci_devices()
@@ -25,17 +26,20 @@ def inventory(args):
         if ready or time.monotonic() > deadline:
             break
         time.sleep(0.1)
+    seconds = {"devices scanned and live": round(time.monotonic() - start, 3)}
     kernel = {"release": os.uname().release, "p2pdma": kernel_config(),
               "cmdline": read("/proc/cmdline")}
     if getattr(args, "grouping_symbols", False):
         kernel["grouping_symbols"] = grouping_symbols()
     doc = {
         "kernel": kernel, "pci": devices, "nvme": nvmes, "ready": ready,
-        "iommu_groups": iommu_groups(),
+        "iommu_groups": iommu_groups(), "seconds": seconds,
     }
     if getattr(args, "trace", False):  # set up the P2P tracing in the same process
         from . import trace  # only here: most calls do not trace
+        traced = time.monotonic()
         doc["tracing"] = trace.setup()
+        seconds["trace setup"] = round(time.monotonic() - traced, 3)
     json.dump(doc, sys.stdout, indent=1)
     print()
     return 0
