@@ -9,7 +9,7 @@ from .dio import (
     allocate_p2pmem,
     check_blocks,
     device_bytes,
-    error_text,
+    gave_up,
     fill,
     host_buffer,
     mb_per_s,
@@ -49,8 +49,7 @@ def copy(args):
     try:
         fd = open_direct(args.client)
     except OSError as exc:
-        doc.update(stage=schema.STAGE_OPEN, error=error_text(exc), errno=exc.errno)
-        return doc
+        return gave_up(doc, schema.STAGE_OPEN, exc)
     try:
         if offset + 2 * size > device_bytes(fd):
             raise UsageError(f"{args.client} is smaller than --offset + 2 * --size")

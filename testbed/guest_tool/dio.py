@@ -26,6 +26,16 @@ def error_text(exc):
     return str(exc)
 
 
+def gave_up(doc, stage, exc, **extra):
+    """``doc`` saying the sub-command gave up at ``stage`` before any transfer, and why.
+
+        >>> gave_up({}, "open", OSError(2, "No such file or directory"))
+        {'stage': 'open', 'error': 'ENOENT: No such file or directory', 'errno': 2}
+    """
+    doc.update(stage=stage, error=error_text(exc), errno=exc.errno, **extra)
+    return doc
+
+
 def step(ok, seconds=0.0, nbytes=0, exc=None, error=None, **extra):
     """A transfer step: {ok, errno, error, seconds, bytes, skipped}."""
     out = {"ok": bool(ok), "skipped": False,

@@ -29,7 +29,7 @@ import os
 import time
 
 from . import schema
-from .dio import UsageError, error_text, host_buffer, open_direct, parse_size
+from .dio import UsageError, error_text, gave_up, host_buffer, open_direct, parse_size
 from .pattern import BLOCK, POISON, corrupted, diff_ranges, pattern_range
 from .sysfs import SYS_PCI, queue_limits, read
 
@@ -196,8 +196,7 @@ def run_case(text, fd, dev, provider, offset, seed, corrupt_host):
                 finally:
                     os.close(afd)
             except OSError as exc:
-                doc.update(stage=schema.STAGE_ALLOCATE, error=error_text(exc), errno=exc.errno)
-                return doc
+                return gave_up(doc, schema.STAGE_ALLOCATE, exc)
         if "host" in need:
             maps["host"] = host_buffer(need["host"])
         views = [memoryview(maps[k])[o:o + s] for k, o, s in place]
@@ -285,8 +284,7 @@ def iovec(args):
     try:
         fd = open_direct(args.client)
     except OSError as exc:
-        doc.update(stage=schema.STAGE_OPEN, error=error_text(exc), errno=exc.errno)
-        return doc
+        return gave_up(doc, schema.STAGE_OPEN, exc)
     try:
         offset = args.offset
         for text, (segs, _) in zip(args.case, cases):

@@ -13,7 +13,7 @@ from .dio import (
     allocate_p2pmem,
     check_blocks,
     device_bytes,
-    error_text,
+    gave_up,
     fill,
     host_buffer,
     mb_per_s,
@@ -148,15 +148,13 @@ def passthru(args):
         fd = os.open(args.ctrl, os.O_RDWR)
     except OSError as exc:
         buf.close()
-        doc.update(stage=schema.STAGE_OPEN, error=error_text(exc), errno=exc.errno)
-        return doc
+        return gave_up(doc, schema.STAGE_OPEN, exc)
     try:
         bfd = open_direct(f"/dev/{block}")
     except OSError as exc:
         os.close(fd)
         buf.close()
-        doc.update(stage=schema.STAGE_OPEN, error=error_text(exc), errno=exc.errno)
-        return doc
+        return gave_up(doc, schema.STAGE_OPEN, exc)
     anchor = ctypes.c_char.from_buffer(buf)
     try:
         if offset + size > device_bytes(bfd):

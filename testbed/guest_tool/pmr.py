@@ -5,7 +5,7 @@ import mmap
 import os
 import time
 
-from .dio import UsageError, error_text, mb_per_s, step
+from .dio import UsageError, gave_up, mb_per_s, step
 from .pattern import BLOCK, MAX_DETAILS, block_digest, describe_block, pattern_block
 from .sysfs import SYS_PCI
 
@@ -69,20 +69,18 @@ def pmr(args):
         regs = None
         bound = os.path.exists(f"{SYS_PCI}/{bdf}/driver")
         if not (exc.errno == errno_mod.EINVAL and bound):
-            doc.update(stage="map_bar0", error=error_text(exc), errno=exc.errno)
-            return doc
+            return gave_up(doc, "map_bar0", exc)
         if not args.unbind:
-            doc.update(stage="map_bar0", error=error_text(exc), errno=exc.errno,
-                       hint="the driver holds the BARs and the kernel has "
-                            "CONFIG_IO_STRICT_DEVMEM: boot with iomem=relaxed or pass --unbind")
-            return doc
+            return gave_up(doc, "map_bar0", exc,
+                           hint="the driver holds the BARs and the kernel has "
+                                "CONFIG_IO_STRICT_DEVMEM: boot with iomem=relaxed or pass "
+                                "--unbind")
     if regs is None:  # only when the strict-devmem refusal is in the way
         try:
             doc["unbound_driver"] = _unbind(bdf)
             regs = Regs(bdf)
         except OSError as exc:
-            doc.update(stage="map_bar0", error=error_text(exc), errno=exc.errno)
-            return doc
+            return gave_up(doc, "map_bar0", exc)
     try:
         return _pmr_steps(regs, args, doc)
     finally:
@@ -136,8 +134,7 @@ def _pmr_steps(regs, args, doc):
         finally:
             os.close(fd)
     except OSError as exc:
-        doc.update(stage=f"map_bar{bar}", error=error_text(exc), errno=exc.errno)
-        return doc
+        return gave_up(doc, f"map_bar{bar}", exc)
     try:
         if args.mode == "write":
             start = time.monotonic()
