@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import xml.etree.ElementTree as ET
 
@@ -91,7 +92,10 @@ def with_topology():
     return load_topology("switch-cmb")
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz is not installed")
+# outside CI only: under CI=true a missing dot fails the test instead of skipping it
+@pytest.mark.skipif(shutil.which("dot") is None and not os.environ.get("CI"),
+                    reason="SKIPPED, NOT PASSED: graphviz's dot is not installed "
+                           "(scripts/setup-host.sh installs it)")
 def test_a_run_gets_a_picture_and_report_html(tmp_path, with_topology):
     out = make_out_dir(tmp_path / "r", "x")
     r = sample()
