@@ -5,12 +5,11 @@ import time
 
 from . import schema
 from .dio import (
-    UsageError,
     allocate_p2pmem,
     check_blocks,
     device_bytes,
-    gave_up,
     fill,
+    gave_up,
     host_buffer,
     mb_per_s,
     open_direct,
@@ -20,6 +19,7 @@ from .dio import (
     verify_step,
 )
 from .pattern import BLOCK, DEVICE_FILL, POISON, corrupted, pattern
+from .usage import UsageError
 
 
 def copy(args):

@@ -9,7 +9,7 @@ import time
 from . import schema
 from .pattern import BLOCK, compare_blocks
 from .sysfs import SYS_PCI, read
-from .usage import USAGE, UsageError, parse_seed, parse_size  # noqa: F401 (the tool's names)
+from .usage import UsageError
 
 MAX_SIZE = 32 << 20  # keeps the guest's memory use small (a few copies of the buffer)
 

@@ -23,9 +23,10 @@ import tempfile
 import time
 
 from . import fiojson, schema
-from .dio import UsageError, error_text, host_buffer, open_direct
+from .dio import error_text, host_buffer, open_direct
 from .pattern import BLOCK, corrupted
 from .sysfs import SYS_PCI, read
+from .usage import UsageError
 
 SAMPLE_SECONDS = 0.1
 

@@ -29,9 +29,10 @@ import os
 import time
 
 from . import schema
-from .dio import UsageError, error_text, gave_up, host_buffer, open_direct, parse_size
+from .dio import error_text, gave_up, host_buffer, open_direct
 from .pattern import BLOCK, POISON, corrupted, diff_ranges, pattern_range
 from .sysfs import SYS_PCI, queue_limits, read
+from .usage import UsageError, parse_size
 
 KINDS = ("p2p", "host")
 CASE_KEYS = ("start", "gap", "hgap")

@@ -17,8 +17,9 @@ import os
 import time
 
 from . import schema
-from .dio import UsageError, allocate_p2pmem, error_text, host_buffer, open_direct
+from .dio import allocate_p2pmem, error_text, host_buffer, open_direct
 from .pattern import BLOCK, pattern
+from .usage import UsageError
 
 SOURCE = 256 << 20  # the client region the loop copies from (the destination follows)
 

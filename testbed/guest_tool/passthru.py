@@ -9,12 +9,11 @@ import time
 
 from . import schema
 from .dio import (
-    UsageError,
     allocate_p2pmem,
     check_blocks,
     device_bytes,
-    gave_up,
     fill,
+    gave_up,
     host_buffer,
     mb_per_s,
     open_direct,
@@ -26,6 +25,7 @@ from .dio import (
 )
 from .pattern import BLOCK, DEVICE_FILL, POISON, pattern
 from .sysfs import read
+from .usage import UsageError
 
 # struct nvme_passthru_cmd (include/uapi/linux/nvme_ioctl.h), 72 bytes
 PASSTHRU = struct.Struct("<BBHIIIQQIIIIIIIIII")

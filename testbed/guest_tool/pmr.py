@@ -5,9 +5,10 @@ import mmap
 import os
 import time
 
-from .dio import UsageError, gave_up, mb_per_s, step
+from .dio import gave_up, mb_per_s, step
 from .pattern import BLOCK, MAX_DETAILS, block_digest, describe_block, pattern_block
 from .sysfs import SYS_PCI
+from .usage import UsageError
 
 REG_CAP, REG_PMRCAP, REG_PMRCTL, REG_PMRSTS = 0x00, 0xE00, 0xE04, 0xE08
 REG_PMREBS, REG_PMRSWTP = 0xE0C, 0xE10

@@ -19,8 +19,9 @@ import signal
 import time
 
 from . import schema
-from .dio import UsageError, error_text, open_direct
+from .dio import error_text, open_direct
 from .sysfs import SYS_PCI, read
+from .usage import UsageError
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p

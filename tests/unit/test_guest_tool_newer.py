@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from testbed.guest_tool import cli, fio, fiojson, iovec, pattern
-from testbed.guest_tool.dio import UsageError
+from testbed.guest_tool.usage import UsageError
 
 FIO = Path(__file__).parent / "data" / "fio"
 
