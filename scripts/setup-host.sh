@@ -15,6 +15,9 @@ PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs zstd kmod openssh-client p
 # gdb: `testbed boot --gdb` (and its CI test); the kernel build tools (testbed.kernel.build's
 # BUILD_PACKAGES): `testbed kernel build` and `testbed bisect` (CI bisects a tree make rejects)
 PKGS="$PKGS gdb build-essential flex bison bc libelf-dev libssl-dev dwarves"
+# ccache: profile kernel builds (testbed kernel build --profile) reuse objects across build
+# directories and rebuilds; xz-utils unpacks linux-source-X.Y (testbed kernel source debian)
+PKGS="$PKGS ccache xz-utils"
 
 . /etc/os-release
 missing=""
