@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..qemu.accel import resolve_accel
-from ..qemu.cmdline import BootMedia, backing_files, build, machine_argv
+from ..qemu.cmdline import BootMedia, backing_files, build, machine_argv, run_dir_files
 from ..qemu.probe import probe
 from ..qemu.script import quote, to_script
 from ..qemu.probe import cpu_info
@@ -124,9 +124,12 @@ def command_line(args: argparse.Namespace, fmt: str) -> str:
     about = f"topology {topo.name}: {topo.description}".rstrip(": ")
     prelude = [*(f"# {line}" for line in about.splitlines() or [""]),
                f"# accel: {accel.name} ({accel.reason})", 'mkdir -p "$RUN_DIR"']
+    # only the testbed's own files move with $RUN_DIR; a user's file stays where it is
+    owned = run_dir_files(topo, run_dir, [run_dir / "boot.qcow2", run_dir / "console.log"]
+                          if args.boot else [])
     for bf in backing_files(topo, run_dir):
         if bf.user_file:
             continue  # the user's own file: the script never creates or truncates it
-        q = quote(str(bf.path), str(run_dir))
+        q = quote(str(bf.path), str(run_dir), owned)
         prelude.append(f"[ -e {q} ] || truncate -s {bf.size} {q}")
-    return to_script(argv, run_dir=str(run_dir), prelude=prelude)
+    return to_script(argv, run_dir=str(run_dir), prelude=prelude, owned=owned)

@@ -24,6 +24,7 @@ from ..errors import (
     BootFailed,
     BootTimeout,
     DriverProbeFailed,
+    GuestError,
     GuestViewMismatch,
     PortInUse,
     QemuStartError,
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 STALL_SECONDS = 90.0  # no ready line by then: retry the boot once (see _Stalled)
 NVME_IO_TIMEOUT = 10  # seconds; a faulting P2P command must not hang a run for 30 s
 PORT_ATTEMPTS = 3
+INVENTORY_SECONDS = 90.0  # shipping the guest tool and its first inventory, on a slow host
 
 
 @dataclass(frozen=True)
@@ -289,10 +291,16 @@ def check_guest_view(guest: Guest, trace: bool = False) -> None:
     topo = guest.topology
     n_p2p = sum(1 for n in topo.nvmes() if n.cmb)
     # the guest tool is shipped here, in the same command as its first inventory
-    res = guest.run(install_and_run(["inventory", "--wait", "30", "--expect-nvme",
-                                     str(len(topo.nvmes())), "--expect-p2pmem", str(n_p2p),
-                                     *(["--trace"] if trace else [])]),
-                    timeout=60, stdin=package_tar())
+    try:
+        res = guest.run(install_and_run(["inventory", "--wait", "30", "--expect-nvme",
+                                         str(len(topo.nvmes())), "--expect-p2pmem", str(n_p2p),
+                                         *(["--trace"] if trace else [])]),
+                        timeout=INVENTORY_SECONDS, stdin=package_tar())
+    except GuestError as exc:
+        raise _fail(guest, BootFailed, f"the guest tool could not be run: {exc}") from None
+    if res.timed_out:  # a guest too slow (a loaded host): a matrix boots it once more
+        raise _fail(guest, BootTimeout, f"the guest tool's first inventory did not finish "
+                    f"within {INVENTORY_SECONDS:.0f} s")
     if not res.ok:
         raise _fail(guest, GuestViewMismatch, f"the guest inventory failed: {res.describe()}")
     try:

@@ -21,7 +21,7 @@ from ..errors import GuestError
 from ..image.model import Image
 from ..kernel.prepare import PreparedKernel
 from ..qemu.accel import Accel
-from ..qemu.cmdline import backing_files
+from ..qemu.cmdline import backing_files, run_dir_files
 from ..qemu.machine import QemuMachine
 from ..qemu.script import quote, to_script
 from ..qemu.share import Share
@@ -177,15 +177,19 @@ class Guest(SshGuest):
             return None
         rd = str(self.run_dir.path)
         prelude = [f"# {self.topology.name}: the guest as testbed booted it", 'mkdir -p "$RUN_DIR"']
+        extra = [self.run_dir / "boot.qcow2", self.run_dir / "console.log"]
+        if self.machine is not None:
+            extra.append(self.machine.qmp_path)
+        owned = run_dir_files(self.topology, self.run_dir.path, extra)
         for bf in backing_files(self.topology, self.run_dir.path):
             if bf.user_file:
                 continue  # the user's own file: never created or truncated by the script
-            q = quote(str(bf.path), rd)
+            q = quote(str(bf.path), rd, owned)
             prelude.append(f"[ -e {q} ] || truncate -s {bf.size} {q}")
-        overlay = quote(str(self.run_dir / "boot.qcow2"), rd)
+        overlay = quote(str(self.run_dir / "boot.qcow2"), rd, owned)
         prelude.append(f"[ -e {overlay} ] || qemu-img create -q -f qcow2 -F qcow2 -b "
                        f"{quote(str(self.image.disk))} {overlay}")
-        return to_script(self.argv, run_dir=rd, prelude=prelude)
+        return to_script(self.argv, run_dir=rd, prelude=prelude, owned=owned)
 
     # -- shutdown ------------------------------------------------------------------------
     def poweroff_in_guest(self) -> None:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import select
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import paramiko
 
@@ -100,41 +104,46 @@ class GuestSSH:
 
     def run(self, command: str | list[str], timeout: float = 60.0,
             stdin: bytes | None = None) -> CommandResult:
-        """Run ``command`` (a string for the guest shell, or an argv list that gets quoted)."""
-        if isinstance(command, list):
-            command = " ".join(shlex.quote(c) for c in command)
-        start = time.monotonic()
-        try:
-            chan = self._session(timeout)
-        except (OSError, paramiko.SSHException) as exc:
-            raise GuestError(f"cannot open an SSH session to the guest: {exc}") from None
-        chan.settimeout(1.0)
-        chan.exec_command(command)
-        if stdin:
-            chan.sendall(stdin)
-        chan.shutdown_write()
+        """Run ``command`` (a string for the guest shell, or an argv list that gets quoted)
+        with ``stdin`` as its standard input (then EOF).  Input and output move together,
+        so a guest slow to read its input is waited for up to ``timeout``, like a command
+        slow to finish: the result then says ``timed_out``; nothing raises on a slow guest."""
+        command = _command_text(command)
         out, err = bytearray(), bytearray()
-        deadline = start + timeout
-        timed_out = False
-        while True:
-            while chan.recv_ready():
-                out += chan.recv(65536)
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-            # sshd may send exit-status before the last output: stop only at EOF
-            if chan.exit_status_ready() and chan.eof_received and not chan.recv_ready() \
-                    and not chan.recv_stderr_ready():
-                break
-            if time.monotonic() > deadline:
-                timed_out = True
-                break
-            if chan.closed and not chan.recv_ready():
-                break
-            time.sleep(0.005)
-        status = -1 if timed_out else chan.recv_exit_status()
-        chan.close()
+        start = time.monotonic()
+        status, timed_out = self.exchange(command, timeout, _Feed(data=stdin or b""),
+                                          out.extend, err.extend)
         return CommandResult(command, status, out.decode(errors="replace"),
                              err.decode(errors="replace"), time.monotonic() - start, timed_out)
+
+    def stream(self, command: str | list[str], timeout: float, stdin_fd: int | None,
+               stdout: Callable[[bytes], object],
+               stderr: Callable[[bytes], object]) -> tuple[int, bool]:
+        """Run ``command`` with the file descriptor ``stdin_fd`` as its standard input
+        (read until EOF, as ssh does; None: an empty input), handing its output to
+        ``stdout``/``stderr`` as it comes.  Returns (exit status, timed out); the command
+        ending ends the call even while ``stdin_fd`` (a terminal) has nothing to read."""
+        return self.exchange(_command_text(command), timeout, _Feed(fd=stdin_fd), stdout, stderr)
+
+    def exchange(self, command: str, timeout: float, feed: "_Feed",
+                 stdout: Callable[[bytes], object],
+                 stderr: Callable[[bytes], object]) -> tuple[int, bool]:
+        """The one loop behind :meth:`run` and :meth:`stream`: send the input only as fast
+        as the guest's window opens, read the output meanwhile (so a command that writes
+        while it reads never deadlocks with us), stop at the command's exit or
+        ``timeout`` seconds after the start.  Errors of the connection are GuestError."""
+        deadline = time.monotonic() + timeout
+        try:
+            chan = self._session(max(1.0, min(timeout, 30.0)))
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise GuestError(f"cannot open an SSH session to the guest: {exc}") from None
+        try:
+            return _pump(chan, command, feed, stdout, stderr, deadline)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise GuestError(f"the SSH connection to the guest failed during {command[:80]!r}: "
+                             f"{type(exc).__name__}: {exc}") from None
+        finally:
+            chan.close()
 
     def fire(self, command: str) -> None:
         """Start ``command`` and do not wait for it (e.g. a poweroff that ends the session)."""
@@ -150,17 +159,99 @@ class GuestSSH:
                 sftp.put(str(local), remote)
                 if mode is not None:
                     sftp.chmod(remote, mode)
-        except (OSError, paramiko.SSHException) as exc:
+        except (OSError, paramiko.SSHException, EOFError) as exc:
             raise GuestError(f"cannot copy {local} to the guest's {remote}: {exc}") from None
 
     def get(self, remote: str, local: Path | str) -> None:
         try:
             with self._client().open_sftp() as sftp:
                 sftp.get(remote, str(local))
-        except (OSError, paramiko.SSHException) as exc:
+        except (OSError, paramiko.SSHException, EOFError) as exc:
             raise GuestError(f"cannot copy the guest's {remote} to {local}: {exc}") from None
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
+
+
+CHUNK = 32768  # bytes read from an input descriptor at a time
+
+
+def _command_text(command: str | list[str]) -> str:
+    return command if isinstance(command, str) else " ".join(shlex.quote(c) for c in command)
+
+
+@dataclass
+class _Feed:
+    """A command's standard input: bytes already in hand, or a descriptor read to EOF."""
+
+    data: bytes = b""
+    fd: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return not self.data and self.fd is None
+
+    def fill(self) -> None:
+        """Read what the descriptor has (call when it is readable)."""
+        assert self.fd is not None
+        try:
+            chunk = os.read(self.fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""  # an input that cannot be read ends like an empty one
+        if chunk:
+            self.data = chunk
+        else:
+            self.fd = None
+
+    def drop(self) -> None:
+        """The command will read no more: forget what is left."""
+        self.data, self.fd = b"", None
+
+
+def _pump(chan: paramiko.Channel, command: str, feed: _Feed,
+          stdout: Callable[[bytes], object], stderr: Callable[[bytes], object],
+          deadline: float) -> tuple[int, bool]:
+    chan.settimeout(0.0)  # never block in send/recv: readiness is checked first
+    chan.exec_command(command)
+    shut = False
+    while True:
+        if feed.data and chan.send_ready():
+            try:
+                sent = chan.send(feed.data[:CHUNK])
+            except OSError:  # the channel closed: the command is gone
+                sent = 0
+                feed.drop()
+            if sent == 0:
+                feed.drop()  # the remote side takes no more input
+            feed.data = feed.data[sent:]
+        if feed.done and not shut:
+            chan.shutdown_write()  # EOF on the command's input
+            shut = True
+        while chan.recv_ready():
+            stdout(chan.recv(CHUNK))
+        while chan.recv_stderr_ready():
+            stderr(chan.recv_stderr(CHUNK))
+        # sshd may send exit-status before the last output: stop only at EOF
+        if chan.exit_status_ready() and chan.eof_received and not chan.recv_ready() \
+                and not chan.recv_stderr_ready():
+            return chan.recv_exit_status(), False
+        if chan.closed and not chan.recv_ready() and not chan.recv_stderr_ready():
+            return (chan.exit_status if chan.exit_status_ready() else -1), False
+        now = time.monotonic()
+        if now > deadline:
+            return -1, True
+        if chan.eof_received:  # the output is over; only the exit status is to come
+            chan.status_event.wait(min(0.05, deadline - now))
+            continue
+        watch: list[Any] = [chan]
+        if feed.fd is not None and not feed.data:
+            watch.append(feed.fd)
+        # with input waiting for the window to open, look again soon
+        wait = 0.01 if feed.data else min(0.25, deadline - now)
+        ready = select.select(watch, [], [], max(0.0, wait))[0]
+        if feed.fd is not None and feed.fd in ready:
+            feed.fill()

@@ -29,7 +29,7 @@ import functools
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from ..spec.model import DownstreamPort, HostBridge, Node, Nvme, RootPort, Switch, Topology
 from ..spec.units import MiB
@@ -101,6 +101,22 @@ def backing_files(topo: Topology, run_dir: Path) -> list[BackingFile]:
             out.append(BackingFile(pmr_path(nvme, run_dir), nvme.pmr.size, "PMR", nvme.name,
                                    nvme.pmr.file is not None, nvme.pmr.create))
     return out
+
+
+def run_dir_files(topo: Topology, run_dir: Path, extra: Iterable[Path] = ()) -> list[str]:
+    """The files the testbed itself puts in ``run_dir`` for this machine: the namespace
+    and PMR images it creates, and ``extra`` (the boot overlay, the console log, the QMP
+    socket).  Never a file the topology names (``file:``), wherever it lives: these are
+    the only paths a script may spell relative to ``$RUN_DIR``.
+
+        >>> from testbed.spec import load_topology
+        >>> run_dir_files(load_topology("switch-cmb"), Path("/r"), [Path("/r/console.log")])
+        ['/r/nvme0-ns1.img', '/r/nvme1-ns1.img', '/r/console.log']
+    """
+    files = backing_files(topo, run_dir)
+    users = {bf.path for bf in files if bf.user_file}
+    mine = [bf.path for bf in files if not bf.user_file] + list(extra)
+    return [str(p) for p in mine if p not in users and p.is_relative_to(run_dir)]
 
 
 # -- the machine ---------------------------------------------------------------------------

@@ -109,6 +109,9 @@ class Matrix:
     plan_id: str = ""  # the plan this matrix (or shard) ran: shards of one plan merge
     shard: str | None = None  # "K/N" when this is one shard of a plan
     boots: list[str] = field(default_factory=list)  # the boots it was to run
+    # topology -> the workloads planned for it that make cells: a run that broke before
+    # any cell shows an error cell for each (rather than no row at all)
+    planned: dict[str, list[str]] = field(default_factory=dict)
 
     def sort(self) -> None:
         """Runs and cells in plan order (topologies, then kernels), whatever order the
@@ -128,7 +131,9 @@ class Matrix:
         m = cls(kernels=list(data["kernels"]), topologies=list(data["topologies"]),
                 started=str(data.get("started", "")), seconds=float(data.get("seconds", 0)),
                 plan_id=str(data.get("plan_id", "")), shard=data.get("shard"),
-                boots=list(data.get("boots", [])))
+                boots=list(data.get("boots", [])),
+                planned={str(t): [str(w) for w in ws] for t, ws in
+                         (data.get("planned") or {}).items()})
         m.runs = [RunEntry(**{k: v for k, v in r.items() if k in run_fields})
                   for r in data["runs"]]
         broke = {(r.topology, r.kernel) for r in m.runs if r.error}
@@ -149,9 +154,11 @@ class Matrix:
         """Every row (topology, workload, provider, client), in first-seen order per topology."""
         seen: dict[tuple, None] = {}
         for topo in self.topologies:
-            for c in self.cells:
-                if c.topology == topo:
-                    seen.setdefault(c.row, None)
+            rows = [c.row for c in self.cells if c.topology == topo]
+            if not rows and any(r.topology == topo and r.error for r in self.runs):
+                rows = [(topo, w, "", "") for w in self.planned.get(topo, [])]
+            for row in rows:
+                seen.setdefault(row, None)
         return list(seen)
 
     def cell(self, row: tuple, kernel: str) -> Cell | None:
@@ -218,6 +225,7 @@ class Matrix:
         return {
             "started": self.started, "seconds": round(self.seconds, 1),
             "plan_id": self.plan_id, "shard": self.shard, "boots": self.boots,
+            "planned": self.planned,
             "baseline": self.baseline, "kernels": self.kernels, "topologies": self.topologies,
             "runs": [asdict(r) for r in self.runs],
             "cells": [c.to_json() for row in self.rows() for label in self.labels
@@ -280,11 +288,14 @@ def find_mechanism_changes(m: Matrix) -> list[Regression]:
     return out
 
 
+NO_CELLS = ("inventory", "exec")  # workloads whose records are never cells
+
+
 def cells_from_result(topology: str, kernel: str, result: RunResult) -> list[Cell]:
     """The cells of one run: every judged record and every record with a pair."""
     cells = []
     for r in result.workloads:
-        if r.name in ("inventory", "exec") or r.command is not None:
+        if r.name in NO_CELLS or r.command is not None:
             continue
         if not (r.judged or r.provider or r.client):
             continue

@@ -27,7 +27,7 @@ from typing import Callable
 from ..errors import BootTimeout
 from ..results.model import RunResult
 from ..util.files import new_out_dir
-from .cells import Matrix, add_run, cells_from_result
+from .cells import NO_CELLS, Matrix, add_run, cells_from_result
 from .plan import MatrixPlan
 from .render import write_matrix
 from .shard import Boot, boots, partition, plan_id
@@ -77,7 +77,9 @@ def run_matrix(plan: MatrixPlan, out: Path, run: RunFunction = run_topology,
                topologies=[t.name for t in plan.topologies],
                started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), plan_id=plan_id(plan),
                shard=f"{shard[0]}/{shard[1]}" if shard else None,
-               boots=[b.id for b in selected])
+               boots=[b.id for b in selected],
+               planned={b.topology: [w for w in b.workloads if w not in NO_CELLS]
+                        for b in all_boots})
     topos = {t.name: t for t in plan.topologies}
     kernels = {k.label: k for k in plan.kernels}
     start = time.monotonic()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,6 +199,13 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
             if exc.console_log is not None:
                 console = exc.console_log
             failed_argv = exc.argv
+    except Exception as exc:  # a defect of the testbed: recorded like any broken run
+        trace = out / "traceback.txt"
+        trace.write_text(traceback.format_exc())
+        result.error = (f"internal error ({type(exc).__name__}: {exc}); please report it "
+                        f"with {trace}")
+        result.error_kind = "internal"
+        log.error("%s", result.error)
     finally:
         collect = time.monotonic()
         dmesg = ""

@@ -147,10 +147,41 @@ def test_two_detached_guests_in_parallel(real_qemu, tmp_path):
         assert len(ports) == 2
         status = run_cli("ssh", "left", "--", "exit 7", state=state, check=False)
         assert status.returncode == 7
+        check_ssh_stdin("left", env)
     finally:
         run_cli("stop", "left", "right", state=state, check=False)
     assert not (state / "instances" / "left").exists()
     assert "no detached guests" in run_cli("ps", state=state).stdout
+
+
+def check_ssh_stdin(name: str, env: dict[str, str]) -> None:
+    """`testbed ssh NAME -- CMD` gives CMD this process's standard input, as ssh does:
+    binary bytes unchanged, then EOF; an empty input is EOF at once; a command that does
+    not read ends the call even while its input stays open."""
+    def ssh(*cmd: str, stdin=None, **kw):
+        return subprocess.run([*TESTBED, "ssh", name, "--", *cmd], capture_output=True,
+                              timeout=120, env=env, stdin=stdin, **kw)
+    data = bytes(range(256)) * 64 + os.urandom(300_000) + b"\0\r\n\xff no newline"
+    res = ssh("cat", input=data)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == data  # every byte back, in order, nothing added
+    res = ssh("sh", "-s", input=b"echo from-a-script; exit 5\n")
+    assert (res.returncode, res.stdout) == (5, b"from-a-script\n")
+    res = ssh("wc -c; echo done >&2", stdin=subprocess.DEVNULL)
+    assert (res.returncode, res.stdout.split(), res.stderr) == (0, [b"0"], b"done\n")
+    res = subprocess.run([*TESTBED, "ssh", name, "-n", "--", "cat"], input=b"not sent",
+                         capture_output=True, timeout=120, env=env)
+    assert (res.returncode, res.stdout) == (0, b"")
+    # an input that never ends, to a command that does not read it
+    proc = subprocess.Popen([*TESTBED, "ssh", name, "--", "echo ignored-input"], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.wait(timeout=60) == 0  # the input pipe is still open here
+        assert proc.stdout.read() == b"ignored-input\n"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
 
 
 def test_stale_instance_is_reported_and_cleaned(real_qemu, tmp_path):

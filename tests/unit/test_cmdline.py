@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from testbed.qemu.backing import create_backing_files
-from testbed.qemu.cmdline import IOMMU_CMDLINE, backing_files, iommu_cmdline, machine_argv
+from testbed.qemu.cmdline import (IOMMU_CMDLINE, backing_files, iommu_cmdline, machine_argv,
+                                   run_dir_files)
 from testbed.qemu.script import to_script
 from testbed.spec import load_topology
 from testbed.spec.parse import parse
@@ -295,7 +296,8 @@ def run_with_printf(script: str, binary: str, env: dict | None = None) -> list[s
 def test_script_reproduces_argv(name, tmp_path):
     argv = machine_argv(load_topology(name), "/usr/bin/qemu-system-x86_64",
                         Path("/tmp/run dir"), "tcg")
-    script = to_script(argv, run_dir="/tmp/run dir", prelude=["# a comment"])
+    script = to_script(argv, run_dir="/tmp/run dir", prelude=["# a comment"],
+                       owned=run_dir_files(load_topology(name), Path("/tmp/run dir")))
     path = tmp_path / "run.sh"
     path.write_text(script)
     subprocess.run([SH, "-n", str(path)], check=True)
@@ -324,7 +326,8 @@ def test_script_quotes_nasty_arguments(tmp_path):
                        min_size=1, max_size=6))
 def test_script_quoting_round_trips(args, run_dir):
     argv = ["qemu", *args, f"file={run_dir}/x", run_dir]
-    assert run_with_printf(to_script(argv, run_dir=run_dir), "qemu") == argv[1:]
+    script = to_script(argv, run_dir=run_dir, owned=[f"{run_dir}/x", run_dir])
+    assert run_with_printf(script, "qemu") == argv[1:]
 
 
 def test_render_cli_script_runs(real_qemu, tmp_path):
@@ -343,3 +346,52 @@ def test_render_cli_script_runs(real_qemu, tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == ["nvme0-ns1.img", "nvme0-pmr.img",
                                                          "nvme1-ns1.img"]
     assert (run_dir / "nvme0-pmr.img").stat().st_size == 16 * MiB
+
+
+def test_render_keeps_a_user_file_below_the_run_dir(real_qemu, tmp_path):
+    """A namespace and a PMR the user named, whose paths start with --run-dir: the script
+    uses exactly those files whatever RUN_DIR it runs with (it used to spell them
+    "$RUN_DIR"/hostile/...); only the testbed's own files move with RUN_DIR."""
+    work = tmp_path / "srv" / "work"
+    (work / "hostile").mkdir(parents=True)
+    user_ns = work / "hostile" / "user-ns.img"
+    user_pmr = work / "work-pmr.img"  # a name like the testbed's own, in the run dir itself
+    with open(user_ns, "wb") as f:
+        f.truncate(4 * MiB)
+    with open(user_pmr, "wb") as f:
+        f.truncate(16 * MiB)
+    topo = tmp_path / "hostile.yaml"
+    topo.write_text(textwrap.dedent(f"""\
+        name: hostile
+        pcie:
+          - root_port: rp0
+            device:
+              nvme: nvme0
+              cmb: 16M
+              pmr: {{size: 16M, file: {user_pmr}}}
+              namespaces: [{{size: 4M, file: {user_ns}}}, {{size: 8M}}]
+        """))
+    for boot in ([], ["--boot"]) if _image_built() else ([],):
+        args = [sys.executable, "-m", "testbed", "render", str(topo), "--run-dir", str(work),
+                *boot]
+        argv = json.loads(subprocess.run([*args, "--json"], capture_output=True, text=True,
+                                         check=True, timeout=60).stdout)
+        script = subprocess.run(args, capture_output=True, text=True, check=True,
+                                timeout=60).stdout
+        assert '"$RUN_DIR"/hostile' not in script and str(user_ns) in script, script
+        elsewhere = tmp_path / "elsewhere"
+        moved = run_with_printf(script, argv[0], env={"RUN_DIR": str(elsewhere)})
+        assert f"file={user_ns},if=none" in " ".join(moved)
+        assert any(f"mem-path={user_pmr}," in a for a in moved), moved
+        # the testbed's own namespace image (and, with --boot, overlay and console) moved
+        assert any(f"file={elsewhere}/nvme0-ns2.img," in a for a in moved), moved
+        assert not any(str(work) in a for a in moved
+                       if str(user_ns) not in a and str(user_pmr) not in a), moved
+        assert sorted(p.name for p in elsewhere.iterdir()) == ["nvme0-ns2.img"]
+        shutil.rmtree(elsewhere)
+    assert user_ns.stat().st_size == 4 * MiB and user_pmr.stat().st_size == 16 * MiB
+
+
+def _image_built() -> bool:
+    from testbed.image.build import cached_image
+    return cached_image() is not None

@@ -211,10 +211,16 @@ def test_a_crashed_run_is_never_pass(tmp_path, monkeypatch, crash):
 
     monkeypatch.setattr(runner, "run_workloads", explode)
     out = tmp_path / "out"
-    with pytest.raises(type(crash)):
-        runner.run_topology(topo, runner.RunOptions(out=out, workloads=("inventory",)))
+    if isinstance(crash, KeyboardInterrupt):  # an interrupt ends the command
+        with pytest.raises(type(crash)):
+            runner.run_topology(topo, runner.RunOptions(out=out, workloads=("inventory",)))
+    else:  # a defect is a broken run, its traceback kept beside the results
+        result, _ = runner.run_topology(topo, runner.RunOptions(out=out,
+                                                                workloads=("inventory",)))
+        assert result.error_kind == "internal" and "a bug" in result.error
+        assert "RuntimeError: a bug" in (out / "traceback.txt").read_text()
     data = json.loads((out / "results.json").read_text())
-    assert data["status"] == "incomplete" and data["finished"] is False
+    assert data["status"] in ("incomplete", "fail") and data["finished"] is False
     assert "PASS" not in (out / "report.md").read_text()
     assert 'errors="1"' in (out / "junit.xml").read_text()
 

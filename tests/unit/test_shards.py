@@ -126,3 +126,46 @@ def test_cli_plan_json_and_bad_merge(tmp_path, capsys, monkeypatch):
         cli.main(["matrix", "-t", "switch-cmb", "-k", "default", "--jobs", "0"])
     assert cli.main(["matrix", "-t", "switch-cmb", "-k", "default", "--shard", "3/2"]) == 2
     assert Boot("a@k", "a", "k", (), 1.0).to_json()["id"] == "a@k"
+
+
+def test_a_run_that_crashes_is_an_error_cell_and_its_shard_merges(tmp_path, monkeypatch):
+    """Two shards; in shard 2 the boot of rootports-cmb dies with the TimeoutError paramiko
+    raised under load (not a TestbedError).  The real run_topology records it as a broken
+    run (results written, the traceback kept beside them), the shard writes its
+    matrix.json with an error cell for the planned workload, and the pair merges."""
+    from testbed.run import runner
+
+    def crash(topo, options):
+        raise TimeoutError()  # as paramiko's chan.sendall raised it
+
+    monkeypatch.setenv("TESTBED_STATE", str(tmp_path / "state"))
+    monkeypatch.setattr(runner, "boot", crash)
+
+    def run(topo, opts):
+        return runner.run_topology(topo, opts) if topo.name == "rootports-cmb" \
+            else fake_run(topo, opts)
+
+    p = plan(names=NAMES[:2], kernels=("default",))
+    dirs = []
+    for k in (1, 2):
+        d = tmp_path / f"s{k}"
+        d.mkdir()
+        run_matrix(p, d, run=run, shard=(k, 2))
+        assert (d / "matrix.json").is_file()
+        dirs.append(d)
+    broken = [d for d in dirs if (d / "rootports-cmb").is_dir()][0]
+    doc = json.loads((broken / "matrix.json").read_text())
+    assert doc["status"] == 1 and len(doc["incomplete"]) == 1
+    assert "internal error (TimeoutError" in doc["runs"][0]["error"]
+    assert doc["runs"][0]["error_kind"] == "internal"
+    assert [(c["topology"], c["workload"], c["verdict"]) for c in doc["cells"]] == \
+        [("rootports-cmb", "p2p-copy", "error")]
+    run_dir = broken / "rootports-cmb" / "default"
+    assert "TimeoutError" in (run_dir / "traceback.txt").read_text()
+    assert json.loads((run_dir / "results.json").read_text())["finished"] is False
+    (tmp_path / "m").mkdir()
+    merged = merge(dirs, tmp_path / "m")
+    verdicts = {(c.topology, c.workload): c.verdict for row in merged.rows()
+                for c in [merged.cell(row, "default")]}
+    assert verdicts == {("switch-cmb", "p2p-copy"): "ok", ("rootports-cmb", "p2p-copy"): "error"}
+    assert merged.status == 1
