@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="build directory, reused by every step (default: the one "
                         "`testbed kernel build KSRC` uses)")
     p.add_argument("--kernel", type=options.kernel, metavar="KERNEL",
-                   help="judge this prebuilt kernel (default, a bzImage, a build tree) "
+                   help="judge this prebuilt kernel (default, profile:NAME[+NAME][@SRC], a bzImage, "
+                        "a build tree) "
                         "instead of building")
     p.add_argument("--workload", "-w", action="append", default=[], metavar="NAME",
                    help=f"workload to run, repeatable ({', '.join(WORKLOADS)}); default: all "

@@ -46,10 +46,10 @@ from pathlib import Path
 
 from ..errors import KernelBuildError, UsageError
 from ..paths import cache_dir
+from ..util.fingerprint import tree_fingerprint
 from .build import LOG, _run, check_build_tools, check_source_tree
 from .config import Kconfig
 from .kconfig_why import explain
-from .prepare import tree_fingerprint
 from .profile import ProfileSet, profile_set
 from .source import debian_source, source_of_tree
 
