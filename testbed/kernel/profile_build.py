@@ -247,11 +247,12 @@ def _result(tree: Path, good: dict, built: bool, start: float, cpu0: float) -> P
 
 def build_profile_kernel(ksrc: str | Path, profiles: list[str] | tuple[str, ...],
                          arch: str = "x86_64", jobs: int | None = None,
-                         output: Path | None = None,
-                         check_only: bool = False) -> ProfileKernel | None:
+                         output: Path | None = None, check_only: bool = False,
+                         rebuild: bool = False) -> ProfileKernel | None:
     """The profile kernel of ``ksrc`` (``debian`` or a tree) with ``profiles`` (``base`` is
     always included): built now, incrementally, or found; see the module doc.
-    ``check_only``: configure and check the options, compile nothing, return None."""
+    ``check_only``: configure and check the options, compile nothing, return None.
+    ``rebuild``: run make even when the key is unchanged (make rebuilds what is newer)."""
     start, cpu0 = time.monotonic(), _cpu_seconds()
     if arch not in ARCHES:
         raise UsageError(f"arch {arch!r}: profile kernels are built for {', '.join(ARCHES)}")
@@ -275,7 +276,7 @@ def build_profile_kernel(ksrc: str | Path, profiles: list[str] | tuple[str, ...]
             log.info("another process is building %s; waiting for it", tree)
             fcntl.flock(lock, fcntl.LOCK_EX)
         good = read_good(tree)
-        if good is not None and good.get("key") == key and not check_only:
+        if good is not None and good.get("key") == key and not (check_only or rebuild):
             log.info("profile kernel %s: up to date (%s)", ps.name, tree)
             return _result(tree, good, False, start, cpu0)
         return _build(src, ps, karch, compiler, identity, key, tree, jobs, start, cpu0,
