@@ -78,7 +78,10 @@ class KernelSpec:
 
     @property
     def label(self) -> str:
-        """A short name for tables: the release, else the file name."""
+        """A short name for tables: the release (with a profile kernel's profile set), else
+        the file name."""
+        if self.profiles:
+            return f"{self.release or '?'} {'+'.join(self.profiles)}"
         return self.release or self.image_file.name
 
     @property
