@@ -13,6 +13,8 @@ Three figures, each printed as it is measured:
    connect, tree check, each workload, collection, shutdown; "everything else" is the
    wall time that is neither the guest booting nor the judged copies.  Goal: <= 0.5 s.
 3. How boot time grows with the number of NVMe controllers (2 to 64, 8 per switch).
+4. Kernel profiles: cold builds, a one-file change, the profile kernel's boot
+   (bench/kernel.py; ``--skip-kernel`` leaves them out: the cold builds take minutes).
 
     .venv/bin/python bench/bench.py [--runs 5] [--scaling 2,8,16,32,64] [--skip-scaling]
 
@@ -160,6 +162,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--scaling", default="2,8,16,32,64")
     p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--skip-kernel", action="store_true")
     args = p.parse_args()
     os.environ.setdefault("TESTBED_STATE", tempfile.mkdtemp(prefix="testbed-bench-state-"))
     print(f"p2pdma-testbed bench, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
@@ -174,6 +177,10 @@ def main() -> int:
             print("\n3. boot time by number of NVMe controllers (2M CMBs, 8 per switch)",
                   flush=True)
             scaling([int(x) for x in args.scaling.split(",")], work)
+        if not args.skip_kernel:
+            from kernel import kernel_figures  # bench/kernel.py, beside this file
+            print("\n4. kernel profiles (linux-source-7.3)", flush=True)
+            kernel_figures(work, args.runs)
     return 0
 
 

@@ -49,7 +49,8 @@ _LAST_USE = pytest.StashKey[dict[tuple[str, str], str]]()
 def pytest_addoption(parser) -> None:
     group = parser.getgroup("p2pdma-testbed", "P2PDMA testbed guests")
     group.addoption("--testbed-kernel", metavar="PATH", default=None,
-                    help="boot guests with this kernel (bzImage, build tree, unpacked package)")
+                    help="boot guests with this kernel (profile:NAME[+NAME][@SRC], "
+                         "bzImage, build tree, unpacked package)")
     group.addoption("--testbed-keep", action="store_true", default=False,
                     help="leave guests running after the session and print how to ssh in")
     group.addoption("--testbed-accel", choices=("auto", "kvm", "tcg"), default=None,

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from ..errors import TestbedError, UsageError
+from ..kernel.profile import parse_names, profile_set
 from ..kernel.resolve import resolve_kernel
 from ..qemu.validate import load_checked
 from ..results.baseline import load_baseline
@@ -47,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="build directory, reused by every step (default: the one "
                         "`testbed kernel build KSRC` uses)")
     p.add_argument("--kernel", type=options.kernel, metavar="KERNEL",
-                   help="judge this prebuilt kernel (default, a bzImage, a build tree) "
+                   help="judge this prebuilt kernel (default, profile:NAME[+NAME][@SRC], a bzImage, "
+                        "a build tree) "
                         "instead of building")
     p.add_argument("--workload", "-w", action="append", default=[], metavar="NAME",
                    help=f"workload to run, repeatable ({', '.join(WORKLOADS)}); default: all "
@@ -60,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="results directory of this step (default: "
                    "BUILD_DIR/bisect-runs/<time>-<topology>-<commit>, or runs/ with --kernel)")
     p.add_argument("--jobs", "-j", type=int, metavar="N", help="make -jN (default: nproc)")
+    p.add_argument("--profile", action="append", default=[], metavar="NAME",
+                   help="build each commit as this profile kernel (repeat or NAME+NAME; base "
+                        "is always included) instead of defconfig + the testbed fragment")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"))
     p.add_argument("--timeout", type=options.seconds, default=120.0,
                    help="seconds per workload command")
@@ -77,10 +82,15 @@ def bisect_options(args: argparse.Namespace) -> BisectOptions:
                      accel=args.accel, timeout=args.timeout, size=args.size)
     baseline = load_baseline(args.baseline) if args.baseline is not None else None
     if args.kernel is not None:
+        if args.profile:
+            raise UsageError("--profile builds the source: it does not go with --kernel "
+                             "(use --kernel profile:NAME[+NAME] for a prebuilt profile kernel)")
         return BisectOptions(kernel=resolve_kernel(args.kernel), run=run, baseline=baseline)
+    profiles = tuple(profile_set([n for a in args.profile for n in parse_names(a)]).names) \
+        if args.profile else ()
     return BisectOptions(source=(args.source or Path.cwd()).absolute(),
                          build_dir=args.build_dir.absolute() if args.build_dir else None,
-                         run=run, baseline=baseline, jobs=args.jobs)
+                         run=run, baseline=baseline, jobs=args.jobs, profiles=profiles)
 
 
 def run(args: argparse.Namespace) -> int:

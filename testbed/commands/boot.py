@@ -23,7 +23,8 @@ from ..errors import BootError, ToolMissing, UsageError
 from ..guest import instances
 from ..guest.boot import BootOptions, boot
 from ..guest.debug import gdb_help
-from ..kernel.resolve import KernelSpec, resolve_kernel
+from ..kernel.profile import profile_set
+from ..kernel.resolve import PROFILE_PREFIX, KernelSpec, parse_profile_spec, resolve_kernel
 from ..qemu.accel import requested_accel
 from ..qemu.validate import load_checked
 from ..spec.model import Topology
@@ -41,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", type=options.name,
                    help="instance name for --detach (default: the topology name)")
     p.add_argument("--kernel", type=options.kernel,
-                   help="custom kernel: bzImage, build tree or unpacked package")
+                   help="custom kernel: profile:NAME[+NAME][@SRC] (built from SRC, default "
+                        "debian), bzImage, build tree or unpacked package")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="override the topology")
     p.add_argument("--timeout", type=options.seconds, default=180.0,
                    help="seconds to wait for SSH")
@@ -57,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     topo = load_checked(args.topology)  # bad input fails here, before anything starts
     kernel = resolve_kernel(args.kernel) if args.kernel else None
+    if kernel is not None and kernel.profiles:
+        print(profile_lines(kernel), file=sys.stderr, flush=True)
     requested_accel(args.accel or topo.machine.accel)
     args.share = options.shares(args.share)
     if args.name is not None and not args.detach:
@@ -66,6 +70,23 @@ def run(args: argparse.Namespace) -> int:
     if args.command is None and not sys.stdin.isatty():
         raise UsageError("no terminal for an interactive shell: use --command CMD or --detach")
     return _interactive(args, topo, kernel)
+
+
+def profile_lines(kernel: KernelSpec) -> str:
+    """What a profile kernel is: its profile set, .config, build tree and the options each
+    profile asked for (base by count: its file lists them)."""
+    ps = profile_set(kernel.profiles)
+    lines = [f"kernel: profile {ps.name} ({kernel.release}), .config sha256 "
+             f"{kernel.config_sha256}", f"  build tree: {kernel.build_tree}"]
+    for p in ps.profiles:
+        opts = p.options
+        if p.name == "base":
+            lines.append(f"  base: {len(opts)} options ({p.path})")
+        else:
+            lines.append(f"  {p.name}: " + " ".join(f"{n}={opts[n]}" for n in opts))
+        if p.gcov:
+            lines.append(f"  {p.name}: gcov for " + " ".join(p.gcov))
+    return "\n".join(lines)
 
 
 def _interactive(args: argparse.Namespace, topo: Topology, kernel: KernelSpec | None) -> int:
@@ -99,7 +120,11 @@ def _detach(args: argparse.Namespace, topo: Topology) -> int:
     inst.save()
     argv = [sys.executable, "-m", "testbed.guest.supervisor", name, str(topo.source),
             "--timeout", str(args.timeout)]
-    if args.kernel:
+    if args.kernel and args.kernel.startswith(PROFILE_PREFIX):  # the source as an absolute path
+        names, source = parse_profile_spec(args.kernel)
+        argv += ["--kernel", f"{PROFILE_PREFIX}{'+'.join(names)}@"
+                 + (source if source == "debian" else os.path.abspath(source))]
+    elif args.kernel:
         argv += ["--kernel", os.path.abspath(args.kernel) if args.kernel != "default"
                  else "default"]
     if args.accel:

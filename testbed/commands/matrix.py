@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="topology file or library name (repeatable)")
     p.add_argument("--kernel", "-k", action="append", default=[], metavar="KERNEL",
                    type=options.kernel,
-                   help="'default', a bzImage, a build tree, an INSTALL_MOD_PATH tree or an "
+                   help="'default', profile:NAME[+NAME][@SRC], a bzImage, a build tree, an "
+                        "INSTALL_MOD_PATH tree or an "
                         "unpacked kernel package (repeatable; the first is the baseline)")
     p.add_argument("--workload", "-w", action="append", default=[], metavar="NAME",
                    help="workload (repeatable); default: all that apply to each topology")

@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guest", metavar="NAME", type=options.name,
                    help="use this detached guest instead of booting")
     p.add_argument("--kernel", type=options.kernel,
-                   help="custom kernel (bzImage, build tree, unpacked package)")
+                   help="custom kernel: profile:NAME[+NAME][@SRC], bzImage, build tree, "
+                        "unpacked package")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"))
     p.add_argument("--size", type=options.transfer_size, default=1 << 20,
                    help="transfer size per pair (default 1M)")

@@ -76,6 +76,8 @@ def vmlinux_candidates(kernel: KernelSpec | None, release: str | None) -> list[P
     if kernel is not None:
         if kernel.kind == "build-tree":
             out.append(kernel.path / "vmlinux")
+        if kernel.build_tree is not None:  # a profile kernel's kept build tree
+            out.append(kernel.build_tree / "vmlinux")
         img = kernel.image_file
         if img.parts[-4:] == ("arch", "x86", "boot", "bzImage"):
             out.append(img.parents[3] / "vmlinux")

@@ -153,17 +153,48 @@ class _Watch:
             log.info("[%s] %d steps; %s", _mmss(now - self.start), self.steps, where)
 
 
-def _run(argv: list[str], cwd: Path, log_file: TextIO, what: str, watch: bool = False) -> None:
-    """Run one build step, output to ``log_file``; ``watch`` reports Kbuild steps."""
+_COMPILER_ERROR = re.compile(r"(:\d+:(\d+:)? (fatal )?error: )|(^ld(\.\w+)?: .*(undefined|error))")
+_DISK_FULL = "No space left on device"
+
+
+def first_error(lines: list[str]) -> str | None:
+    """The first line of a build's output that is the compiler's (or linker's) error.
+
+    >>> first_error(["  CC      a.o", "a.c:3:5: error: 'x' undeclared", "make: *** Error 2"])
+    "a.c:3:5: error: 'x' undeclared"
+    """
+    return next((t.strip() for t in lines if _COMPILER_ERROR.search(t)), None)
+
+
+def _run(argv: list[str], cwd: Path, log_file: TextIO, what: str, watch: bool = False,
+         env: Mapping[str, str] | None = None) -> None:
+    """Run one build step, output to ``log_file``; ``watch`` reports Kbuild steps.
+
+    A failure names the compiler's first error line (or a full disk) and the log."""
     start = time.monotonic()
     watcher = _Watch() if watch else None
+    errors: list[str] = []
+
+    def on_line(line: str) -> None:
+        if len(errors) < 200 and (_COMPILER_ERROR.search(line) or _DISK_FULL in line):
+            errors.append(line)
+        if watcher is not None:
+            watcher(line)
     try:
         run_step(argv, what, error=KernelBuildError, cwd=cwd, log_file=log_file,
-                 on_line=watcher, package=BUILD_PACKAGES)
+                 on_line=on_line, package=BUILD_PACKAGES, env=env)
     except KernelBuildError as exc:
+        if any(_DISK_FULL in t for t in errors):
+            free = shutil.disk_usage(cwd).free / 1e9
+            raise KernelBuildError(f"{what} failed: the disk is full ({cwd}: {free:.1f} GB "
+                                   f"free)\nfull log: {log_file.name}") from None
+        first = first_error(errors)
+        if first:
+            raise KernelBuildError(f"{what} failed: {first}\nfull log: {log_file.name}") \
+                from None
         lines = str(exc).splitlines()[1:]
-        errors = [t for t in lines if "error" in t.lower() or "***" in t] or lines[-15:]
-        raise KernelBuildError(f"{what} failed; last lines:\n  " + "\n  ".join(errors[-15:])
+        tail = [t for t in lines if "error" in t.lower() or "***" in t] or lines[-15:]
+        raise KernelBuildError(f"{what} failed; last lines:\n  " + "\n  ".join(tail[-15:])
                                + f"\nfull log: {log_file.name}") from None
     log.info("%s: done in %s%s", what, _mmss(time.monotonic() - start),
              f" ({watcher.steps} steps)" if watcher else "")

@@ -28,6 +28,7 @@ from pathlib import Path
 from ..errors import ImageError
 from ..paths import cache_dir, guest_images_dir
 from ..qemu.cmdline import Drive
+from ..util.fingerprint import tree_fingerprint
 from ..util.procs import find_tool
 from .cpio import read_cpio
 from .format import extract_vmlinux, has_pvh_entry, kernel_file_kind
@@ -66,6 +67,9 @@ class PreparedKernel:
     description: str
     release: str | None
     p2pdma: bool | None = None
+    build_tree: Path | None = None     # profile kernels: the kept build tree (make O=)
+    profiles: tuple[str, ...] = ()     # profile kernels: the profile set
+    config_sha256: str | None = None   # profile kernels: sha256 of the .config
 
 
 def init_script() -> Path:
@@ -91,27 +95,9 @@ def prepare(spec: KernelSpec, base_initrd: Path | None) -> PreparedKernel:
         drives = (Drive(directory / "modules.ext4", "tb-modules", MODULES_SERIAL),)
     return PreparedKernel(kernel=kernel_file, initrd=initrd, cmdline=BASE_CMDLINE,
                           drives=drives, label=spec.label, description=spec.description,
-                          release=spec.release, p2pdma=spec.p2pdma)
-
-
-def tree_fingerprint(d: Path) -> str:
-    """sha256 of a tree's file list with sizes and mtimes (symlinks: their target)."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(d):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, d)
-        for name in sorted(filenames + [n for n in dirnames if os.path.islink(
-                os.path.join(dirpath, n))]):
-            p = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(p)
-            except OSError:
-                continue
-            if os.path.islink(p):
-                h.update(f"{rel_dir}/{name}\0l\0{os.readlink(p)}\n".encode())
-            else:
-                h.update(f"{rel_dir}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+                          release=spec.release, p2pdma=spec.p2pdma,
+                          build_tree=spec.build_tree, profiles=spec.profiles,
+                          config_sha256=spec.config_sha256)
 
 
 def _file_identity(p: Path | None) -> str:

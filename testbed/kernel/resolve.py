@@ -3,7 +3,10 @@
     spec = resolve_kernel("/src/linux-build")          # None for "default"
     guest = boot(topo, options=BootOptions(kernel=spec))
 
-``SPEC`` is ``default`` (the image's own kernel), a bzImage file, or a directory:
+``SPEC`` is ``default`` (the image's own kernel), ``profile:NAME[+NAME...][@SRC]`` (a
+profile kernel: built now unless the same inputs were built before, from SRC, default
+``debian`` = linux-source-7.3; see :mod:`testbed.kernel.profile_build`), a bzImage file,
+or a directory:
 
 - a built source tree: ``arch/x86/boot/bzImage``, the release from
   ``include/config/kernel.release``, the config from ``.config`` (modules, if
@@ -51,6 +54,8 @@ from ..errors import ImageError, UsageError
 from ..util.procs import find_tool
 from .config import Kconfig
 from .format import bzimage_payload, bzimage_release, has_pvh_entry, kernel_file_kind
+from .profile import parse_names
+from .profile_build import build_profile_kernel
 
 # With no modules at all, these must be built in to mount the image's root.
 REQUIRED_BUILTIN = ("CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_BLK", "CONFIG_EXT4_FS")
@@ -67,14 +72,23 @@ class KernelSpec:
     release: str | None
     modules_dir: Path | None = None
     config_file: Path | None = None
+    build_tree: Path | None = None        # profile kernels: make O= (vmlinux, .gcno, ...)
+    profiles: tuple[str, ...] = ()        # profile kernels: the profile set
+    config_sha256: str | None = None      # profile kernels: sha256 of the .config
 
     @property
     def label(self) -> str:
-        """A short name for tables: the release, else the file name."""
+        """A short name for tables: the release (with a profile kernel's profile set), else
+        the file name."""
+        if self.profiles:
+            return f"{self.release or '?'} {'+'.join(self.profiles)}"
         return self.release or self.image_file.name
 
     @property
     def description(self) -> str:
+        if self.profiles:
+            return (f"profile {'+'.join(self.profiles)} (kernel {self.label}, .config sha256 "
+                    f"{(self.config_sha256 or '?')[:16]}, build tree {self.build_tree})")
         mods = f", modules {self.modules_dir}" if self.modules_dir else ", no modules"
         return f"{self.kind} {self.path} (kernel {self.label}{mods})"
 
@@ -101,10 +115,38 @@ class KernelSpec:
 
 # -- resolution -----------------------------------------------------------------------
 
+PROFILE_PREFIX = "profile:"
+
+
+def parse_profile_spec(spec: str) -> tuple[list[str], str]:
+    """``profile:base+coverage@/src/linux`` -> (['base', 'coverage'], '/src/linux').
+
+    >>> parse_profile_spec("profile:vfio-iommufd+coverage")
+    (['vfio-iommufd', 'coverage'], 'debian')
+    """
+    body = spec[len(PROFILE_PREFIX):]
+    names, _, source = body.partition("@")
+    try:
+        return parse_names(names), source.strip() or "debian"
+    except UsageError as exc:
+        raise UsageError(f"--kernel {spec}: {exc} (profile:NAME[+NAME...][@SOURCE])") from None
+
+
+def _from_profile(spec: str) -> KernelSpec:
+    names, source = parse_profile_spec(spec)
+    k = build_profile_kernel(source, names)  # seam: issue 19 (the topology's arch)
+    assert k is not None
+    return _checked(KernelSpec(spec, "profile", k.tree, k.image, k.release, None, k.config,
+                               build_tree=k.tree, profiles=k.profiles,
+                               config_sha256=k.config_sha256))
+
+
 def resolve_kernel(spec: str) -> KernelSpec | None:
     """``default`` -> None; otherwise a :class:`KernelSpec` (UsageError when unusable)."""
     if spec is None or str(spec).strip() in ("", "default"):
         return None
+    if str(spec).startswith(PROFILE_PREFIX):
+        return _from_profile(str(spec))
     path = Path(str(spec)).expanduser()
     if not path.exists():
         raise UsageError(f"--kernel {spec}: no such file or directory (expected 'default', "

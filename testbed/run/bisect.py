@@ -30,6 +30,7 @@ from pathlib import Path
 from ..errors import KernelBuildError, UsageError
 from ..kernel.build import (build_kernel, check_build_tools, check_source_tree,
                             default_build_dir)
+from ..kernel.profile_build import build_profile_kernel
 from ..kernel.resolve import KernelSpec, resolve_kernel
 from ..results.baseline import Baseline, differences
 from ..results.model import RunResult
@@ -56,6 +57,7 @@ class BisectOptions:
     run: RunOptions = RunOptions()
     baseline: Baseline | None = None
     jobs: int | None = None
+    profiles: tuple[str, ...] = ()  # build each commit as this profile kernel (base+...)
 
 
 @dataclass
@@ -146,11 +148,17 @@ def bisect_step(topo: Topology, opts: BisectOptions) -> Step:
         log.info("building %s%s in %s", opts.source, f" at {commit}" if commit else "",
                  opts.build_dir)
         try:  # a UsageError here (no source tree, no build tools) aborts
-            built = build_kernel(opts.source, opts.build_dir, jobs=opts.jobs)
+            if opts.profiles:  # the kept profile tree: each commit rebuilds incrementally
+                pk = build_profile_kernel(opts.source, opts.profiles, jobs=opts.jobs,
+                                          output=opts.build_dir)
+                assert pk is not None
+                output = pk.tree
+            else:
+                output = build_kernel(opts.source, opts.build_dir, jobs=opts.jobs).output
         except KernelBuildError as exc:
             return Step(SKIP, f"the tree does not build: {exc}", commit=commit)
         try:
-            kernel = resolve_kernel(str(built.output))
+            kernel = resolve_kernel(str(output))
         except UsageError as exc:  # what this commit built cannot boot the image
             return Step(SKIP, f"the build is not a usable kernel: {exc}", commit=commit)
     result, out = run_topology(topo, replace(opts.run, kernel=kernel))

@@ -24,6 +24,7 @@ from ..guest.attach import AttachedGuest
 from ..guest.boot import BootOptions, boot
 from ..guest.instances import check_name, get_ready
 from ..guest.protocol import GuestLike
+from ..kernel.prepare import PreparedKernel
 from ..kernel.resolve import KernelSpec
 from ..qemu.accel import requested_accel
 from ..qemu.probe import cpu_info, probe
@@ -183,6 +184,11 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
         kinfo = guest.inventory.get("kernel", {})
         result.kernel = {"release": kinfo.get("release"), "p2pdma": kinfo.get("p2pdma"),
                          "source": guest.kernel_description}
+        prepared = getattr(guest, "kernel", None)  # a guest this process booted
+        if isinstance(prepared, PreparedKernel) and prepared.profiles:
+            result.kernel.update(profiles="+".join(prepared.profiles),
+                                 config_sha256=prepared.config_sha256,
+                                 build_tree=str(prepared.build_tree))
         with phases.phase("push"):
             for local, remote in opts.pushes:
                 guest.put(local, remote)

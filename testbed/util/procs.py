@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import Callable, Mapping, Sequence, TextIO
 
 from ..errors import TestbedError, ToolMissing
 
@@ -33,11 +34,13 @@ def find_tool(name: str, package: str | None = None) -> str:
 def run_step(argv: Sequence[str], what: str, *, error: type[TestbedError] = TestbedError,
              cwd: Path | None = None, timeout: float | None = None,
              log_file: TextIO | None = None, on_line: Callable[[str], None] | None = None,
-             tail_lines: int = 40, package: str | None = None) -> subprocess.CompletedProcess:
+             tail_lines: int = 40, package: str | None = None,
+             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run one step; its output goes to ``log_file`` and ``on_line`` as it comes.
 
     On a non-zero exit raise ``error`` with the step name and the output's last
-    lines; a missing program raises ToolMissing (naming ``package``).
+    lines; a missing program raises ToolMissing (naming ``package``). ``env``: variables
+    added to this process's environment for the step.
     """
     tail: deque[str] = deque(maxlen=tail_lines)
     if log_file is not None:
@@ -47,7 +50,7 @@ def run_step(argv: Sequence[str], what: str, *, error: type[TestbedError] = Test
     try:
         proc = subprocess.Popen(list(argv), cwd=cwd, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                errors="replace")
+                                errors="replace", env={**os.environ, **env} if env else None)
     except FileNotFoundError:
         raise ToolMissing(argv[0], package=package or argv[0]) from None
     try:

@@ -1,4 +1,13 @@
-"""Fixtures shared by the custom-kernel integration tests."""
+"""Fixtures shared by the custom-kernel integration tests.
+
+``profile_kernel`` (session): the CI profile kernel ``base+vfio-iommufd+coverage`` built
+from Debian's linux-source-7.3, as a :class:`testbed.kernel.resolve.KernelSpec`: boot it
+with ``BootOptions(kernel=profile_kernel)`` or ``--kernel profile_kernel.spec``; its
+``build_tree`` is the kept build tree (vmlinux, .config, .gcno files, Module.symvers).
+Built once per machine (cached by source, profiles and compiler; the first build takes
+about 10 min of both cores) and never twice at once: the build holds a file lock that
+other processes and pytest-xdist workers wait on. Mark tests that use it
+``@pytest.mark.profile_kernel``."""
 
 from __future__ import annotations
 
@@ -53,6 +62,23 @@ def image_kernel_package(real_qemu, image, tmp_path_factory) -> Path:
     mods.rename(pkg / "lib/modules" / rel)
     shutil.rmtree(dump)
     return pkg
+
+
+CI_PROFILE_KERNEL = "profile:base+vfio-iommufd+coverage"
+
+
+@pytest.fixture(scope="session")
+def profile_kernel():
+    """The CI profile kernel (see the module doc): a KernelSpec with ``build_tree``."""
+    from testbed.errors import TestbedError
+    from testbed.kernel.resolve import resolve_kernel
+    try:
+        kernel = resolve_kernel(CI_PROFILE_KERNEL)
+    except TestbedError as exc:  # no source, no compiler, a build failure: say which
+        pytest.fail(f"the CI profile kernel {CI_PROFILE_KERNEL} could not be built: {exc}",
+                    pytrace=False)
+    assert kernel is not None and kernel.build_tree is not None
+    return kernel
 
 
 def pytest_collection_modifyitems(config, items):

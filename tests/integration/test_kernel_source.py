@@ -35,3 +35,23 @@ def test_debian_source_is_the_image_kernels_source_and_unpacked_once():
     before = (tree / "Makefile").stat().st_mtime_ns
     again, _ = _source()
     assert again == tree and (tree / "Makefile").stat().st_mtime_ns == before
+
+
+def test_a_profile_option_kconfig_drops_or_does_not_know_is_named_with_the_reason(tmp_path):
+    """The typed Kconfig check on the real tree, before anything compiles (~1 min)."""
+    bad = tmp_path / "wants-too-much.config"
+    bad.write_text("# summary: asks for an option 7.3 does not have and one whose "
+                   "dependencies are off\n# CONFIG_TEST_HMM needs RUNTIME_TESTING_MENU\n"
+                   "# and THP, DEVICE_PRIVATE\nCONFIG_NO_SUCH_OPTION=y\nCONFIG_TEST_HMM=y\n")
+    proc = subprocess.run([sys.executable, "-m", "testbed", "kernel", "build", "debian",
+                           "--profile", str(bad), "--check", "--output", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    err = proc.stderr
+    assert "CONFIG_NO_SUCH_OPTION=y (profile wants-too-much): unknown to this kernel's " \
+           "Kconfig" in err
+    assert "CONFIG_TEST_HMM=y (profile wants-too-much): got n; depends on " \
+           "RUNTIME_TESTING_MENU [=n]" in err
+    assert "(lib/Kconfig.debug:" in err and "unmet: RUNTIME_TESTING_MENU" in err
+    assert not (tmp_path / "o" / "vmlinux").exists()
