@@ -299,6 +299,10 @@ def _build(src: Path, ps: ProfileSet, arch: KernelArch, compiler: str, identity:
     env = {"KBUILD_BUILD_USER": "testbed", "KBUILD_BUILD_HOST": "profile"}
     if ccache and "CCACHE_DIR" not in os.environ:
         env["CCACHE_DIR"] = str(cache_dir() / "ccache")
+    if ccache and "CCACHE_DEPEND" not in os.environ:
+        # depend mode: the key comes from Kbuild's -Wp,-MMD files, so a miss does not run
+        # the preprocessor a second time (a cold build pays no ccache surcharge)
+        env["CCACHE_DEPEND"] = "1"
     stamp = {"format": BUILD_FORMAT, "profiles": ps.digest(), "compiler": compiler,
              "source": str(src), "makefile": hashlib.sha256(
                  (src / "Makefile").read_bytes()).hexdigest()}

@@ -267,3 +267,25 @@ def test_build_errors_name_the_first_compiler_error_and_a_full_disk(tmp_path):
         with pytest.raises(KernelBuildError, match="the disk is full"):
             _run(["sh", "-c", "echo 'cc1: fatal error: a.o: No space left on device'; exit 2"],
                  tmp_path, log, "make bzImage")
+
+
+def test_kernel_profiles_lists_every_profile(capsys):
+    assert main(["kernel", "profiles"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == list(available())
+    assert any(line.startswith("coverage") and "gcov: 11 paths" in line for line in out)
+
+
+def test_boot_prints_the_profile_set_and_its_options(tmp_path):
+    from testbed.commands.boot import profile_lines
+    from testbed.kernel.resolve import KernelSpec
+    k = KernelSpec("profile:vfio-iommufd+coverage", "profile", tmp_path, tmp_path / "image",
+                   "7.3.4", build_tree=tmp_path, profiles=("base", "vfio-iommufd", "coverage"),
+                   config_sha256="ab" * 32)
+    text = profile_lines(k)
+    assert text.startswith(f"kernel: profile base+vfio-iommufd+coverage (7.3.4), .config "
+                           f"sha256 {'ab' * 32}")
+    assert "vfio-iommufd: CONFIG_IOMMUFD=y CONFIG_VFIO_DEVICE_CDEV=y" in text
+    assert "coverage: gcov for drivers/pci/p2pdma.c" in text
+    assert k.label == "7.3.4 base+vfio-iommufd+coverage"
+    assert "profile base+vfio-iommufd+coverage" in k.description
