@@ -289,3 +289,19 @@ def test_boot_prints_the_profile_set_and_its_options(tmp_path):
     assert "coverage: gcov for drivers/pci/p2pdma.c" in text
     assert k.label == "7.3.4 base+vfio-iommufd+coverage"
     assert "profile base+vfio-iommufd+coverage" in k.description
+
+
+def test_bisect_builds_commits_as_profile_kernels(tmp_path):
+    from testbed.cli import build_parser
+    from testbed.commands.bisect import bisect_options
+    parser = build_parser()
+    args = parser.parse_args(["bisect", "switch-cmb", "--source", str(tmp_path),
+                              "--profile", "coverage+vfio-iommufd", "--profile", "hmm"])
+    opts = bisect_options(args)
+    assert opts.profiles == ("base", "coverage", "vfio-iommufd", "hmm")
+    assert opts.source == tmp_path
+    with pytest.raises(UsageError, match="--profile builds the source"):
+        bisect_options(parser.parse_args(["bisect", "switch-cmb", "--kernel", "default",
+                                          "--profile", "hmm"]))
+    with pytest.raises(UsageError, match="unknown kernel profile"):
+        bisect_options(parser.parse_args(["bisect", "switch-cmb", "--profile", "nope"]))
