@@ -76,19 +76,23 @@ def test_verdicts_mechanisms_and_isolation_match_the_predictions(topology, profi
                   tmp_path=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
-    assert data["status"] == "pass"
+    assert data["status"] == "pass" and data["finished"] is True
     kernel = data["kernel"]
     assert kernel["release"] == profile_kernel.release and kernel["p2pdma"] is True
     assert kernel["profiles"] == "base+vfio-iommufd+coverage"
     assert kernel["config_sha256"] == profile_kernel.config_sha256
     copies = [w for w in data["workloads"] if w["name"] == "p2p-copy"]
-    assert copies and all(w["passed"] for w in copies), copies
-    for w in copies:
+    assert len(copies) == 2 and all(w["passed"] for w in copies), copies
+    for w in copies:  # switch-cmb: ok by bus address; intel strict: the predicted fault
         assert w["observed"] == w["predicted"], w
-        # the map type the kernel chose, seen through kretprobes (no BTF in this profile)
-        assert w["observed_map_type"] == w["predicted_map_type"], w
+    # the map type the kernel chose, seen through kretprobes (no BTF in this profile): the
+    # judge fails a run whose observed mechanism differs; here it must have been observed
+    observed = [w for w in copies if w.get("observed_map_type")]
+    assert observed, [w.get("mechanism") for w in copies]
+    assert all(w["observed_map_type"] == w["predicted_map_type"] for w in observed), observed
     groups = [w for w in data["workloads"] if w["name"] == "isolation"]
-    assert groups and all(w["passed"] for w in groups), groups
+    assert groups and all(w["passed"] and w["observed"] == w["predicted"] for w in groups), \
+        groups
     report = (out / "report.md").read_text()
     assert "kernel profile set: base+vfio-iommufd+coverage" in report
     assert profile_kernel.config_sha256 in report
