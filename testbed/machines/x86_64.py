@@ -73,7 +73,8 @@ X86_64 = MachineProfile(
     max_cpus_without_irq_remap=254,
     kernel_image=KernelImage(format="bzImage", build_target="bzImage",
                              path="arch/x86/boot/bzImage", direct_elf="pvh"),
-    kernel_build=KernelBuild(arch="x86", cross_compile="x86_64-linux-gnu-",
+    # ARCH=x86_64 (not x86): a 64-bit configuration whatever the host
+    kernel_build=KernelBuild(arch="x86_64", cross_compile="x86_64-linux-gnu-",
                              kconfig="arch/x86/Kconfig", guest_config="kvm_guest.config"),
     kernel_cmdline_max=2048,
     debian_arch="amd64",

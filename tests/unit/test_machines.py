@@ -63,10 +63,10 @@ def test_the_x86_profile_says_what_the_stages_used_to_hard_code():
     assert not p.cpu.trusts_root_complex("GenuineIntel", 0x19)
     assert (p.kernel_image.format, p.kernel_image.path) == ("bzImage", "arch/x86/boot/bzImage")
     assert (p.kernel_build.arch, p.debian_arch, p.kernel_package) == \
-        ("x86", "amd64", "linux-image-amd64")
+        ("x86_64", "amd64", "linux-image-amd64")
     assert p.kernel_build.make_vars("x86_64", "x86_64") == ()
     assert p.kernel_build.make_vars("aarch64", "x86_64") == \
-        ("ARCH=x86", "CROSS_COMPILE=x86_64-linux-gnu-")
+        ("ARCH=x86_64", "CROSS_COMPILE=x86_64-linux-gnu-")
     assert profile_for_binary("/usr/bin/qemu-system-x86_64") is p
     assert profile_for_binary("qemu-system-riscv64") is None
 
