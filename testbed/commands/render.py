@@ -86,7 +86,7 @@ def check_output(path: Path) -> None:
 def drawing(file: str, fmt: str) -> str:
     """The topology with the oracle's predicted path for every pair, as SVG or DOT."""
     topo = load_checked(file)
-    cpu = cpu_info(probe(topo.machine.qemu), topo.machine.cpu)
+    cpu = cpu_info(probe(topo.machine.qemu), topo.machine.cpu, topo.profile.cpu)
     dot = topology_dot(topo, predicted_records(topo, cpu),
                        title=f"{topo.name}: predicted P2P paths"
                              + (f" ({topo.description})" if topo.description else ""))

@@ -89,7 +89,7 @@ def kernel_cmdline(topo: Topology, image_cmdline: tuple[str, ...] | list[str],
         >>> kernel_cmdline(load_topology("switch-cmb"), ["quiet"], debug=True)[-1]
         'nokaslr'
     """
-    words = [*image_cmdline, *iommu_cmdline(topo.iommu),
+    words = [*image_cmdline, *iommu_cmdline(topo),
              f"nvme_core.io_timeout={NVME_IO_TIMEOUT}", *topo.kernel_cmdline, *extra,
              *(["nokaslr"] if debug else [])]
     return merge_words(words)
@@ -118,12 +118,13 @@ def boot(topo: Topology, image: Image | None = None,
     start = time.monotonic()
     phases = Phases()
     with phases.phase("prepare"):
-        image = image or ensure_image()
-        kernel = prepare(options.kernel, image.initrd) if options.kernel else \
+        image = image or ensure_image(profile=topo.profile)
+        kernel = prepare(options.kernel, image.initrd, topo.profile) if options.kernel else \
             default_kernel(image)
         caps = probe(topo.machine.qemu)
         accel = resolve_accel(options.accel or topo.machine.accel, caps,
-                              guest=ProbeGuest(image.kernel, image.initrd, tuple(image.cmdline)))
+                              guest=ProbeGuest(image.kernel, image.initrd, tuple(image.cmdline),
+                                               topo.profile))
         run = RunDir.create(options.label or topo.name, base=options.run_base, keep=options.keep)
     guest = Guest(topo, image, kernel, run, accel, options.timeout)
     guest.phases = phases

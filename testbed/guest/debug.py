@@ -27,6 +27,7 @@ import struct
 from pathlib import Path
 
 from ..kernel.resolve import KernelSpec
+from ..machines import PROFILES, X86_64, MachineProfile
 from ..paths import cache_dir
 
 SHT_SYMTAB = 2
@@ -79,8 +80,10 @@ def vmlinux_candidates(kernel: KernelSpec | None, release: str | None) -> list[P
         if kernel.build_tree is not None:  # a profile kernel's kept build tree
             out.append(kernel.build_tree / "vmlinux")
         img = kernel.image_file
-        if img.parts[-4:] == ("arch", "x86", "boot", "bzImage"):
-            out.append(img.parents[3] / "vmlinux")
+        for profile in PROFILES.values():  # a build tree's image: its vmlinux is at the top
+            depth = len(Path(profile.kernel_image.path).parts)
+            if img.parts[-depth:] == Path(profile.kernel_image.path).parts:
+                out.append(img.parents[depth - 1] / "vmlinux")
         if kernel.modules_dir is not None:
             out.append(kernel.modules_dir / "build" / "vmlinux")
         if kernel.kind in ("package", "install-mod-path") and release:
@@ -110,7 +113,7 @@ def gdb_command(port: int, vmlinux: Path | None) -> list[str]:
 
 
 def gdb_help(port: int, vmlinux: Path | None, release: str | None,
-             default_kernel: bool) -> str:
+             default_kernel: bool, profile: MachineProfile = X86_64) -> str:
     """The lines ``testbed boot --gdb`` prints: the command, and how to get symbols when
     there is no vmlinux with them."""
     lines = [f"gdb: QEMU's gdbstub is on 127.0.0.1:{port} (the guest kernel runs with nokaslr)",
@@ -127,6 +130,6 @@ def gdb_help(port: int, vmlinux: Path | None, release: str | None,
                       "  and --gdb uses it (the README's 'A debugger' shows the download)"]
         else:
             lines.append("  a custom kernel's symbols are in its build tree's vmlinux: pass "
-                         "--kernel the build tree (or its arch/x86/boot/bzImage)")
+                         f"--kernel the build tree (or its {profile.kernel_image.path})")
     lines.append("  (attaching stops the guest; 'continue' or 'detach' lets it run on)")
     return "\n".join(lines)

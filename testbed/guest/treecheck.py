@@ -31,9 +31,11 @@ def map_names(topo: Topology, inventory: dict[str, Any]) -> tuple[dict[str, str]
     names: dict[str, str] = {}
     owners: dict[str, str] = {}
     numbers = bus_numbers(topo)
-    # expander host bridges are PCI devices on q35's root bus, in the order QEMU got them
+    root_bus = topo.profile.root_bus.number
+    # expander host bridges are PCI devices on the machine's root bus, in the order QEMU got
+    # them
     expanders = sorted(b for b, d in pci.items() if (d.get("vendor"), d.get("device")) ==
-                       PCI_IDS[HostBridge] and (d.get("root") in (None, "0000:00")))
+                       PCI_IDS[HostBridge] and (d.get("root") in (None, root_bus)))
     for bridge, gbdf in zip(topo.host_bridges(), expanders):
         names[bridge.name] = gbdf
         owners[gbdf] = bridge.name
@@ -47,9 +49,10 @@ def map_names(topo: Topology, inventory: dict[str, Any]) -> tuple[dict[str, str]
         spec_chain = [n for n in reversed(path) if not isinstance(n, HostBridge)]
         guest_chain = pci[bdf].get("chain", []) + [bdf]
         root = pci[bdf].get("root")
-        want_root = f"0000:{numbers[hb.name]:02x}" if hb is not None else "0000:00"
+        want_root = f"0000:{numbers[hb.name]:02x}" if hb is not None else root_bus
         if root is not None and root != want_root:
-            where = f"host bridge {hb.name}'s root bus" if hb else "q35's root bus"
+            where = f"host bridge {hb.name}'s root bus" if hb else \
+                f"{topo.profile.machine_type}'s root bus"
             diffs.append(f"{nvme.name}: hangs from root bus {root}, the spec puts it below "
                          f"{where} ({want_root})")
             continue

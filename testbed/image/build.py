@@ -29,6 +29,7 @@ from ..errors import ImageError
 from ..kernel.config import Kconfig
 from ..kernel.format import extract_vmlinux, has_pvh_entry
 from ..kernel.initramfs import build_initramfs
+from ..machines import X86_64, MachineProfile
 from ..paths import cache_dir
 from ..util.procs import find_tool, run_step
 from .keys import generate_ed25519
@@ -51,9 +52,9 @@ HOST_TOOLS = {
 
 PYTHON_CHECK = "import mmap, ctypes, fcntl, os, json, hashlib, struct; hashlib.sha256(b'x'); ctypes.CDLL(None)"
 
-# Packages whose versions the manifest records.
+# Packages whose versions the manifest records (and the machine's kernel package).
 PACKAGES_OF_INTEREST = (
-    "linux-image-amd64", "openssh-server", "nvme-cli", "fio", "pciutils", "kmod",
+    "openssh-server", "nvme-cli", "fio", "pciutils", "kmod",
     "util-linux", "iproute2", "busybox-static", "python3", "python3.13", "libc6",
 )
 
@@ -83,8 +84,9 @@ def cached_image(key: str | None = None) -> Image | None:
         return None
 
 
-def ensure_image(rebuild: bool = False) -> Image:
-    """The default guest image: from the cache, or built now (about a minute)."""
+def ensure_image(rebuild: bool = False, profile: MachineProfile = X86_64) -> Image:
+    """The guest image for a ``profile`` machine: from the cache, or built now (about a
+    minute)."""
     key = recipe_hash()
     if not rebuild:
         image = cached_image(key)
@@ -106,7 +108,7 @@ def ensure_image(rebuild: bool = False) -> Image:
             image = cached_image(key)
             if image is not None:
                 return image
-        return _build_locked(key, load_recipe())
+        return _build_locked(key, load_recipe(profile.image_recipe), profile)
 
 
 class _Stages:
@@ -175,6 +177,7 @@ def _mmdebstrap(recipe: Recipe, mirror: str, target: Path, stages: _Stages) -> N
         raise ImageError("building the guest image needs root (mmdebstrap --mode=root, "
                          "and mke2fs -d must see root-owned files)")
     argv = [_tool("mmdebstrap"), "--mode=root", f"--variant={recipe.variant}",
+            f"--architectures={recipe.architecture}",
             "--include=" + ",".join(recipe.packages),
             "--aptopt=Acquire::Retries \"3\"",
             "--aptopt=APT::Install-Recommends \"false\""]
@@ -184,7 +187,10 @@ def _mmdebstrap(recipe: Recipe, mirror: str, target: Path, stages: _Stages) -> N
     _run(argv, "mmdebstrap", stages, stream=True)
 
 
-def _build_locked(key: str, recipe: Recipe) -> Image:
+def _build_locked(key: str, recipe: Recipe, profile: MachineProfile) -> Image:
+    if recipe.architecture != profile.debian_arch:
+        raise ImageError(f"the image recipe {recipe.name!r} is for {recipe.architecture}, the "
+                         f"{profile.arch} machine needs {profile.debian_arch}")
     stages = _Stages()
     check_host_tools()
     mirror = resolve_mirror(recipe.mirror)
@@ -218,11 +224,11 @@ def _build_locked(key: str, recipe: Recipe) -> Image:
                     + f" (its /boot/config-{release} has "
                     + ", ".join(f"{c}={config[c]}" for c in missing)
                     + "); the testbed needs a kernel with PCI peer-to-peer DMA "
-                    "(Debian's trixie-backports linux-image-amd64 has it)")
+                    f"(Debian's trixie-backports {profile.kernel_package} has it)")
             bz = vmlinuz.read_bytes()
             (work / "vmlinuz").write_bytes(bz)
             pvh = False
-            if recipe.prefer_pvh:
+            if recipe.prefer_pvh and profile.kernel_image.direct_elf == "pvh":
                 elf = extract_vmlinux(bz)
                 if has_pvh_entry(elf):
                     (work / "vmlinux").write_bytes(elf)
@@ -307,9 +313,12 @@ def _build_locked(key: str, recipe: Recipe) -> Image:
                 "host_public_key": "ssh_host_ed25519_key.pub",
             },
             "installed_files": installed,
-            "packages": {p: versions[p] for p in PACKAGES_OF_INTEREST if p in versions},
+            "architecture": recipe.architecture,
+            "packages": {p: versions[p] for p in (profile.kernel_package, *PACKAGES_OF_INTEREST)
+                         if p in versions},
             "linux_image_package": next((f"{p} {v}" for p, v in sorted(versions.items())
-                                         if p.startswith("linux-image-") and p != "linux-image-amd64"), None),
+                                         if p.startswith("linux-image-")
+                                         and p != profile.kernel_package), None),
             "package_count": len(versions),
             "tree_mib": round(used / 2**20, 1),
             "disk_size_mib": size_mib,

@@ -33,6 +33,7 @@ class Image:
     recipe_hash: str
     user: str = "root"
     ready_marker: str = READY_MARKER
+    architecture: str = "amd64"  # dpkg's name: a machine profile's debian_arch
 
     @property
     def manifest_path(self) -> Path:
@@ -64,6 +65,7 @@ class Image:
                 bzimage=directory / files["bzimage"],
                 pvh=bool(m["pvh"]),
                 recipe_hash=m["recipe_hash"],
+                architecture=str(m.get("architecture", "amd64")),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ImageError(f"image in {directory} is incomplete or corrupt: {exc}") from None

@@ -34,6 +34,7 @@ class Recipe:
     directory: Path  # guest-images/<name>
     tools_dir: Path  # guest-images/tools: extra files copied to /usr/local/bin in the guest
     suite: str
+    architecture: str  # dpkg's name (amd64): a machine profile's debian_arch
     mirror: str  # "host": the host's own Debian mirror (see testbed.image.mirror), or a URL
     extra_suites: tuple[str, ...]
     variant: str
@@ -86,6 +87,7 @@ def load_recipe(name: str = DEFAULT_RECIPE, root: Path | None = None) -> Recipe:
             directory=directory,
             tools_dir=base / "tools",
             suite=deb["suite"],
+            architecture=str(deb.get("architecture", "amd64")),
             mirror=str(deb.get("mirror", "host")),
             extra_suites=_tuple(deb, "extra_suites", str(path)),
             variant=deb.get("variant", "minbase"),

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Mapping, TextIO
 
 from ..errors import KernelBuildError, ToolMissing, UsageError
+from ..machines import X86_64, MachineProfile
 from ..paths import cache_dir, guest_images_dir
 from ..util.procs import run_step
 from .config import Kconfig
@@ -70,18 +72,21 @@ def default_build_dir(ksrc: Path) -> Path:
     return cache_dir() / "kernel-builds" / f"{src.name}-{tag}"
 
 
-def check_source_tree(ksrc: Path) -> Path:
-    """The absolute source tree, or UsageError saying why ``ksrc`` is not one."""
+def check_source_tree(ksrc: Path, profile: MachineProfile = X86_64) -> Path:
+    """The absolute source tree, or UsageError saying why ``ksrc`` is not one (for the
+    machine ``profile``: its architecture's Kconfig must be there)."""
     if not ksrc.exists():
         raise UsageError(f"{ksrc}: no such directory (expected a Linux source tree)")
     if not ksrc.is_dir():
         raise UsageError(f"{ksrc}: not a directory (expected a Linux source tree)")
-    missing = [p for p in ("Makefile", "Kconfig", "arch/x86/Kconfig",
+    arch_kconfig = profile.kernel_build.kconfig
+    missing = [p for p in ("Makefile", "Kconfig", arch_kconfig,
                            "scripts/kconfig/merge_config.sh", "drivers/pci/Kconfig")
                if not (ksrc / p).is_file()]
     if missing or "KERNELRELEASE" not in _read(ksrc / "Makefile"):
         raise UsageError(f"{ksrc}: not a Linux source tree (expected a top-level Makefile, "
-                         f"Kconfig and arch/x86/; missing: {', '.join(missing) or 'Makefile'})")
+                         f"Kconfig and {arch_kconfig.rsplit('/', 1)[0]}/; missing: "
+                         f"{', '.join(missing) or 'Makefile'})")
     if (ksrc / ".config").exists() or (ksrc / "include" / "config").is_dir():
         raise UsageError(f"{ksrc}: the source tree has been configured or built in place "
                          f"(.config or include/config/ exists); out-of-tree builds need a clean "
@@ -206,10 +211,13 @@ def _mmss(seconds: float) -> str:
 
 
 def build_kernel(ksrc: Path, output: Path, fragment: Path | None = None,
-                 jobs: int | None = None, reconfigure: bool = False) -> BuildResult:
-    """Configure (unless up to date) and build ``bzImage`` out of tree; see the module doc."""
+                 jobs: int | None = None, reconfigure: bool = False,
+                 profile: MachineProfile = X86_64) -> BuildResult:
+    """Configure (unless up to date) and build the ``profile`` machine's kernel image (x86:
+    ``bzImage``) out of tree; see the module doc."""
     start = time.monotonic()
-    ksrc = check_source_tree(Path(ksrc))
+    ksrc = check_source_tree(Path(ksrc), profile)
+    image = profile.kernel_image
     fragment = (fragment or default_fragment()).resolve()
     if not fragment.is_file():
         raise UsageError(f"{fragment}: config fragment not found")
@@ -225,7 +233,8 @@ def build_kernel(ksrc: Path, output: Path, fragment: Path | None = None,
         raise UsageError(f"--output {output}: exists and is not a directory")
     output.mkdir(parents=True, exist_ok=True)
     jobs = jobs or _jobs()
-    make = ["make", "-C", str(ksrc), f"O={output}"]
+    make = ["make", "-C", str(ksrc), f"O={output}",
+            *profile.kernel_build.make_vars(platform.machine(), profile.arch)]
 
     stamp_path = output / STAMP
     stamp = _stamp(ksrc, fragment)
@@ -241,7 +250,8 @@ def build_kernel(ksrc: Path, output: Path, fragment: Path | None = None,
             stamp_path.unlink(missing_ok=True)
             log.info("configuring %s from %s (fragment %s)", output, ksrc, fragment.name)
             _run(make + ["defconfig"], output, build_log, "make defconfig")
-            _run(make + ["kvm_guest.config"], output, build_log, "make kvm_guest.config")
+            guest = profile.kernel_build.guest_config
+            _run(make + [guest], output, build_log, f"make {guest}")
             _run([str(ksrc / "scripts/kconfig/merge_config.sh"), "-m", ".config",
                   str(fragment)], output, build_log, "merge_config.sh")
             _run(make + ["olddefconfig"], output, build_log, "make olddefconfig")
@@ -255,11 +265,13 @@ def build_kernel(ksrc: Path, output: Path, fragment: Path | None = None,
                 f"(unmet dependencies, or not in this kernel version):\n  " + "\n  ".join(lost))
         stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
         log.info(f"all {sum(want[n] == 'y' for n in want)} =y options of the fragment "
-                 f"are set; make -j{jobs} bzImage (log: {output / LOG})")
-        _run(make + [f"-j{jobs}", "bzImage"], output, build_log, "make bzImage", watch=True)
-    bzimage = output / "arch/x86/boot/bzImage"
+                 f"are set; make -j{jobs} {image.build_target} (log: {output / LOG})")
+        _run(make + [f"-j{jobs}", image.build_target], output, build_log,
+             f"make {image.build_target}", watch=True)
+    bzimage = output / image.path
     if not bzimage.is_file():
-        raise KernelBuildError(f"make bzImage succeeded but {bzimage} does not exist")
+        raise KernelBuildError(f"make {image.build_target} succeeded but {bzimage} does not "
+                               "exist")
     release = _read(output / "include/config/kernel.release").strip()
     return BuildResult(bzimage=bzimage, output=output, release=release, configured=configured,
                        seconds=time.monotonic() - start)

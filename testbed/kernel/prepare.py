@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ImageError
+from ..machines import X86_64, MachineProfile
 from ..paths import cache_dir, guest_images_dir
 from ..qemu.cmdline import Drive
 from ..util.fingerprint import tree_fingerprint
@@ -39,9 +40,16 @@ log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 1
 MODULES_SERIAL = "tb-modules"
-# What the image needs from any kernel: root disk, filesystem, init, console.
-BASE_CMDLINE = ("root=/dev/vda", "rootfstype=ext4", "rw", "init=/sbin/init",
-                "console=ttyS0", "panic=-1")
+
+
+def base_cmdline(profile: MachineProfile) -> tuple[str, ...]:
+    """What the image needs from any kernel: root disk, filesystem, init, the machine's
+    console."""
+    return ("root=/dev/vda", "rootfstype=ext4", "rw", "init=/sbin/init",
+            profile.console_word, "panic=-1")
+
+
+BASE_CMDLINE = base_cmdline(X86_64)  # on the default machine
 
 # Boot-critical modules (names; the missing and the built-in are skipped),
 # in the three streams of the initramfs init (see testbed.kernel.initramfs).
@@ -80,11 +88,13 @@ def kernels_cache() -> Path:
     return cache_dir() / "kernels"
 
 
-def prepare(spec: KernelSpec, base_initrd: Path | None) -> PreparedKernel:
-    """Everything a boot of ``spec`` needs, built (or found in the cache) now.
+def prepare(spec: KernelSpec, base_initrd: Path | None,
+            profile: MachineProfile = X86_64) -> PreparedKernel:
+    """Everything a boot of ``spec`` on a ``profile`` machine needs, built (or found in the
+    cache) now.
 
     ``base_initrd`` is the image's initramfs: busybox comes from it."""
-    kernel_file = _boot_file(spec)
+    kernel_file = _boot_file(spec, profile)
     drives: tuple[Drive, ...] = ()
     initrd = None
     if spec.modules_dir is not None:
@@ -93,7 +103,7 @@ def prepare(spec: KernelSpec, base_initrd: Path | None) -> PreparedKernel:
         directory = _prepared_directory(spec, base_initrd)
         initrd = directory / "initrd.cpio"
         drives = (Drive(directory / "modules.ext4", "tb-modules", MODULES_SERIAL),)
-    return PreparedKernel(kernel=kernel_file, initrd=initrd, cmdline=BASE_CMDLINE,
+    return PreparedKernel(kernel=kernel_file, initrd=initrd, cmdline=base_cmdline(profile),
                           drives=drives, label=spec.label, description=spec.description,
                           release=spec.release, p2pdma=spec.p2pdma,
                           build_tree=spec.build_tree, profiles=spec.profiles,
@@ -159,10 +169,11 @@ def _prepared_directory(k: KernelSpec, base_initrd: Path) -> Path:
     return directory
 
 
-def _boot_file(k: KernelSpec) -> Path:
-    """The file for -kernel: the uncompressed vmlinux when it has a PVH entry (saves the
-    decompressor, ~1.4 s under TCG), cached by the kernel file's identity; else as given."""
-    if kernel_file_kind(k.image_file) != "bzImage":
+def _boot_file(k: KernelSpec, profile: MachineProfile) -> Path:
+    """The file for -kernel: where the machine boots an uncompressed ELF kernel directly (x86:
+    a bzImage's vmlinux with a PVH entry, which saves the decompressor, ~1.4 s under TCG),
+    that, cached by the kernel file's identity; else as given."""
+    if profile.kernel_image.direct_elf != "pvh" or kernel_file_kind(k.image_file) != "bzImage":
         return k.image_file
     key = _file_sha256(k.image_file)[:32]
     d = kernels_cache() / f"vmlinux-{key}"

@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import re
 import resource
 import shutil
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import KernelBuildError, UsageError
+from ..machines import PROFILES, MachineProfile
 from ..paths import cache_dir
 from ..util.fingerprint import tree_fingerprint
 from .build import LOG, _run, check_build_tools, check_source_tree
@@ -65,8 +67,8 @@ MIN_FREE_BYTES = 3_000_000_000
 
 @dataclass(frozen=True)
 class KernelArch:
-    """How to build for one architecture. # seam: issue 19 (the machine profile carries
-    ARCH, CROSS_COMPILE and the image target; read them from there once it lands)."""
+    """How to build for one architecture on this host: read from the machine profile
+    (:func:`kernel_arch`)."""
 
     name: str            # the testbed's arch name (topology.machine.arch)
     make_arch: str       # ARCH=
@@ -75,11 +77,19 @@ class KernelArch:
     image_path: str      # where it lands in the build tree
 
 
-ARCHES = {
-    "x86_64": KernelArch("x86_64", "x86_64", "", "bzImage", "arch/x86/boot/bzImage"),
-    "aarch64": KernelArch("aarch64", "arm64", "aarch64-linux-gnu-", "Image",
-                          "arch/arm64/boot/Image"),
-}
+def kernel_arch(profile: MachineProfile, host: str | None = None) -> KernelArch:
+    """The profile's ARCH and image target; CROSS_COMPILE only when the host (``uname -m``)
+    is another architecture."""
+    host = host or platform.machine()
+    kb, image = profile.kernel_build, profile.kernel_image
+    return KernelArch(profile.arch, kb.arch, "" if host == profile.arch else kb.cross_compile,
+                      image.build_target, image.path)
+
+
+ARCHES = {arch: kernel_arch(p) for arch, p in PROFILES.items()}
+# seam: issue 25 -- until machines/aarch64.py exists, its kernel build is written here
+ARCHES.setdefault("aarch64", KernelArch("aarch64", "arm64", "aarch64-linux-gnu-", "Image",
+                                        "arch/arm64/boot/Image"))
 
 
 @dataclass(frozen=True)

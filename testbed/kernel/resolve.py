@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ImageError, UsageError
+from ..machines import X86_64, MachineProfile
 from ..util.procs import find_tool
 from .config import Kconfig
 from .format import bzimage_payload, bzimage_release, has_pvh_entry, kernel_file_kind
@@ -141,8 +142,9 @@ def _from_profile(spec: str) -> KernelSpec:
                                config_sha256=k.config_sha256))
 
 
-def resolve_kernel(spec: str) -> KernelSpec | None:
-    """``default`` -> None; otherwise a :class:`KernelSpec` (UsageError when unusable)."""
+def resolve_kernel(spec: str, profile: MachineProfile = X86_64) -> KernelSpec | None:
+    """``default`` -> None; otherwise a :class:`KernelSpec` (UsageError when unusable) for a
+    ``profile`` machine (where its build tree keeps the image: x86's arch/x86/boot/bzImage)."""
     if spec is None or str(spec).strip() in ("", "default"):
         return None
     if str(spec).startswith(PROFILE_PREFIX):
@@ -155,7 +157,7 @@ def resolve_kernel(spec: str) -> KernelSpec | None:
     if path.is_file():
         return _from_file(spec, path)
     if path.is_dir():
-        return _from_directory(spec, path)
+        return _from_directory(spec, path, profile.kernel_image.path)
     raise UsageError(f"--kernel {spec}: neither a file nor a directory")
 
 
@@ -225,14 +227,15 @@ def _module_releases(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _from_directory(spec: str, d: Path) -> KernelSpec:
+def _from_directory(spec: str, d: Path, image: str) -> KernelSpec:
+    """``image``: where a build tree has the kernel image (the machine profile says)."""
     # 1. a built source tree (in-tree or the O= directory)
-    bz = d / "arch/x86/boot/bzImage"
+    bz = d / image
     if bz.is_file():
         _check_kernel_file(spec, bz)
         rel_file = d / "include/config/kernel.release"
         if not rel_file.is_file():
-            raise UsageError(f"--kernel {spec}: has arch/x86/boot/bzImage but no "
+            raise UsageError(f"--kernel {spec}: has {image} but no "
                              "include/config/kernel.release (an incomplete build tree?)")
         release = rel_file.read_text().strip()
         modules = _modules_in(d, release)
@@ -240,8 +243,8 @@ def _from_directory(spec: str, d: Path) -> KernelSpec:
                                      _existing(d / ".config")))
     if (d / "Makefile").is_file() and (d / "Kconfig").is_file():
         raise UsageError(f"--kernel {spec}: a kernel source tree that has not been built (no "
-                         "arch/x86/boot/bzImage); build it with 'testbed kernel build' and pass "
-                         "the build directory")
+                         f"{image}); build it with 'testbed kernel build' and pass the build "
+                         "directory")
 
     # 2. an unpacked package: boot/vmlinuz-* or usr/lib/modules/*/vmlinuz
     candidates: list[tuple[str, Path]] = []
@@ -271,8 +274,7 @@ def _from_directory(spec: str, d: Path) -> KernelSpec:
                          + ", ".join(r for r, _ in releases) + "): pass a tree with one kernel")
     if releases:
         release, mdir = releases[0]
-        looked = [d / f"vmlinuz-{release}", d / "bzImage",
-                  mdir / "build" / "arch/x86/boot/bzImage"]
+        looked = [d / f"vmlinuz-{release}", d / Path(image).name, mdir / "build" / image]
         for f in looked:
             if f.is_file():
                 _check_kernel_file(spec, f)
@@ -285,7 +287,7 @@ def _from_directory(spec: str, d: Path) -> KernelSpec:
                          + " (make install INSTALL_PATH=<tree>/boot puts it there)")
 
     raise UsageError(f"--kernel {spec}: not a kernel directory; expected a built source tree "
-                     "(arch/x86/boot/bzImage), an unpacked kernel package (boot/vmlinuz-<release> "
+                     f"({image}), an unpacked kernel package (boot/vmlinuz-<release> "
                      "or usr/lib/modules/<release>/vmlinuz) or an INSTALL_MOD_PATH tree "
                      "(lib/modules/<release>)")
 

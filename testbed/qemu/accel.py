@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..machines import X86_64, MachineProfile
 from ..paths import cache_dir
 from ..util.files import JsonCache
 from .cmdline import probe_argv
@@ -48,6 +49,7 @@ class ProbeGuest:
     kernel: Path
     initrd: Path | None
     cmdline: tuple[str, ...] = ()
+    profile: MachineProfile = X86_64  # the machine it boots on (its console, its type)
 
 
 def kvm_usable() -> bool:
@@ -86,8 +88,8 @@ def probe_kvm(caps: Capabilities, guest: ProbeGuest, timeout: float = PROBE_TIME
     with tempfile.TemporaryDirectory(prefix="kvm-probe-") as tmp:
         console = Path(tmp) / "console.log"
         argv = probe_argv(caps.path, "kvm", guest.kernel, guest.initrd,
-                          (*guest.cmdline, "console=ttyS0", "panic=-1", "testbed.probe"),
-                          console)
+                          (*guest.cmdline, guest.profile.console_word, "panic=-1",
+                           "testbed.probe"), console, guest.profile)
         start = time.monotonic()
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,

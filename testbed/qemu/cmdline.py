@@ -31,16 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from ..machines import X86_64, MachineProfile
 from ..spec.model import DownstreamPort, HostBridge, Node, Nvme, RootPort, Switch, Topology
 from ..spec.units import MiB
-from .devices import (DEVICES, DISABLE_ACS, IOMMU_CMDLINE, MACHINE, ROOT_BUS, VIOMMU_ID,
-                      bus_numbers, iommu_cmdline)
+from .devices import DEVICES, DISABLE_ACS, bus_numbers, iommu_cmdline
 from .share import Share, share_tag
 
 __all__ = ["BackingFile", "BootMedia", "Drive", "build", "machine_argv", "boot_argv",
            "share_argv", "probe_argv", "bare_argv", "backing_files", "namespace_path", "pmr_path",
-           "iommu_cmdline", "IOMMU_CMDLINE", "ROOT_BUS", "firmware", "nvme_device",
-           "namespace_drive", "pmr_backend"]
+           "iommu_cmdline", "firmware", "nvme_device", "namespace_drive", "pmr_backend"]
 
 
 @dataclass(frozen=True)
@@ -124,24 +123,18 @@ def run_dir_files(topo: Topology, run_dir: Path, extra: Iterable[Path] = ()) -> 
 def machine_argv(topo: Topology, binary: str, run_dir: Path, accel: str) -> list[str]:
     """The argv for the topology's machine; ``accel`` is ``tcg`` or ``kvm`` (resolved)."""
     assert accel in ("tcg", "kvm"), accel
-    machine = MACHINE
-    if accel == "kvm" and topo.iommu.model in ("intel", "amd"):
-        machine += ",kernel-irqchip=split"  # interrupt remapping needs a userspace IOAPIC
-    argv = [binary, "-machine", machine, "-accel", accel, "-cpu", topo.machine.cpu,
-            "-m", f"{max(topo.machine.memory // MiB, 1)}M", "-smp", str(topo.machine.cpus),
-            "-nodefaults", "-no-user-config", "-display", "none"]
-    # The vIOMMU comes before every PCI device (older QEMUs insist).
-    if topo.iommu.model == "intel":
-        argv += ["-device", f"intel-iommu,id={VIOMMU_ID}"
-                 + (",intremap=on" if accel == "kvm" else "")]
-    elif topo.iommu.model == "amd":
-        argv += ["-device", f"amd-iommu,id={VIOMMU_ID}"]
-    elif topo.iommu.model == "virtio":
-        argv += ["-device", f"virtio-iommu-pci,id={VIOMMU_ID},bus={ROOT_BUS}"]
+    profile = topo.profile
+    viommu = profile.viommu(topo.iommu.model)
+    argv = [binary, "-machine", profile.machine_option(accel, viommu), "-accel", accel,
+            "-cpu", topo.machine.cpu, "-m", f"{max(topo.machine.memory // MiB, 1)}M",
+            "-smp", str(topo.machine.cpus), "-nodefaults", "-no-user-config", "-display", "none"]
+    root_bus = profile.root_bus.name
+    if viommu is not None:  # before every PCI device (older QEMUs insist)
+        argv += ["-device", viommu.device_value(accel, root_bus)]
     chassis = iter(range(1, 256))
     numbers = bus_numbers(topo)
     for node in topo.pcie:
-        argv += _node_argv(node, ROOT_BUS, chassis, run_dir, numbers)
+        argv += _node_argv(node, root_bus, chassis, run_dir, numbers)
     return argv
 
 
@@ -224,44 +217,60 @@ def _data_dirs(binary: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in out.stdout.splitlines() if line.strip())
 
 
-def firmware(binary: str, topo: Topology | None = None) -> list[str]:
-    """qboot when this QEMU ships it: it boots a PVH kernel ~1.5 s faster than SeaBIOS
-    under TCG and Linux assigns the BARs behind the switches itself.  An expander host
-    bridge needs SeaBIOS (QEMU's default): qboot gives its root bus no bus numbers or
-    windows, so nothing behind it is enumerated."""
-    if topo is not None and topo.host_bridges():
+def firmware(binary: str, topo: Topology | None = None,
+             profile: MachineProfile | None = None) -> list[str]:
+    """The profile's fast firmware (x86: qboot) when this QEMU ships it: it boots a PVH kernel
+    ~1.5 s faster than SeaBIOS under TCG and Linux assigns the BARs behind the switches
+    itself.  Where it cannot number an expander host bridge's root bus (qboot), a topology
+    with one gets QEMU's default firmware, else nothing behind it would be enumerated."""
+    profile = profile or (topo.profile if topo is not None else X86_64)
+    fw = profile.firmware
+    if fw.fast_bios is None or (topo is not None and topo.host_bridges()
+                                and not fw.fast_bios_numbers_expanders):
         return []
     for d in _data_dirs(binary):
-        if (Path(d) / "qboot.rom").is_file():
-            return ["-bios", str(Path(d) / "qboot.rom")]
+        if (Path(d) / fw.fast_bios).is_file():
+            return ["-bios", str(Path(d) / fw.fast_bios)]
     return []
 
 
 def boot_argv(media: BootMedia, binary: str, topo: Topology | None = None) -> list[str]:
-    """The options a boot adds to the machine."""
-    argv = [*firmware(binary, topo),
-            "-kernel", str(media.kernel), "-append", " ".join(media.cmdline), "-no-reboot",
-            "-drive", f"file={_escape(str(media.disk))},if=none,id=tb-boot,format=qcow2,"
-                      "cache=unsafe,discard=unmap",
-            "-device", f"virtio-blk-pci,drive=tb-boot,id=tb-boot-disk,bus={ROOT_BUS}",
-            "-netdev", f"user,id=tb-net,restrict=on,hostfwd=tcp:127.0.0.1:{media.ssh_port}-:22",
-            "-device", f"virtio-net-pci,netdev=tb-net,id=tb-nic,bus={ROOT_BUS},romfile=",
-            "-device", f"virtio-rng-pci,id=tb-rng,bus={ROOT_BUS}",  # sshd needs entropy at once
-            "-device", "pvpanic"]
+    """The options a boot adds to the machine: firmware, kernel, then the root-bus devices of
+    the machine's layout (boot disk, NIC, RNG) with their backends, the platform devices,
+    extra drives, the gdbstub and shares."""
+    profile = topo.profile if topo is not None else X86_64
+    bus = profile.root_bus.name
+    argv = [*firmware(binary, topo, profile),
+            "-kernel", str(media.kernel), "-append", " ".join(media.cmdline), "-no-reboot"]
+    for dev in profile.root_bus.boot_devices:
+        argv += _backend_argv(dev.role, media) + ["-device", dev.device_value(bus)]
+    for name in profile.platform_devices:
+        argv += ["-device", name]
     if media.initrd:
         argv += ["-initrd", str(media.initrd)]
     for d in media.drives:
         argv += ["-drive", f"file={_escape(str(d.path))},if=none,id={d.id},format={d.format}"
                            + (",readonly=on" if d.readonly else ""),
-                 "-device", f"virtio-blk-pci,drive={d.id},serial={d.serial},bus={ROOT_BUS}"]
+                 "-device", f"virtio-blk-pci,drive={d.id},serial={d.serial},bus={bus}"]
     if media.gdb_port is not None:  # loopback only: the stub gives full control of the guest
         argv += ["-gdb", f"tcp:127.0.0.1:{media.gdb_port}"]
     for i, share in enumerate(media.shares):
-        argv += share_argv(share, i)
+        argv += share_argv(share, i, bus)
     return argv
 
 
-def share_argv(share: Share, index: int) -> list[str]:
+def _backend_argv(role: str, media: BootMedia) -> list[str]:
+    """What a boot device of the root-bus layout needs before its ``-device``."""
+    if role == "disk":
+        return ["-drive", f"file={_escape(str(media.disk))},if=none,id=tb-boot,format=qcow2,"
+                          "cache=unsafe,discard=unmap"]
+    if role == "nic":
+        return ["-netdev",
+                f"user,id=tb-net,restrict=on,hostfwd=tcp:127.0.0.1:{media.ssh_port}-:22"]
+    return []
+
+
+def share_argv(share: Share, index: int, bus: str = X86_64.root_bus.name) -> list[str]:
     """The ``-fsdev``/``-device`` pair exporting one shared directory over virtio-9p.
 
     ``security_model=none``: files the guest creates belong to the user running QEMU;
@@ -275,7 +284,7 @@ def share_argv(share: Share, index: int) -> list[str]:
     tag = share_tag(index)
     return ["-fsdev", f"local,id={tag},path={_escape(str(share.host))},security_model=none,"
                       "multidevs=remap" + ("" if share.writable else ",readonly=on"),
-            "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag},id={tag}-dev,bus={ROOT_BUS}"]
+            "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag},id={tag}-dev,bus={bus}"]
 
 
 def plumbing_argv(qmp: Path | None, console: Path | None, paused: bool = False) -> list[str]:
@@ -302,9 +311,11 @@ def build(topo: Topology, binary: str, run_dir: Path, accel: str, *,
 
 
 def probe_argv(binary: str, accel: str, kernel: Path, initrd: Path | None,
-               cmdline: Sequence[str], console: Path) -> list[str]:
-    """A bare q35 that boots ``kernel`` once (the accelerator probe)."""
-    argv = [binary, "-machine", MACHINE, "-accel", accel, "-cpu", "qemu64", "-m", "512M",
+               cmdline: Sequence[str], console: Path,
+               profile: MachineProfile = X86_64) -> list[str]:
+    """A bare machine of ``profile`` that boots ``kernel`` once (the accelerator probe)."""
+    argv = [binary, "-machine", profile.machine_type, "-accel", accel,
+            "-cpu", profile.default_cpu, "-m", "512M",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-serial", f"file:{console}", "-kernel", str(kernel), "-append", " ".join(cmdline)]
     if initrd:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec.model import (DownstreamPort, HostBridge, Iommu, Node, Nvme, RootPort, Switch,
-                          Topology)
+from ..spec.model import (DownstreamPort, HostBridge, Iommu, Machine, Node, Nvme, RootPort,
+                          Switch, Topology)
 
 
 # pcie-root-port's property that builds the port without its ACS capability (``acs: false``)
@@ -73,37 +73,21 @@ def has_acs(node: Node) -> bool:
     return DEVICES[type(node)].acs and getattr(node, "acs", True)
 
 
-# -- the vIOMMU ----------------------------------------------------------------------------
-IOMMU_DEVICES = {"intel": "intel-iommu", "amd": "amd-iommu", "virtio": "virtio-iommu-pci"}
-VIOMMU_ID = "tb-viommu"
-# Guest kernel command line words for each vIOMMU model and mode.
-IOMMU_CMDLINE: dict[tuple[str, str], tuple[str, ...]] = {
-    ("intel", "strict"): ("intel_iommu=on", "iommu.strict=1", "iommu.passthrough=0"),
-    ("intel", "passthrough"): ("intel_iommu=on", "iommu=pt"),
-    ("amd", "strict"): ("amd_iommu=on", "iommu.strict=1", "iommu.passthrough=0"),
-    ("amd", "passthrough"): ("amd_iommu=on", "iommu=pt"),
-    ("virtio", "strict"): ("iommu.strict=1", "iommu.passthrough=0"),
-    ("virtio", "passthrough"): ("iommu=pt", "iommu.passthrough=1"),
-}
-
-
+# -- the vIOMMU and the root bus: the machine profile's (testbed.machines) -----------------
 def iommu_cmdline(of: Iommu | Topology) -> tuple[str, ...]:
-    """Guest kernel command line words the vIOMMU choice implies."""
-    iommu = of.iommu if isinstance(of, Topology) else of
-    return IOMMU_CMDLINE.get((iommu.model, iommu.mode), ())
+    """Guest kernel command line words the vIOMMU choice implies (an ``Iommu`` alone is read
+    on the default machine)."""
+    if isinstance(of, Topology):
+        return of.profile.iommu_words(of.iommu.model, of.iommu.mode)
+    return Machine().profile.iommu_words(of.model, of.mode)
 
 
-# -- the q35 machine ----------------------------------------------------------------------
-MACHINE = "q35"
-ROOT_BUS = "pcie.0"
-HOST_BRIDGE_ID = ("8086", "29c0")  # q35's host bridge; not on Linux's P2PDMA allow-list
-# q35's root bus has 32 slots: 00.0 is the host bridge, 1f.* the ICH9 functions.
-ROOT_BUS_SLOTS = 32 - 2
-# What the testbed itself plugs into the root bus for a boot (see cmdline.boot_argv):
-# boot disk, NIC, RNG, and a custom kernel's modules disk.
-TESTBED_ROOT_DEVICES = 4
-# virtio-iommu-pci and amd-iommu take a root-bus slot too (intel-iommu does not).
-IOMMU_TAKES_SLOT = ("virtio", "amd")
+def free_root_slots(topo: Topology) -> int:
+    """Root-bus slots left for the topology's own devices (the machine's root-bus layout,
+    less a vIOMMU that takes a slot)."""
+    profile = topo.profile
+    return profile.root_bus.free_slots(profile.viommu(topo.iommu.model))
+
 
 CMB_BAR, PMR_BAR = 2, 4  # QEMU's NVMe puts the CMB in BAR2 and the PMR in BAR4
 
@@ -113,7 +97,8 @@ MAX_BUS = 255
 
 def bus_numbers(topo: Topology) -> dict[str, int]:
     """The root bus number of each expander host bridge: as the topology says, else spread
-    evenly over the bus numbers (q35's own root complex keeps the numbers below the first)."""
+    evenly over the bus numbers (the machine's own root complex keeps the numbers below the
+    first)."""
     bridges = topo.host_bridges()
     out: dict[str, int] = {}
     for i, hb in enumerate(bridges):
@@ -126,12 +111,3 @@ def buses_below(node: Node) -> int:
     """PCI buses a node's subtree needs (each port and each switch's internal bus)."""
     own = 1 if isinstance(node, (RootPort, DownstreamPort, Switch)) else 0
     return own + sum(buses_below(c) for c in node.children)
-
-
-def free_root_slots(iommu: Iommu) -> int:
-    """Root-bus slots left for the topology's own devices."""
-    return ROOT_BUS_SLOTS - TESTBED_ROOT_DEVICES - (1 if iommu.model in IOMMU_TAKES_SLOT else 0)
-
-
-# CPU models that only a hardware accelerator provides (TCG refuses them).
-KVM_ONLY_CPUS = ("host",)

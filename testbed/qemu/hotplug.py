@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import HotplugError, QemuError
 from ..spec.model import Nvme, Topology
 from .cmdline import namespace_path, nvme_device
-from .devices import DEVICES, ROOT_BUS
+from .devices import DEVICES
 from .machine import QemuMachine
 
 UNPLUG_TIMEOUT = 15.0  # acpiphp removes within ~1 s; pciehp would need ~7 s
@@ -51,9 +51,9 @@ def hotplug_slot(topo: Topology, name: str) -> Slot:
         raise HotplugError(f"{name} is not an NVMe controller", name, "slot")
     parent = topo.parents()[name]
     if parent is None:
-        raise HotplugError(f"{name} sits on the root complex ({ROOT_BUS}), which has no "
-                           "hot-plug slot: put it below a root port or a switch downstream "
-                           "port", name, "slot")
+        raise HotplugError(f"{name} sits on the root complex ({topo.profile.root_bus.name}), "
+                           "which has no hot-plug slot: put it below a root port or a switch "
+                           "downstream port", name, "slot")
     kind = DEVICES[type(parent)]
     if not kind.hotplug_slot:
         raise HotplugError(f"{name} sits on {parent.name}, a {kind.label}, which has no "

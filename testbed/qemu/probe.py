@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import QemuNotFound
+from ..machines import PROFILES, X86_64, CpuRule, profile_for_binary
 from ..paths import cache_dir
 from ..util.files import JsonCache
 from .cmdline import bare_argv
@@ -55,7 +56,8 @@ def find_binary(name: str) -> str:
     """Absolute path of ``name`` (a path or a command on PATH), or QemuNotFound."""
     path = name if os.sep in name else shutil.which(name)
     if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
-        pkg = " (Debian package qemu-system-x86)" if "qemu-system-x86" in name else ""
+        profile = profile_for_binary(name)
+        pkg = f" (Debian package {profile.qemu_package})" if profile is not None else ""
         raise QemuNotFound(f"QEMU binary {name!r} not found or not executable{pkg}")
     return os.path.realpath(path)
 
@@ -77,6 +79,11 @@ def _run(argv: list[str]) -> str:
 PROPS_OF = ("pcie-root-port", "amd-iommu", "intel-iommu")
 
 
+# a model in "-cpu help": indented, after the architecture's prefix where it prints one
+_CPU_LINE = r"^(?:(?:%s)\s+)?\s+(\S+)" % "|".join(
+    re.escape(p.cpu_help_prefix) for p in PROFILES.values() if p.cpu_help_prefix)
+
+
 def _props(text: str) -> frozenset[str]:
     return frozenset(m.group(1) for m in re.finditer(r"^\s+([\w.-]+)=<", text, re.M))
 
@@ -91,7 +98,7 @@ def _probe_uncached(path: str) -> Capabilities:
     devices = frozenset(re.findall(r'^name "([^"]+)"', _run([path, "-device", "help"]), re.M))
     nvme = _props(_run([path, "-device", "nvme,help"])) if "nvme" in devices else frozenset()
     ns = _props(_run([path, "-device", "nvme-ns,help"])) if "nvme-ns" in devices else frozenset()
-    cpus = frozenset(re.findall(r"^(?:x86\s+)?\s+(\S+)", _run([path, "-cpu", "help"])
+    cpus = frozenset(re.findall(_CPU_LINE, _run([path, "-cpu", "help"])
                                 .split("Recognized CPUID flags")[0], re.M)) - {"Available"}
     other = {d: _props(_run([path, "-device", f"{d},help"])) for d in PROPS_OF if d in devices}
     return Capabilities(path=path, version=_version(m), version_text=version_text,
@@ -104,7 +111,7 @@ def _version(m: re.Match[str]) -> tuple[int, int, int]:
     return (major, minor, micro)
 
 
-def probe(name: str = "qemu-system-x86_64") -> Capabilities:
+def probe(name: str = X86_64.qemu_binary) -> Capabilities:
     """Capabilities of the QEMU binary ``name``, cached per binary identity."""
     path = find_binary(name)
     st = os.stat(path)
@@ -134,18 +141,15 @@ def probe(name: str = "qemu-system-x86_64") -> Capabilities:
 
 @dataclass(frozen=True)
 class CpuInfo:
-    """What the guest's CPUID will say: vendor and family (from QEMU itself)."""
+    """What the guest's CPU will say it is: vendor and family (from QEMU itself, as the
+    machine profile's :class:`~testbed.machines.CpuRule` reads them)."""
 
     model: str
     vendor: str  # "AuthenticAMD", "GenuineIntel", ...
     family: int
 
-    @property
-    def amd_zen_or_newer(self) -> bool:
-        return self.vendor == "AuthenticAMD" and self.family >= 0x17
 
-
-def cpu_info(caps: Capabilities, model: str) -> CpuInfo:
+def cpu_info(caps: Capabilities, model: str, rule: CpuRule = X86_64.cpu) -> CpuInfo:
     """Vendor and family of a CPU model, asked of QEMU over QMP (cached)."""
     key = hashlib.sha256(f"{caps.path}|{caps.version_text}|{model}".encode()).hexdigest()[:20]
     cache = JsonCache(cache_dir() / "probe" / f"cpu-{key}.json")
@@ -158,10 +162,10 @@ def cpu_info(caps: Capabilities, model: str) -> CpuInfo:
         vm = QemuMachine(lambda qmp: bare_argv(caps.path, qmp), Path(tmp), name="cpu probe")
         vm.launch()
         try:
-            props = vm.qmp("query-cpu-model-expansion", type="full",
-                           model={"name": model})["model"]["props"]
+            props = vm.qmp(rule.query, type="full", model={"name": model})["model"]["props"]
         finally:
             vm.shutdown()
-    info = CpuInfo(model, str(props.get("vendor", "")), int(props.get("family", 0)))
+    info = CpuInfo(model, str(props.get(rule.vendor_prop, "")),
+                   int(props.get(rule.family_prop, 0)))
     cache.store(asdict(info))
     return info

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import Problem, QemuError, SpecError, did_you_mean
+from ..machines import PROFILES
 from ..spec.model import HostBridge, Machine, Nvme, RootPort, Topology
 from ..spec.parse import parse
 from ..spec.source import read_text, resolve
@@ -28,8 +29,6 @@ from .devices import (
     DEVICES,
     DISABLE_ACS,
     EXTRA_DEVICES,
-    IOMMU_DEVICES,
-    KVM_ONLY_CPUS,
     MAX_BUS,
     NVME_NAMESPACE,
     bus_numbers,
@@ -66,7 +65,7 @@ def constraints(topo: Topology) -> list[Problem]:
     numbers = bus_numbers(topo)
     if numbers:
         out += _bus_ranges(topo, numbers)
-    slots = free_root_slots(topo.iommu)
+    slots = free_root_slots(topo)
     if len(topo.pcie) > slots:
         out.append(_problem(topo, "pcie", f"too many devices on the root complex: "
                             f"{len(topo.pcie)}, at most {slots} slots are free (put switches "
@@ -93,7 +92,8 @@ def _bus_ranges(topo: Topology, numbers: dict[str, int]) -> list[Problem]:
             else list(bridge.ports)
         need = 1 + sum(buses_below(n) for n in nodes)
         if start + need > end:
-            where = "q35's root complex" if bridge is None else f"host bridge {bridge.name}"
+            where = f"{topo.profile.machine_type}'s root complex" if bridge is None \
+                else f"host bridge {bridge.name}"
             path = "pcie" if bridge is None else \
                 f"{topo.node_paths.get(bridge.name, '')}.host_bridge"
             out.append(_problem(topo, path, f"{where} needs {need} bus numbers from {start}, "
@@ -123,11 +123,12 @@ def capabilities(topo: Topology, caps: Capabilities, accel: str | None = None) -
     if caps.cpu_models and cpu not in caps.cpu_models:
         out.append(_problem(topo, "machine.cpu", f"{caps.describe()} has no CPU model {cpu!r}"
                             + did_you_mean(cpu, caps.cpu_models)))
-    elif cpu in KVM_ONLY_CPUS and accel == "tcg":
+    elif cpu in topo.profile.kvm_only_cpus and accel == "tcg":
         out.append(_problem(topo, "machine.cpu", f"CPU model {cpu!r} needs KVM, and this "
-                            "machine runs guests under TCG: name a model such as EPYC, "
-                            "Skylake-Server or qemu64"))
-    if topo.iommu.model != "none" and need("iommu", IOMMU_DEVICES[topo.iommu.model]):
+                            "machine runs guests under TCG: name a model such as "
+                            + _examples(topo.profile.tcg_cpu_examples)))
+    viommu = topo.profile.viommu(topo.iommu.model)
+    if viommu is not None and need("iommu", viommu.qemu_device):
         limit = iommu_limit(topo, caps)
         if limit:
             out.append(_problem(topo, "iommu", limit))
@@ -155,6 +156,11 @@ def capabilities(topo: Topology, caps: Capabilities, accel: str | None = None) -
     return _unique(out)
 
 
+def _examples(names: tuple[str, ...]) -> str:
+    """("a", "b", "c") -> "a, b or c"."""
+    return " or ".join(filter(None, (", ".join(names[:-1]), names[-1])))
+
+
 def iommu_limit(topo: Topology, caps: Capabilities) -> str | None:
     """A vIOMMU this QEMU cannot give a guest that boots (a QEMU model limit), or None."""
     if topo.iommu.model == "amd" and "dma-remap" not in caps.device_props.get("amd-iommu", ()):
@@ -179,11 +185,19 @@ def _unique(problems: list[Problem]) -> list[Problem]:
 Probe = Callable[[str], Capabilities]
 
 
-def _binary_node(root: Sourced) -> Sourced | None:
+def _machine_value(root: Sourced, key: str) -> Sourced | None:
     machine = root.value.get("machine") if isinstance(root.value, dict) else None
     if machine is not None and isinstance(machine.value, dict):
-        return machine.value.get("qemu")
+        return machine.value.get(key)
     return None
+
+
+def _default_binary(root: Sourced) -> str:
+    """The QEMU program of the machine.arch the file names (when it names a known one)."""
+    arch = _machine_value(root, "arch")
+    if arch is not None and isinstance(arch.value, str) and arch.value in PROFILES:
+        return PROFILES[arch.value].qemu_binary
+    return Machine().qemu
 
 
 def check_document(root: Sourced, filename: str, base_dir: Path,
@@ -195,9 +209,9 @@ def check_document(root: Sourced, filename: str, base_dir: Path,
         topo = parse(root, filename, base_dir)
     except SpecError as exc:
         problems = list(exc.problems)
-        node = _binary_node(root)
+        node = _machine_value(root, "qemu")
         binary = str(node.value) if node is not None and isinstance(node.value, str) \
-            else Machine().qemu
+            else _default_binary(root)
         if probe is not None and not any(p.path == "machine.qemu" for p in problems):
             try:
                 probe(binary)

@@ -21,7 +21,7 @@ from ..spec.units import format_size
 from ..util.rundir import RunDir
 from .backing import create_backing_files
 from .cmdline import build
-from .devices import CMB_BAR, DEVICES, DISABLE_ACS, PMR_BAR, ROOT_BUS
+from .devices import CMB_BAR, DEVICES, DISABLE_ACS, PMR_BAR
 from .machine import QemuMachine
 from .probe import probe
 
@@ -29,8 +29,10 @@ ENUMERATION_TIMEOUT = 30.0
 
 
 def expected_parents(topo: Topology) -> dict[str, str]:
-    """QEMU id -> the id of the device whose bus it plugs into (pcie.0 for the root)."""
-    return {name: (parent.name if parent else ROOT_BUS) for name, parent in topo.parents().items()}
+    """QEMU id -> the id of the device whose bus it plugs into (the root bus's own id, pcie.0,
+    for the root complex)."""
+    root = topo.profile.root_bus.name
+    return {name: (parent.name if parent else root) for name, parent in topo.parents().items()}
 
 
 def verify(topo: Topology, binary: str | None = None) -> list[str]:

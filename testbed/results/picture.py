@@ -1,7 +1,7 @@
 """A drawing of the topology and its P2P paths, as Graphviz DOT text (pure: no ``dot``
 is run here; :mod:`testbed.results.graphviz` turns the text into SVG).
 
-The tree: q35's root complex (host bridge, CPU model) with the vIOMMU beside it, any
+The tree: the machine's root complex (host bridge, CPU model) with the vIOMMU beside it, any
 expander host bridges, root ports, switches and their downstream ports, NVMe controllers
 with their CMB and PMR sizes.  Over it, one path per judged (provider, client) pair
 (both directions in one path, arrows at both ends, when they went alike), coloured by
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Iterable, Sequence
 
-from ..qemu.devices import HOST_BRIDGE_ID, bus_numbers, kind_of
+from ..qemu.devices import bus_numbers, kind_of
 from ..qemu.probe import CpuInfo
 from ..spec.model import DownstreamPort, HostBridge, Node, Nvme, RootPort, Switch, Topology
 from ..spec.units import format_size
@@ -181,10 +181,13 @@ def _iommu_label(topo: Topology, view: KernelView) -> str:
 
 
 def _tree(topo: Topology, view: KernelView, cpu: str) -> list[str]:
-    lines = ["  subgraph cluster_q35 {",
-             "    graph " + _attrs(label="q35 root complex", style="rounded", color="#9ca3af"),
+    machine = topo.profile.machine_type
+    bridge = ":".join(topo.profile.host_bridge.pci_id)
+    lines = [f"  subgraph cluster_{machine} {{",
+             "    graph " + _attrs(label=f"{machine} root complex", style="rounded",
+                                  color="#9ca3af"),
              f"    {quote(ROOT_COMPLEX)} " + _attrs(
-                 label=f"host bridge {':'.join(HOST_BRIDGE_ID)}\nCPU {cpu}", shape="box",
+                 label=f"host bridge {bridge}\nCPU {cpu}", shape="box",
                  style="filled,bold", fillcolor="#e5e7eb")]
     if topo.iommu.model != "none":
         lines.append(f"    {quote(VIOMMU)} " + _attrs(
@@ -257,7 +260,8 @@ def _via(r: Route, topo: Topology) -> str:
     return {"switch": f"by bus address through {r.top}",
             "self": "inside the controller (its own CMB)",
             "host": "through " + (f"{', '.join(expanders)} and " if expanders else "")
-                    + "the q35 root complex" + (" and the vIOMMU" if VIOMMU in r.nodes else ""),
+                    + f"the {topo.profile.machine_type} root complex"
+                    + (" and the vIOMMU" if VIOMMU in r.nodes else ""),
             "refused": "refused at the root complex",
             "fault": "faults at the vIOMMU" if r.top == VIOMMU else "faults at the root"
             }[r.how]

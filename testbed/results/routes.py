@@ -5,7 +5,7 @@ which order, and where it turns or stops.
   client also sits below (a switch's upstream port, usually), and down to the client;
 - **self**: a controller's own CMB for its own I/O (the device itself is the common
   upstream device);
-- **host**: mapped through the host bridge, up to q35's root complex (through the vIOMMU
+- **host**: mapped through the host bridge, up to the machine's root complex (through the vIOMMU
   when DMA is translated) and down to the client;
 - **refused**: the kernel would not map it (``not-supported``): up to the root complex, no
   further;
@@ -18,7 +18,7 @@ which order, and where it turns or stops.
     Route(nodes=('nvme0', 'sw0-dp0', 'sw0', 'sw0-dp1', 'nvme1'), how='switch', top='sw0')
     >>> topo = load_topology("switch-cmb-intel-iommu")
     >>> route(topo, "nvme0", "nvme1", "bus-address", "iommu-fault", translating=True).nodes
-    ('nvme0', 'sw0-dp0', 'sw0', 'rp0', '@q35', '@viommu')
+    ('nvme0', 'sw0-dp0', 'sw0', 'rp0', '@root-complex', '@viommu')
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from ..spec.model import HostBridge, Topology
 
 # Node ids of what the spec does not name; spec names never hold "@".
-ROOT_COMPLEX = "@q35"
+ROOT_COMPLEX = "@root-complex"  # whatever the machine (q35's, virt's)
 VIOMMU = "@viommu"
 HOWS = ("switch", "self", "host", "refused", "fault")
 

@@ -31,13 +31,13 @@ MAX_CMB = 4 << 30
 MAX_PMR = 4 << 30
 MAX_NAMESPACE = 4 << 40  # sparse files: ext4 allows 16T; 4T is plenty for a test
 MAX_MEMORY = 1 << 40  # the host's own memory is checked in the second pass
-MAX_CMDLINE = 1536  # of Linux's 2048-byte x86 command line; the testbed adds its own words
+MAX_CMDLINE = 1536  # of the kernel's COMMAND_LINE_SIZE (2048 on x86); the testbed adds its own
 MAX_CPUS = 255  # APIC ID 255 and up need x2APIC
 BLOCK_SIZES = (512, 4096)
 
 KINDS = ("root_port", "switch", "downstream_port", "nvme", "host_bridge")
 TOP_KEYS = ("name", "description", "machine", "iommu", "kernel_cmdline", "pcie", "expect")
-MACHINE_KEYS = ("type", "cpu", "memory", "cpus", "accel", "qemu")
+MACHINE_KEYS = ("arch", "type", "cpu", "memory", "cpus", "accel", "qemu")
 IOMMU_KEYS = ("model", "mode")
 KIND_KEYS = {
     "root_port": ("root_port", "device", "acs"),

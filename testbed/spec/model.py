@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Union
 
+from ..machines import (DEFAULT_ARCH, IOMMU_MODELS, IOMMU_MODES, PROFILES, X86_64,
+                        MachineProfile, machine_profile)
 from .units import MiB
 
-IOMMU_MODELS = ("none", "intel", "amd", "virtio")
-IOMMU_MODES = ("strict", "passthrough")
+ARCHS = tuple(PROFILES)
 ACCELS = ("auto", "kvm", "tcg")
 VERDICTS = ("ok", "rejected", "iommu-fault", "unsupported", "error")
 MAP_TYPES = ("bus-address", "host-bridge", "not-supported")
@@ -85,7 +86,7 @@ class Switch:
 
 @dataclass(frozen=True)
 class RootPort:
-    """A pcie-root-port on the q35 root complex; holds at most one device.
+    """A pcie-root-port on the root complex or a host bridge; holds at most one device.
 
     ``acs=False`` builds it without its ACS capability (QEMU's ``disable-acs=on``), so
     neither Linux's P2PDMA code nor its IOMMU grouping sees any isolation there."""
@@ -103,7 +104,7 @@ class RootPort:
 
 @dataclass(frozen=True)
 class HostBridge:
-    """A host bridge of its own beside q35's (QEMU's PCIe expander bridge, pxb-pcie): a
+    """A host bridge of its own beside the machine's (QEMU's PCIe expander, pxb-pcie): a
     root bus numbered ``bus_nr`` with root ports on it, as on machines with several
     root complexes."""
 
@@ -124,11 +125,20 @@ Node = Union[RootPort, Switch, DownstreamPort, Nvme, HostBridge]
 
 @dataclass(frozen=True)
 class Machine:
-    cpu: str = "qemu64"
+    """The machine: its architecture (which :class:`MachineProfile` describes it), CPU,
+    memory, accelerator and QEMU program.  The parser fills ``cpu`` and ``qemu`` from the
+    profile when the file does not name them."""
+
+    cpu: str = X86_64.default_cpu
     memory: int = 2 << 30
     cpus: int = 2
     accel: str = "auto"
-    qemu: str = "qemu-system-x86_64"
+    qemu: str = X86_64.qemu_binary
+    arch: str = DEFAULT_ARCH
+
+    @property
+    def profile(self) -> MachineProfile:
+        return machine_profile(self.arch)
 
 
 @dataclass(frozen=True)
@@ -160,7 +170,7 @@ class Topology:
     machine: Machine = field(default_factory=Machine)
     iommu: Iommu = field(default_factory=Iommu)
     kernel_cmdline: tuple[str, ...] = ()
-    pcie: tuple[Node, ...] = ()  # RootPort, HostBridge or Nvme on q35's root complex
+    pcie: tuple[Node, ...] = ()  # RootPort, HostBridge or Nvme on the machine's root complex
     expect: tuple[Expectation, ...] = ()
     source: Path | None = None
     # where things were written, for problems found after parsing (see :meth:`position`)
@@ -178,6 +188,11 @@ class Topology:
                 return table[path]
             path = path.rsplit(".", 1)[0] if "." in path else ""
         return (1, 1)
+
+    @property
+    def profile(self) -> MachineProfile:
+        """The machine profile (``machine.arch``) every stage reads."""
+        return self.machine.profile
 
     def nodes(self) -> Iterator[Node]:
         return walk(self.pcie)
@@ -208,7 +223,7 @@ class Topology:
         return [n for n in self.pcie if isinstance(n, HostBridge)]
 
     def host_bridge_of(self, name: str) -> "HostBridge | None":
-        """The expander host bridge ``name`` sits below (None: q35's own)."""
+        """The expander host bridge ``name`` sits below (None: the machine's own)."""
         top = self.upstream_path(name)[-1]
         return top if isinstance(top, HostBridge) else None
 
@@ -235,5 +250,5 @@ def walk(nodes) -> Iterator[Node]:
         yield from walk(n.children)
 
 
-__all__ = ["MiB", "Namespace", "Pmr", "Nvme", "DownstreamPort", "Switch", "RootPort", "HostBridge",
+__all__ = ["ARCHS", "IOMMU_MODELS", "IOMMU_MODES", "MachineProfile", "MiB", "Namespace", "Pmr", "Nvme", "DownstreamPort", "Switch", "RootPort", "HostBridge",
            "Machine", "Iommu", "Expectation", "Topology", "walk", "Device", "Node"]

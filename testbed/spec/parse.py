@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import SpecError, did_you_mean
 from .model import (
     ACCELS,
-    IOMMU_MODELS,
+    ARCHS,
     IOMMU_MODES,
     MAP_TYPES,
     VERDICTS,
@@ -35,6 +35,7 @@ from .model import (
     HostBridge,
     Iommu,
     Machine,
+    MachineProfile,
     RootPort,
     Switch,
     Topology,
@@ -76,7 +77,8 @@ class _Parser(DeviceReader):
             name = None
         description = self.string(top["description"], "description") if "description" in top else ""
         machine = self.machine(top.get("machine"))
-        iommu = self.iommu(top.get("iommu"))
+        profile = (machine or Machine()).profile  # a bad machine: check the rest for x86_64
+        iommu = self.iommu(top.get("iommu"), profile)
         cmdline = self.cmdline(top.get("kernel_cmdline"))
         if "pcie" not in top:
             self.problem(root, "pcie", "missing: list the devices on the root complex "
@@ -88,9 +90,14 @@ class _Parser(DeviceReader):
             self.problem(top.get("pcie"), "pcie", f"needs {self.bus_count} PCI buses; "
                          f"at most {MAX_BUSES} exist")
         expect = self.expectations(top.get("expect"))
-        if machine and iommu and iommu.model != "none" and machine.cpus > 254 and iommu.model != "intel":
-            self.problem(top.get("machine"), "machine.cpus", "more than 254 vCPUs need x2APIC "
-                         "interrupt remapping, which only the intel vIOMMU provides here")
+        limit = profile.max_cpus_without_irq_remap
+        viommu = profile.viommu(iommu.model) if iommu else None
+        if machine and viommu is not None and limit is not None and machine.cpus > limit \
+                and not viommu.remaps_x2apic:
+            remap = " or ".join(v.model for v in profile.viommus if v.remaps_x2apic) or "no"
+            self.problem(top.get("machine"), "machine.cpus", f"more than {limit} vCPUs need "
+                         f"x2APIC interrupt remapping, which only the {remap} vIOMMU provides "
+                         "here")
         if name is None or machine is None or iommu is None or cmdline is None:
             return None
         return Topology(name=name, description=description or "", machine=machine, iommu=iommu,
@@ -104,12 +111,14 @@ class _Parser(DeviceReader):
         if m is None:
             return None
         kw: dict[str, Any] = {}
-        if "type" in m and self.string(m["type"], "machine.type") not in (None, "q35"):
-            self.problem(m["type"], "machine.type", f"only 'q35' is supported (got "
-                         f"{m['type'].value!r}): PCIe root ports, switches and the intel/amd "
-                         "vIOMMUs need a PCI Express root complex")
-        if "cpu" in m:
-            kw["cpu"] = self.string(m["cpu"], "machine.cpu")
+        kw["arch"] = self.choice(m["arch"], "machine.arch", ARCHS) if "arch" in m \
+            else Machine().arch
+        profile = Machine(arch=kw["arch"] or Machine().arch).profile
+        kind = profile.machine_type
+        if "type" in m and self.string(m["type"], "machine.type") not in (None, kind):
+            self.problem(m["type"], "machine.type", f"only {kind!r} is supported (got "
+                         f"{m['type'].value!r}): {profile.machine_type_why}")
+        kw["cpu"] = self.string(m["cpu"], "machine.cpu") if "cpu" in m else profile.default_cpu
         if "memory" in m:
             mem = self.size(m["memory"], "machine.memory")
             if mem is not None and mem < 256 * MiB:
@@ -123,22 +132,23 @@ class _Parser(DeviceReader):
             kw["cpus"] = self.integer(m["cpus"], "machine.cpus", 1, MAX_CPUS)
         if "accel" in m:
             kw["accel"] = self.choice(m["accel"], "machine.accel", ACCELS)
-        if "qemu" in m:
-            kw["qemu"] = self.string(m["qemu"], "machine.qemu")
+        kw["qemu"] = self.string(m["qemu"], "machine.qemu") if "qemu" in m \
+            else profile.qemu_binary
         if None in kw.values():
             return None
         return Machine(**kw)
 
-    def iommu(self, node: Sourced | None) -> Iommu | None:
+    def iommu(self, node: Sourced | None, profile: MachineProfile) -> Iommu | None:
         if node is None:
             return Iommu()
+        models = profile.viommu_models
         if not isinstance(node.value, dict):
-            model = self.choice(node, "iommu", IOMMU_MODELS)
+            model = self.choice(node, "iommu", models)
             return Iommu(model=model) if model else None
         m = self.mapping(node, "iommu", IOMMU_KEYS, "vIOMMU settings") or {}
-        model = self.choice(m["model"], "iommu.model", IOMMU_MODELS) if "model" in m else None
+        model = self.choice(m["model"], "iommu.model", models) if "model" in m else None
         if "model" not in m:
-            self.problem(node, "iommu.model", f"missing: one of {', '.join(IOMMU_MODELS)}")
+            self.problem(node, "iommu.model", f"missing: one of {', '.join(models)}")
         mode = self.choice(m["mode"], "iommu.mode", IOMMU_MODES) if "mode" in m else "strict"
         if model == "none" and "mode" in m:
             self.problem(m["mode"], "iommu.mode", "a mode needs a vIOMMU model other than none")

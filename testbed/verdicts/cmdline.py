@@ -62,12 +62,13 @@ def kernel_view(topo: Topology, extra: Sequence[str] = ()) -> KernelView:
     model = topo.iommu.model
     if model == "none":
         return KernelView("none", False, False, words)
-    off_words = {"intel": ("intel_iommu", "off"), "amd": ("amd_iommu", "off")}
-    if model in off_words:
-        key, off = off_words[model]
-        if _value(words, key) == off or _value(words, "iommu") == "off":
+    viommu = topo.profile.viommu(model)
+    assert viommu is not None
+    for key, off in viommu.off_words:
+        if _value(words, key) == off:
+            first = viommu.off_words[0][0]  # the driver's own switch, named in the reason
             return KernelView("none", False, False, words,
-                              f"{key}=off on the kernel command line: the {model} vIOMMU is "
+                              f"{first}=off on the kernel command line: the {model} vIOMMU is "
                               "present but its driver does not run (no translation, no ACS)")
     passthrough = topo.iommu.mode == "passthrough"
     pt = _truth(_value(words, "iommu.passthrough"))

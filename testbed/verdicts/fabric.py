@@ -8,8 +8,8 @@ Two sources:
   :mod:`.acs`: QEMU's capability plus what the kernel enables), plus the functions QEMU and
   the testbed put on the root bus besides (host bridge, ICH9, boot disk, NIC, RNG, a
   vIOMMU function), which the topology does not describe: taken from the guest's
-  inventory when there is one (:func:`machine_devices`), else as the testbed builds them
-  (:func:`q35_devices`).
+  inventory when there is one (:func:`machine_devices`), else from the machine profile's
+  root-bus layout, the one the command line is built from (:func:`root_bus_devices`).
 - :func:`from_inventory`: the tree the guest shows, registers as read (for comparing).
 
 Topology nodes are named by their spec names, other functions by their address
@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..qemu.devices import IOMMU_TAKES_SLOT, bus_numbers
+from ..machines import PROFILES, X86_64
+from ..qemu.devices import bus_numbers
 from ..spec.model import DownstreamPort, HostBridge, Node, Nvme, RootPort, Switch, Topology
 from . import acs
 
@@ -31,11 +32,10 @@ KINDS = {"root_port": "root_port", "upstream": "upstream", "downstream": "downst
          None: "pci"}
 SPEC_KINDS: dict[type, str] = {RootPort: "root_port", Switch: "upstream",
                                DownstreamPort: "downstream", Nvme: "endpoint",
-                               HostBridge: "pci"}  # pxb-pcie: conventional, on q35's bus
-Q35_ROOT = "0000:00"
+                               HostBridge: "pci"}  # pxb-pcie: conventional, on the root bus
 # PCI functions of the vIOMMUs themselves: not behind the IOMMU, so in no group
-VIOMMU_FUNCTIONS = {("0x1af4", "0x1057"): "virtio-iommu", ("0x1022", "0x1419"): "amd-iommu"}
-ICH9_SLOT = 0x1F
+VIOMMU_FUNCTIONS = {v.pci_id: f"{v.model}-iommu" for p in PROFILES.values()
+                    for v in p.viommus if v.pci_id is not None}
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Dev:
     translated: bool = True       # False: its DMA does not go through the IOMMU
     label: str = ""               # what it is, for people
     acs_steps: tuple[str, ...] = field(default=(), repr=False)
-    root: str = Q35_ROOT          # the root bus it hangs from (an expander has its own)
+    root: str = X86_64.root_bus.number  # the root bus it hangs from (an expander: its own)
 
     def acs_enabled(self, flags: int = acs.REQ_ACS_FLAGS) -> bool:
         return acs.acs_enabled(self.kind, self.multifunction, self.acs_cap, self.acs_ctrl,
@@ -129,7 +129,8 @@ def from_topology(topo: Topology, machine: Sequence[Dev] | None = None,
     devfns and lets command-line ACS options that name addresses match."""
     names = names or {}
     devs: list[Dev] = []
-    slot = 1 + (1 if topo.iommu.model in IOMMU_TAKES_SLOT else 0)
+    layout = topo.profile.root_bus
+    slot = layout.first_free_slot(topo.profile.viommu(topo.iommu.model))
     roots = {hb: f"0000:{nr:02x}" for hb, nr in bus_numbers(topo).items()}
 
     def chain(node: Node) -> list[str]:
@@ -143,7 +144,7 @@ def from_topology(topo: Topology, machine: Sequence[Dev] | None = None,
             out.append(names[n.name])
         return out
 
-    def add(node: Node, parent: str | None, devfn: int, root: str = Q35_ROOT) -> None:
+    def add(node: Node, parent: str | None, devfn: int, root: str = layout.number) -> None:
         devfn = _devfn(names[node.name]) if node.name in names else devfn
         kind = SPEC_KINDS[type(node)]
         if kind == "endpoint" and parent is None:
@@ -160,7 +161,7 @@ def from_topology(topo: Topology, machine: Sequence[Dev] | None = None,
     for node in topo.pcie:
         add(node, None, slot << 3)
         slot += 1
-    devs += q35_devices(topo, slot) if machine is None else machine
+    devs += root_bus_devices(topo) if machine is None else machine
     return Fabric(devs)
 
 
@@ -172,19 +173,27 @@ def _machine_dev(topo: Topology, bdf: str, kind: str, mf: bool, label: str,
                root=bdf.rsplit(":", 1)[0])
 
 
-def q35_devices(topo: Topology, first_free_slot: int) -> list[Dev]:
-    """The root-bus functions besides the topology's, as the testbed builds the machine
-    (qemu/cmdline.py): host bridge, the vIOMMU's own function, boot disk, NIC, RNG, and the
-    ICH9 functions 1f.0/.2/.3 (conventional PCI, one multifunction slot)."""
-    out = [_machine_dev(topo, "0000:00:00.0", "pci", False, "host bridge")]
-    if topo.iommu.model in IOMMU_TAKES_SLOT:
-        out.append(_machine_dev(topo, "0000:00:01.0", "pci", False,
-                                f"{topo.iommu.model}-iommu", translated=False))
-    for i, what in enumerate(("virtio-blk (boot disk)", "virtio-net", "virtio-rng")):
-        out.append(_machine_dev(topo, f"0000:00:{first_free_slot + i:02x}.0", "pci", False,
-                                what))
-    for fn, what in ((0, "ICH9 LPC"), (2, "ICH9 AHCI"), (3, "ICH9 SMBus")):
-        out.append(_machine_dev(topo, f"0000:00:{ICH9_SLOT:02x}.{fn}", "pci", True, what))
+def root_bus_devices(topo: Topology) -> list[Dev]:
+    """The root-bus functions besides the topology's, from the machine profile's root-bus
+    layout (the one the command line is built from): the machine's own functions (q35: host
+    bridge, ICH9 LPC/AHCI/SMBus in one multifunction slot), the vIOMMU's function, and the
+    boot disk, NIC and RNG after the topology's devices."""
+    profile = topo.profile
+    layout, viommu = profile.root_bus, profile.viommu(topo.iommu.model)
+
+    def bdf(slot: int, fn: int = 0) -> str:
+        return f"{layout.number}:{slot:02x}.{fn}"
+
+    first = layout.first_free_slot()
+    out = [_machine_dev(topo, bdf(f.slot, f.function), "pci", f.multifunction, f.label)
+           for f in layout.fixed if f.slot < first]
+    if viommu is not None and viommu.takes_root_slot:
+        out.append(_machine_dev(topo, bdf(first), "pci", False, f"{viommu.model}-iommu",
+                                translated=False))
+    for dev, slot in zip(layout.boot_devices, layout.boot_slots(viommu, len(topo.pcie))):
+        out.append(_machine_dev(topo, bdf(slot), "pci", False, dev.label))
+    out += [_machine_dev(topo, bdf(f.slot, f.function), "pci", f.multifunction, f.label)
+            for f in layout.fixed if f.slot >= first]
     return out
 
 
@@ -257,5 +266,5 @@ def complete_names(topo: Topology, inventory: Mapping[str, Any],
             else:
                 visit(node.children, out[node.name], root)
 
-    visit(topo.pcie, None, Q35_ROOT)
+    visit(topo.pcie, None, topo.profile.root_bus.number)
     return out

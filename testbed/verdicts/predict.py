@@ -9,8 +9,9 @@ The prediction is computed from the topology tree alone, following
    bridge, the client's side below it — forces the path through the root.
 2. Common bridge, no ACS redirect: mapped by PCI bus address (no IOMMU entry).
 3. Otherwise the transfer crosses the host bridge: allowed only if both host
-   bridges are on the kernel's allow-list (q35's 8086:29c0 is not) or the CPU is
-   AMD family >= 0x17; then mapped like normal DMA (through the IOMMU if any).
+   bridges are on the kernel's allow-list (the machine profile says: q35's 8086:29c0 is
+   not) or the profile trusts the CPU (x86: AMD family >= 0x17); then mapped like normal
+   DMA (through the IOMMU if any).
    Else refused: "rejected".
 4. QEMU sends every device's DMA through the vIOMMU at the root complex, even
    between two devices under one emulated switch, so a bus-address mapping
@@ -29,17 +30,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..qemu.devices import DEVICES, HOST_BRIDGE_ID
+from ..qemu.devices import DEVICES
 from ..qemu.probe import CpuInfo
 from ..spec.model import HostBridge, Node, Nvme, Topology
 from . import acs
 from .cmdline import KernelView, kernel_view
-
-# The q35 host bridge, and whether Linux allow-lists it (it is not in
-# pci_p2pdma_whitelist[]).
-Q35_HOST_BRIDGE = HOST_BRIDGE_ID
-HOST_BRIDGE_ALLOWED = False
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -80,7 +75,7 @@ def _host_bridges(topo: Topology, provider: str, client: str) -> str:
         hb = topo.host_bridge_of(name)
         return (f"host bridge {hb.name} (a PCIe expander; Linux checks the device at 00.0 "
                 f"of its root bus, a root port)" if hb is not None else
-                f"the q35 host bridge {':'.join(Q35_HOST_BRIDGE)}")
+                f"{topo.profile.host_bridge.label} {':'.join(topo.profile.host_bridge.pci_id)}")
     a, b = one(provider), one(client)
     return a if a == b else f"{a} (for {provider}) and {b} (for {client})"
 
@@ -155,20 +150,21 @@ def _compute(topo: Topology, provider: str, client: str, cpu: CpuInfo,
     crossing = "host bridge" if " and " not in hosts else "host bridges"
     why = (f"ACS redirect on {', '.join(acs)} sends the transfer through the root complex"
            if acs else f"{provider} and {client} share no upstream bridge (only the {crossing})")
-    if cpu.amd_zen_or_newer:
+    rule = topo.profile.cpu
+    if rule.trusts_root_complex(cpu.vendor, cpu.family):
         how = f" through the {view.iommu} vIOMMU" if view.translating else ""
         return Prediction(provider, client, "ok", "host-bridge",
-                          f"{why}; the CPU model {cpu.model} is AMD family {cpu.family:#x} "
-                          f"(>= 0x17), which Linux trusts for P2P through the root complex: "
-                          f"mapped like normal DMA{how}{note}", distance=distance,
-                          translating=view.translating)
-    if HOST_BRIDGE_ALLOWED:  # pragma: no cover - q35 is not allow-listed
+                          f"{why}; the CPU model {cpu.model} is {rule.trusted_vendor_name} family "
+                          f"{cpu.family:#x} (>= {rule.trusted_min_family:#x}), which Linux "
+                          f"trusts for P2P through the root complex: mapped like normal "
+                          f"DMA{how}{note}", distance=distance, translating=view.translating)
+    if topo.profile.host_bridge.allow_listed:  # pragma: no cover - q35's is not
         return Prediction(provider, client, "ok", "host-bridge", f"{why}; allow-listed host bridge")
     return Prediction(provider, client, "rejected", "not-supported",
                       f"{why}; {hosts} {'is' if crossing == 'host bridge' else 'are'} not on the "
                       f"kernel's allow-list and the CPU model {cpu.model} ({cpu.vendor} family "
-                      f"{cpu.family:#x}) is not AMD Zen or newer: Linux refuses the mapping{note}",
-                      distance=distance)
+                      f"{cpu.family:#x}) is not {rule.trusted_label or 'trusted'}: Linux refuses "
+                      f"the mapping{note}", distance=distance)
 
 
 def pairs(topo: Topology) -> list[tuple[str, str]]:

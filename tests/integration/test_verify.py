@@ -186,7 +186,7 @@ def test_root_complex_limit_is_real(real_qemu, tmp_path, iommu, image):
     """As many root ports as the parser allows fit on q35's root bus (with the two slots the
     testbed keeps for its boot disk, NIC, RNG and a custom kernel's modules disk still free) --
     and one more does not validate."""
-    slots = free_root_slots(Iommu(iommu))
+    slots = free_root_slots(Topology("slots", iommu=Iommu(iommu)))
     lines = [f"iommu: {iommu}", "machine: {memory: 512M}", "pcie:"]
     lines += [f"  - {{root_port: rp{i}, device: {{nvme: n{i}, namespaces: [{{size: 1M}}]}}}}"
               for i in range(slots)]

@@ -22,8 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from testbed.qemu.backing import create_backing_files
-from testbed.qemu.cmdline import (IOMMU_CMDLINE, backing_files, iommu_cmdline, machine_argv,
-                                   run_dir_files)
+from testbed.machines import X86_64
+from testbed.qemu.cmdline import backing_files, iommu_cmdline, machine_argv, run_dir_files
 from testbed.qemu.script import to_script
 from testbed.spec import load_topology
 from testbed.spec.parse import parse
@@ -183,8 +183,7 @@ def test_iommu_kernel_cmdline_for_every_model_and_mode(model):
     assert "iommu=pt" in pt and "iommu.strict=1" not in pt
     if model in ("intel", "amd"):
         assert f"{model}_iommu=on" in strict and f"{model}_iommu=on" in pt
-    assert set(IOMMU_CMDLINE) == {(m, mode) for m in ("intel", "amd", "virtio")
-                                  for mode in ("strict", "passthrough")}
+    assert X86_64.viommu_models == ("none", "intel", "amd", "virtio")
 
 
 def test_kvm_with_interrupt_remapping_iommu():

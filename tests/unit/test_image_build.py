@@ -45,14 +45,14 @@ def test_cached_image_is_returned_without_building(cache, monkeypatch):
 def test_concurrent_builds_build_once(cache, monkeypatch):
     calls = []
 
-    def slow_build(key, recipe):
+    def slow_build(key, recipe, profile):
         calls.append(key)
         time.sleep(0.3)
         fake_image(cache / key, key)
         return Image.from_directory(cache / key)
 
     monkeypatch.setattr(build, "_build_locked", slow_build)
-    monkeypatch.setattr(build, "load_recipe", lambda: None)
+    monkeypatch.setattr(build, "load_recipe", lambda name: None)
     results = []
     threads = [threading.Thread(target=lambda: results.append(build.ensure_image())) for _ in range(3)]
     for t in threads:

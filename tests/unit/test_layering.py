@@ -3,7 +3,8 @@
     topology (spec) -> command line (qemu) -> kernel -> image -> guest
     -> verdicts -> workloads | results -> run -> commands, cli, pytest plugin
 
-``errors``, ``paths`` and ``util`` are the foundation every stage may use; the guest tool
+``errors``, ``paths``, ``util`` and ``machines`` (the machine profiles: pure data) are the
+foundation every stage may use; the guest tool
 (``testbed/guest_tool``) runs inside the guest and imports nothing from the rest of the
 testbed, nor anything outside the standard library.  Imports inside functions are allowed
 only with a one-line reason on the same line (they exist to keep a command's start-up
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "testbed"
-STAGES = [("errors", "paths"), ("util",), ("spec",), ("qemu",), ("kernel",), ("image",),
+STAGES = [("errors", "paths"), ("util",), ("machines",), ("spec",), ("qemu",), ("kernel",), ("image",),
           ("guest",), ("verdicts",), ("workloads", "results"), ("run",),
           ("commands", "pytest_plugin", "__init__"), ("cli",), ("__main__",)]
 RANK = {name: i for i, names in enumerate(STAGES) for name in names}
