@@ -30,15 +30,36 @@ validate: $(STAMP)
 verify: $(STAMP)
 	$(PY) -m testbed verify topologies/*.yaml
 
-# unit tests on every core (pure, no guests); the real-guest tests one guest at a time
-# (a TCG guest wants a core of its own).  A --junitxml=F.xml in PYTEST_ARGS becomes
-# F-unit.xml for the unit run and stays F.xml for the integration run.
+# `make test`, in timed steps (each prints its wall time): typecheck, the guest image,
+# the unit tests on every core, then the real-guest tests.  The tests that run on the
+# image's own kernel come first, on INTEGRATION_WORKERS pytest-xdist workers (each test
+# module stays on one worker: --dist loadgroup with a group per module, or per module and
+# topology for the plugin's shared guests; budget <= 8 min on a fresh machine); the tests
+# that need a profile kernel (issue 20), an installed QEMU (issue 21) or arm64 (issue 25)
+# follow as steps of their own.  --durations names the slowest tests of each step.
+# A --junitxml=F.xml in PYTEST_ARGS becomes F-unit.xml, F.xml (image kernel),
+# F-profile-kernel.xml, F-qemu-install.xml and F-arm64.xml.
+INTEGRATION_WORKERS ?= 2
+DURATIONS ?= 25
+OTHER_KERNELS := profile_kernel or qemu_install or arm64
+STEP   := sh scripts/step.sh
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+junit   = $(patsubst --junitxml=%.xml,--junitxml=%-$(1).xml,$(PYTEST_ARGS))
+
 test: $(STAMP)
-	$(PY) -m mypy
-	$(PY) -m testbed image build
-	$(PY) -m pytest -p no:cacheprovider -n auto tests/unit \
-		$(patsubst --junitxml=%.xml,--junitxml=%-unit.xml,$(PYTEST_ARGS))
-	$(PY) -m pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	@$(STEP) typecheck -- $(PY) -m mypy
+	@$(STEP) "guest image" -- $(PY) -m testbed image build
+	@$(STEP) unit -- $(PYTEST) -n auto tests/unit $(call junit,unit)
+	@$(STEP) "integration, image kernel" -- $(PYTEST) -n $(INTEGRATION_WORKERS) \
+		--dist loadgroup --durations=$(DURATIONS) -m "not ($(OTHER_KERNELS))" \
+		tests/integration $(PYTEST_ARGS)
+	@$(STEP) --may-be-empty "integration, profile kernel" -- $(PYTEST) \
+		--durations=$(DURATIONS) -m profile_kernel tests/integration \
+		$(call junit,profile-kernel)
+	@$(STEP) --may-be-empty "integration, installed QEMU" -- $(PYTEST) \
+		--durations=$(DURATIONS) -m qemu_install tests/integration $(call junit,qemu-install)
+	@$(STEP) --may-be-empty "integration, arm64" -- $(PYTEST) \
+		--durations=$(DURATIONS) -m arm64 tests/integration $(call junit,arm64)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
