@@ -10,11 +10,16 @@ PYTEST_ARGS ?=
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: boot test unit integration image validate verify bench kernel test-kernel-build clean setup typecheck
 
+# `make boot` needs only the runtime packages; the test targets add the test tools.
 $(STAMP): pyproject.toml scripts/setup-host.sh
 	sh scripts/setup-host.sh
+
+$(TEST_STAMP): pyproject.toml scripts/setup-host.sh
+	sh scripts/setup-host.sh test
 
 setup: $(STAMP)
 
@@ -46,7 +51,7 @@ STEP   := sh scripts/step.sh
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 junit   = $(patsubst --junitxml=%.xml,--junitxml=%-$(1).xml,$(PYTEST_ARGS))
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	@$(STEP) typecheck -- $(PY) -m mypy
 	@$(STEP) "guest image" -- $(PY) -m testbed image build
 	@$(STEP) unit -- $(PYTEST) -n auto tests/unit $(call junit,unit)
@@ -61,13 +66,13 @@ test: $(STAMP)
 	@$(STEP) --may-be-empty "integration, arm64" -- $(PYTEST) \
 		--durations=$(DURATIONS) -m arm64 tests/integration $(call junit,arm64)
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(PY) -m mypy
 
-unit: $(STAMP)
+unit: $(TEST_STAMP)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
-integration: $(STAMP)
+integration: $(TEST_STAMP)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -78,7 +83,7 @@ kernel: $(STAMP)
 	@test -n "$(KSRC)" || { echo "usage: make kernel KSRC=/path/to/linux [O=builddir]" >&2; exit 2; }
 	$(PY) -m testbed kernel build $(KSRC) $(if $(O),--output $(O))
 
-test-kernel-build: $(STAMP)
+test-kernel-build: $(TEST_STAMP)
 	@test -n "$(KSRC)" || { echo "usage: make test-kernel-build KSRC=/path/to/linux" >&2; exit 2; }
 	TESTBED_KSRC=$(KSRC) $(PY) -m pytest tests/integration/test_kernel_build.py $(PYTEST_ARGS)
 
