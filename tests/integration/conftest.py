@@ -81,16 +81,10 @@ def profile_kernel():
     return kernel
 
 
-@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test`: --dist loadgroup) a module's tests stay on one
-    worker, so a guest a module's fixture boots is booted once; the plugin's shared guests
-    already have a group per module and topology (this runs after it).  The from-source
-    kernel build is opt-in: deselect it unless TESTBED_KSRC is set
-    (`make test-kernel-build KSRC=...`)."""
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    """The from-source kernel build is opt-in: deselect it unless TESTBED_KSRC is set
+    (`make test-kernel-build KSRC=...`).  (Under pytest-xdist `make test` keeps a module's
+    tests on one worker with --dist loadscope, so a module's guests boot once.)"""
     if os.environ.get("TESTBED_KSRC"):
         return
     opt_in = [i for i in items if i.get_closest_marker("kernel_build")]
