@@ -10,11 +10,16 @@ PYTEST_ARGS ?=
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: boot test unit integration image validate verify bench kernel test-kernel-build clean setup typecheck
 
+# `make boot` needs only the runtime packages; the test targets add the test tools.
 $(STAMP): pyproject.toml scripts/setup-host.sh
 	sh scripts/setup-host.sh
+
+$(TEST_STAMP): pyproject.toml scripts/setup-host.sh
+	sh scripts/setup-host.sh test
 
 setup: $(STAMP)
 
@@ -30,23 +35,45 @@ validate: $(STAMP)
 verify: $(STAMP)
 	$(PY) -m testbed verify topologies/*.yaml
 
-# unit tests on every core (pure, no guests); the real-guest tests one guest at a time
-# (a TCG guest wants a core of its own).  A --junitxml=F.xml in PYTEST_ARGS becomes
-# F-unit.xml for the unit run and stays F.xml for the integration run.
-test: $(STAMP)
-	$(PY) -m mypy
-	$(PY) -m testbed image build
-	$(PY) -m pytest -p no:cacheprovider -n auto tests/unit \
-		$(patsubst --junitxml=%.xml,--junitxml=%-unit.xml,$(PYTEST_ARGS))
-	$(PY) -m pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+# `make test`, in timed steps (each prints its wall time): typecheck, the guest image,
+# the unit tests on every core, then the real-guest tests.  The tests that run on the
+# image's own kernel come first, on INTEGRATION_WORKERS pytest-xdist workers (each test
+# module stays on one worker, --dist loadscope, so a module's guests boot once; not
+# loadgroup: pytest 9.2 ignores the group xdist 3.8 writes into item._nodeid; budget
+# <= 8 min on a fresh machine); the tests
+# that need a profile kernel (issue 20), an installed QEMU (issue 21) or arm64 (issue 25)
+# follow as steps of their own.  --durations names the slowest tests of each step.
+# A --junitxml=F.xml in PYTEST_ARGS becomes F-unit.xml, F.xml (image kernel),
+# F-profile-kernel.xml, F-qemu-install.xml and F-arm64.xml.
+INTEGRATION_WORKERS ?= 2
+DURATIONS ?= 25
+OTHER_KERNELS := profile_kernel or qemu_install or arm64
+STEP   := sh scripts/step.sh
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+junit   = $(patsubst --junitxml=%.xml,--junitxml=%-$(1).xml,$(PYTEST_ARGS))
 
-typecheck: $(STAMP)
+test: $(TEST_STAMP)
+	@$(STEP) typecheck -- $(PY) -m mypy
+	@$(STEP) "guest image" -- $(PY) -m testbed image build
+	@$(STEP) unit -- $(PYTEST) -n auto tests/unit $(call junit,unit)
+	@$(STEP) "integration, image kernel" -- $(PYTEST) -n $(INTEGRATION_WORKERS) \
+		--dist loadscope --durations=$(DURATIONS) -m "not ($(OTHER_KERNELS))" \
+		tests/integration $(PYTEST_ARGS)
+	@$(STEP) --may-be-empty "integration, profile kernel" -- $(PYTEST) \
+		--durations=$(DURATIONS) -m profile_kernel tests/integration \
+		$(call junit,profile-kernel)
+	@$(STEP) --may-be-empty "integration, installed QEMU" -- $(PYTEST) \
+		--durations=$(DURATIONS) -m qemu_install tests/integration $(call junit,qemu-install)
+	@$(STEP) --may-be-empty "integration, arm64" -- $(PYTEST) \
+		--durations=$(DURATIONS) -m arm64 tests/integration $(call junit,arm64)
+
+typecheck: $(TEST_STAMP)
 	$(PY) -m mypy
 
-unit: $(STAMP)
+unit: $(TEST_STAMP)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
-integration: $(STAMP)
+integration: $(TEST_STAMP)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -57,7 +84,7 @@ kernel: $(STAMP)
 	@test -n "$(KSRC)" || { echo "usage: make kernel KSRC=/path/to/linux [O=builddir]" >&2; exit 2; }
 	$(PY) -m testbed kernel build $(KSRC) $(if $(O),--output $(O))
 
-test-kernel-build: $(STAMP)
+test-kernel-build: $(TEST_STAMP)
 	@test -n "$(KSRC)" || { echo "usage: make test-kernel-build KSRC=/path/to/linux" >&2; exit 2; }
 	TESTBED_KSRC=$(KSRC) $(PY) -m pytest tests/integration/test_kernel_build.py $(PYTEST_ARGS)
 

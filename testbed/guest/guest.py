@@ -196,6 +196,14 @@ class Guest(SshGuest):
         if self.ssh is not None:
             self.ssh.fire("sync; busybox poweroff -f || poweroff -f")
 
+    def keeps_anything(self) -> bool:
+        """Does anything the guest writes outlive it?  A file the user named (namespace,
+        PMR), a writable share, a run directory kept (--keep).  Otherwise everything it
+        could write is throwaway (the overlay, the testbed's own images) and a shutdown
+        need not wait for the guest to flush and power off."""
+        return (self.run_dir.keep or any(s.writable for s in self.shares)
+                or any(bf.user_file for bf in backing_files(self.topology, self.run_dir.path)))
+
     def stop_qemu(self, graceful: bool = True) -> int | None:
         """Stop QEMU (graceful, then hard) but keep the run directory."""
         status = None
@@ -229,8 +237,11 @@ class Guest(SshGuest):
         return time.monotonic() - start
 
     def shutdown(self, graceful: bool = True) -> int | None:
+        """Stop QEMU and remove the run directory.  The guest powers off cleanly first
+        only when something it wrote is kept (:meth:`keeps_anything`); otherwise QEMU
+        quits at once (restart() always powers off cleanly: the overlay is booted again)."""
         try:
-            status = self.stop_qemu(graceful)
+            status = self.stop_qemu(graceful and self.keeps_anything())
         finally:
             self.run_dir.cleanup()
         return status

@@ -32,7 +32,6 @@ from ..kernel.initramfs import build_initramfs
 from ..machines import X86_64, MachineProfile
 from ..paths import cache_dir
 from ..util.procs import find_tool, run_step
-from .keys import generate_ed25519
 from .mirror import resolve_mirror
 from .model import MANIFEST, Image
 from .recipe import Recipe, load_recipe, recipe_hash
@@ -205,6 +204,7 @@ def _build_locked(key: str, recipe: Recipe, profile: MachineProfile) -> Image:
     stages.say(f"building guest image {key[:12]} in {work}")
     try:
         with stages("keys"):
+            from .keys import generate_ed25519  # cryptography: only when building
             client = generate_ed25519("p2pdma-testbed-client")
             host = generate_ed25519("root@testbed")
             client.write(work / "id_ed25519")

@@ -32,12 +32,12 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable
-
-from qemu.qmp import QMPError
-from qemu.qmp.legacy import QEMUMonitorProtocol
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import PortInUse, QemuError, QemuStartError
+
+if TYPE_CHECKING:  # qemu.qmp (asyncio) takes ~0.1 s to import: done while QEMU starts
+    from qemu.qmp.legacy import QEMUMonitorProtocol
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class QemuMachine:
         self.argv = list(build(self.qmp_path))
         self.stderr_log = self.run_dir / "qemu.log"
         self.proc: subprocess.Popen | None = None
-        self._qmp: QEMUMonitorProtocol | None = None
+        self._qmp: "QEMUMonitorProtocol | None" = None
         self._lock = threading.Lock()
         self.exitcode: int | None = None
 
@@ -122,6 +122,8 @@ class QemuMachine:
                     raise PortInUse(message, stderr, code)
                 raise QemuStartError(message, stderr, code)
             if self.qmp_path.exists():
+                from qemu.qmp import QMPError  # asyncio: imported while QEMU starts
+                from qemu.qmp.legacy import QEMUMonitorProtocol  # (the same)
                 qmp = QEMUMonitorProtocol(str(self.qmp_path))
                 try:
                     qmp.connect()
@@ -141,13 +143,14 @@ class QemuMachine:
         with self._lock:
             if self._qmp is None:
                 raise QemuError(f"{self.name}: QMP is not connected")
+            from qemu.qmp import QMPError  # imported already: QMP is connected
             try:
                 return self._qmp.cmd(command, **args)
             except (QMPError, OSError, EOFError) as exc:
                 raise QemuError(f"{self.name}: QMP {command} failed: {exc}") from None
 
     @property
-    def monitor(self) -> QEMUMonitorProtocol | None:
+    def monitor(self) -> "QEMUMonitorProtocol | None":
         """The qemu.qmp client itself, for callers that need more than commands."""
         return self._qmp
 
@@ -160,6 +163,7 @@ class QemuMachine:
             with self._lock:
                 if self._qmp is None:
                     raise QemuError(f"{self.name}: QMP is not connected")
+                from qemu.qmp import QMPError  # loaded already: QMP is connected
                 try:
                     event = self._qmp.pull_event(wait=min(1.0, max(0.01, deadline -
                                                                    time.monotonic())))
@@ -173,6 +177,7 @@ class QemuMachine:
         """Forget the QMP events received so far (before waiting for a fresh one)."""
         with self._lock:
             if self._qmp is not None:
+                from qemu.qmp import QMPError  # loaded already: QMP is connected
                 try:
                     self._qmp.get_events(wait=False)
                     self._qmp.clear_events()
@@ -254,7 +259,7 @@ class QemuMachine:
         self.shutdown()
 
 
-def _close_quietly(qmp: QEMUMonitorProtocol) -> None:
+def _close_quietly(qmp: "QEMUMonitorProtocol") -> None:
     try:
         qmp.close()
     except Exception:

@@ -105,6 +105,12 @@ def check_inputs(topo: Topology, opts: RunOptions) -> list[str]:
                          "shares with a detached guest)")
     if opts.guest_name is not None:
         check_name(opts.guest_name)
+        qmp = [n for n in names if WORKLOADS[n].needs_qmp]
+        if qmp:  # refused up front: never run, then judged a mismatch
+            raise UsageError(f"--workload {qmp[0]}: needs the QMP monitor of the guest's QEMU, "
+                             f"and detached guest {opts.guest_name!r} offers none to later "
+                             f"commands (its supervisor holds it); run without --guest to "
+                             "boot a guest for it")
         get_ready(opts.guest_name)  # an unknown or stale instance is bad input: exit 2
     requested_accel(opts.accel or topo.machine.accel)
     return names

@@ -153,6 +153,8 @@ class Workload:
 
     name: ClassVar[str] = ""
     judged: ClassVar[bool] = False
+    # it drives QEMU's monitor (QMP): only a guest whose QMP this process can reach
+    needs_qmp: ClassVar[bool] = False
 
     def run(self, ctx: Context) -> list[Record]:  # pragma: no cover - interface
         raise NotImplementedError

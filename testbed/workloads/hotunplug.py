@@ -82,6 +82,7 @@ def slot_problems(topo: Topology) -> str | None:
 class HotUnplug(Workload):
     name = "hot-unplug"
     judged = True
+    needs_qmp = True
 
     def run(self, ctx: Context) -> list[Record]:
         records = []

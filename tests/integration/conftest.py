@@ -83,7 +83,8 @@ def profile_kernel():
 
 def pytest_collection_modifyitems(config, items):
     """The from-source kernel build is opt-in: deselect it unless TESTBED_KSRC is set
-    (`make test-kernel-build KSRC=...`)."""
+    (`make test-kernel-build KSRC=...`).  (Under pytest-xdist `make test` keeps a module's
+    tests on one worker with --dist loadscope, so a module's guests boot once.)"""
     if os.environ.get("TESTBED_KSRC"):
         return
     opt_in = [i for i in items if i.get_closest_marker("kernel_build")]

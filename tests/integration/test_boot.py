@@ -210,3 +210,32 @@ def test_a_stalled_boot_is_retried_once(real_qemu, tmp_path, monkeypatch, caplog
     assert sum("QEMU started" in m for m in said) == 2
     assert any("booting the guest once more" in m for m in said)
     assert not qemu_pids(tmp_path)
+
+
+# Dirty pages of the namespace's block device that only a sync writes back: no periodic
+# writeback, and the device stays open (a last close would write it back).
+WRITE_AND_HOLD = ("echo 0 > /proc/sys/vm/dirty_writeback_centisecs && "
+                  "echo 360000 > /proc/sys/vm/dirty_expire_centisecs && "
+                  "dev=$(ls /dev/nvme*n1 | head -n1) && "
+                  "(exec 3>$dev; printf kept-by-the-user >&3; exec sleep 100000) "
+                  ">/dev/null 2>&1 </dev/null & sleep 1")
+
+
+def test_a_users_namespace_file_gets_what_the_guest_wrote(real_qemu, tmp_path, monkeypatch):
+    """A shutdown skips the guest's clean power-off only when nothing it wrote is kept: a
+    namespace file the user named is, so buffered writes to it reach the file."""
+    monkeypatch.setenv("TESTBED_STATE", str(tmp_path / "state"))
+    user = tmp_path / "user-ns.img"
+    with open(user, "wb") as f:
+        f.truncate(8 << 20)
+    topo = tmp_path / "user-ns.yaml"
+    topo.write_text("name: user-ns\npcie:\n  - root_port: rp0\n    device:\n"
+                    f"      {{nvme: nvme0, namespaces: [{{size: 8M, file: {user}}}]}}\n")
+    g = boot(load_topology(str(topo)), options=BootOptions(check_tree=False))
+    try:
+        assert g.keeps_anything()
+        g.check(WRITE_AND_HOLD, timeout=120)
+    finally:
+        g.shutdown()
+    assert b"kept-by-the-user" in user.read_bytes()
+    assert not qemu_pids(tmp_path)

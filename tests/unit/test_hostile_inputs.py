@@ -299,3 +299,12 @@ def test_generated_sizes_in_topologies(tmp_path):
             else:
                 assert field == "memory" and v == "9" * 30 or v in ("0x10", "1e9", "7"), (field, v)
     assert stat.S_ISDIR(tmp_path.stat().st_mode)
+
+
+def test_a_workload_a_detached_guest_cannot_run_is_refused_before_the_run(sandbox, capsys):
+    """hot-unplug drives QEMU's QMP, which a detached guest's supervisor holds: the run is
+    refused up front with the reason (exit 2), not run and judged a mismatch."""
+    status, err = run_cli(["run", "rootports-cmb-zen", "--guest", "g", "-w", "hot-unplug"],
+                          capsys)
+    assert status == 2 and "hot-unplug" in err and "QMP" in err and "--guest" in err, err
+    assert list(sandbox.iterdir()) == []

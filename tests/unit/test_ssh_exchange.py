@@ -83,7 +83,12 @@ class _Server(paramiko.ServerInterface):
         return paramiko.OPEN_SUCCEEDED
 
     def check_channel_exec_request(self, channel, command):
-        threading.Thread(target=_behave, args=(command.decode(), channel), daemon=True).start()
+        # paramiko sends the request's reply after this returns: start the command only
+        # then (an exit racing ahead of the reply would close the channel first, which
+        # no real sshd does)
+        timer = threading.Timer(0.3, _behave, args=(command.decode(), channel))
+        timer.daemon = True
+        timer.start()
         return True
 
 
