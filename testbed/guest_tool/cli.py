@@ -134,6 +134,18 @@ def _trace(action):
     return 0
 
 
+def add_coverage(sub):
+    cv = sub.add_parser("coverage", help="which kernel functions ran (function tracer counts)")
+    cv.add_argument("action", choices=("setup", "read", "teardown"),
+                    help="setup reads the functions to trace as JSON on stdin")
+    cv.set_defaults(func=lambda a: _emit_call("coverage", a.action))
+
+
+def _emit_call(module, name):
+    emit(lazy(module, name)())
+    return 0
+
+
 # the sub-commands of the workloads that cover the paths merged since 6.2
 def add_limits(sub):
     lim = sub.add_parser("limits", help="a block device's request queue limits")
@@ -201,6 +213,6 @@ def add_p2p_loop(sub):
 
 
 SUBCOMMANDS = {"inventory": add_inventory, "copy": add_copy, "passthru": add_passthru,
-               "pmr": add_pmr, "trace": add_trace, "limits": add_limits, "iovec": add_iovec,
+               "pmr": add_pmr, "trace": add_trace, "coverage": add_coverage, "limits": add_limits, "iovec": add_iovec,
                "fio": add_fio, "concurrent": add_concurrent, "pool": add_pool,
                "p2p-loop": add_p2p_loop}
