@@ -1,0 +1,254 @@
+"""Coverage without a guest: the guest tool's lookups and counting, ctags and DWARF on real
+C compiled here, the model's sums, the lcov and Cobertura files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from testbed.coverage import ctags, dwarf, selection
+from testbed.coverage.cobertura import to_cobertura
+from testbed.coverage.functions import FunctionPlan, FunctionTracer
+from testbed.coverage.lcov import to_lcov
+from testbed.coverage.model import (EXECUTED, NOT_EXECUTED, UNTRACEABLE, Coverage, FileCov,
+                                    FunctionCov, union)
+from testbed.coverage.source import SourceTree, find_source
+from testbed.errors import UsageError
+from testbed.guest.result import CommandResult
+from testbed.guest_tool import coverage as gcov_tool
+
+C_SOURCE = """\
+#include <stddef.h>
+static inline int twice(int x)
+{
+	return 2 * x;
+}
+
+int used(int x)
+{
+	return twice(x) + 1;
+}
+
+#ifdef NEVER
+int compiled_out(void)
+{
+	return 0;
+}
+#endif
+
+static int __attribute__((noinline)) helper(int x)
+{
+	return x * 3;
+}
+
+int entry(int x)
+{
+	return helper(x) + used(x);
+}
+"""
+
+
+def _need(tool: str) -> str:
+    found = shutil.which(tool)
+    if found is None:
+        pytest.skip(f"{tool} is not installed (scripts/setup-host.sh installs it)")
+    return found
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "linux"
+    (root / "drivers/pci").mkdir(parents=True)
+    (root / "drivers/pci/p2pdma.c").write_text(C_SOURCE)
+    (root / "drivers/pci/notes.txt").write_text("not C")
+    (root / "Makefile").write_text("VERSION = 7\nPATCHLEVEL = 3\nSUBLEVEL = 4\n")
+    (root / "Kconfig").write_text("")
+    return root
+
+
+# -- the guest side's pure parts ---------------------------------------------------------
+AFF = """\
+1:ffffffff81000004 entry
+2:ffffffff81000044 used
+3:ffffffff81000084 helper.part.0
+7:ffffffff81c02b34 size_show
+8:ffffffff81c02c04 available_show
+9:ffffffff81c02d04 published_show
+12:ffffffff81db0194 size_show
+20:ffffffffc0400014 viommu_remove [virtio_iommu]
+"""
+KSYMS = "ffffffff81000100 T notraced\nffffffff81000200 t init_only\n"
+
+
+def test_resolve_traces_clones_and_pins_duplicates():
+    entries = gcov_tool.parse_filter_functions(AFF, numbered=True)
+    files = {"a.c": [{"name": n} for n in ("entry", "used", "helper", "notraced", "gone")],
+             "drivers/pci/p2pdma.c": [{"name": n} for n in
+                                      ("size_show", "available_show", "published_show")],
+             "other.c": [{"name": "size_show"}]}
+    out = gcov_tool.resolve(files, entries, KSYMS)
+    a = out["a.c"]
+    assert sorted(a["traced"]) == ["entry", "helper", "used"]
+    assert a["traced"]["helper"][0][2] == "helper.part.0"  # a clone counts as its function
+    assert a["untraced"] == {"notraced": "notrace", "gone": "absent"}
+    # size_show: the copy beside the file's other functions, not the one 1.7 MB away
+    p2p = out["drivers/pci/p2pdma.c"]["traced"]["size_show"]
+    assert [e[0] for e in p2p] == [7]
+    # a file with nothing else to go by cannot tell which copy is its own
+    assert out["other.c"]["untraced"] == {"size_show": "ambiguous"}
+
+
+def test_resolve_uses_the_debug_address_and_the_module():
+    entries = gcov_tool.parse_filter_functions(AFF, numbered=True)
+    files = {"x.c": [{"name": "size_show", "addr": 0xffffffff81db0100 - 0x1000}],
+             "virtio.c": [{"name": "viommu_remove", "module": "virtio_iommu"}],
+             "y.c": [{"name": "viommu_remove", "module": "nvme"}]}
+    out = gcov_tool.resolve(files, entries, "", text_offset=0x1000)
+    assert [e[0] for e in out["x.c"]["traced"]["size_show"]] == [12]
+    assert "viommu_remove" in out["virtio.c"]["traced"]
+    assert out["y.c"]["untraced"] == {"viommu_remove": "absent"}
+
+
+def test_count_adds_repeats_and_lost_entries():
+    text = ("used <ffffffff81000044>\n"
+            "used <ffffffff81000044> (repeats: 5, last_ts:   10.5)\n"
+            "  fio-12 [001] ..... 3.1: entry <ffffffff81000004>\n"
+            "CPU:0 [LOST 3 EVENTS]\n")
+    counts, lost = gcov_tool.count(text, {})
+    assert counts == {str(0xffffffff81000044): 6, str(0xffffffff81000004): 1}
+    assert lost == 3
+
+
+# -- ctags and the file set --------------------------------------------------------------
+def test_ctags_finds_definitions_and_their_ends(tree):
+    _need("ctags")
+    defs = {d.name: d for d in ctags.definitions(tree, "drivers/pci/p2pdma.c")}
+    assert set(defs) == {"twice", "used", "compiled_out", "helper", "entry"}
+    assert (defs["used"].start, defs["used"].end) == (7, 10)
+    assert defs["entry"].text.startswith("int entry(int x)")
+
+
+def test_selection_expands_and_refuses(tree):
+    files, notes = selection.select_files(tree, selection.parse_requests(["drivers/pci/"]))
+    assert files == ["drivers/pci/p2pdma.c"]
+    files, notes = selection.select_files(tree, selection.parse_requests([]))
+    assert files == ["drivers/pci/p2pdma.c"] and any("mm/hmm.c" in n for n in notes)
+    for bad, word in (("drivers/nope.c", "no such file"), ("drivers/pci/notes.txt", "not a C"),
+                      ("../etc", "outside"), ("/etc/passwd", "relative")):
+        with pytest.raises(UsageError, match=word):
+            selection.select_files(tree, selection.parse_requests([bad]))
+
+
+def test_source_tree_from_the_option_or_a_clear_error(tree, tmp_path, monkeypatch):
+    monkeypatch.delenv("TESTBED_KERNEL_SOURCE", raising=False)
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "cache"))
+    (tree / "drivers").mkdir(exist_ok=True)
+    src = find_source(None, tree)
+    assert src.root == tree.resolve() and src.release == "7.3.4"
+    assert src.check_release("7.3.4+deb13-amd64") is None
+    assert "7.4.0" in (src.check_release("7.4.0") or "")
+    with pytest.raises(UsageError, match="--coverage-source"):
+        find_source(None, tmp_path / "missing")
+    with pytest.raises(UsageError, match="no source tree"):
+        find_source(None, None)
+
+
+# -- DWARF of an object compiled here ----------------------------------------------------
+def test_dwarf_tells_out_of_line_inlined_and_absent(tree, tmp_path):
+    gcc = _need("gcc")
+    obj = tmp_path / "p2pdma.o"
+    subprocess.run([gcc, "-g", "-O2", "-c", "drivers/pci/p2pdma.c", "-o", str(obj)],
+                   cwd=tree, check=True)
+    info = dwarf.scan(obj, ["drivers/pci/p2pdma.c"], None)["drivers/pci/p2pdma.c"]
+    fs = info.functions
+    assert "compiled_out" not in fs
+    assert fs["used"].addr is not None and fs["entry"].addr is not None
+    assert fs["twice"].inlined and fs["twice"].addr is None
+    assert fs["helper"].addr is not None
+
+
+# -- the host side's bookkeeping, against a stand-in guest -------------------------------
+class ScriptedGuest:
+    """Answers the guest tool's coverage commands with fixed documents."""
+
+    def __init__(self, answers: dict[str, list[dict]]):
+        self.answers = answers
+        self.stdin: list[bytes | None] = []
+
+    def run(self, command, timeout=60.0, stdin=None):
+        self.stdin.append(stdin)
+        action = command.split()[-1]
+        doc = self.answers[action].pop(0)
+        return CommandResult(command, 0, json.dumps(doc), "", 0.1)
+
+
+def test_tracer_reports_untraceable_apart_from_unexecuted(tree):
+    _need("ctags")
+    src = SourceTree(tree, "test", release="7.3.4")
+    plan = FunctionPlan(src, ["drivers/pci/p2pdma.c"],
+                        {"drivers/pci/p2pdma.c": ctags.definitions(tree, "drivers/pci/p2pdma.c")})
+    guest = ScriptedGuest({
+        "setup": [{"ok": True, "files": {"drivers/pci/p2pdma.c": {
+            "traced": {"used": "vmlinux", "entry": "vmlinux", "helper": "vmlinux"},
+            "untraced": {"twice": "absent", "compiled_out": "absent"}}}}],
+        "read": [{"ok": True, "calls": {"drivers/pci/p2pdma.c": {"entry": 3}}, "lost": 0},
+                 {"ok": True, "calls": {"drivers/pci/p2pdma.c": {"entry": 1, "used": 2}},
+                  "lost": 0}],
+        "teardown": [{"ok": True}]})
+    t = FunctionTracer(guest, plan)
+    t.start()
+    assert json.loads(guest.stdin[0] or b"")["files"]["drivers/pci/p2pdma.c"][0]["name"] == "twice"
+    t.checkpoint("p2p-copy")
+    t.checkpoint("passthru")
+    t.stop()
+    cov = t.coverage("7.3.4+deb13-amd64")
+    f = cov.files["drivers/pci/p2pdma.c"]
+    assert f.functions["entry"].status == EXECUTED and f.functions["entry"].calls == 4
+    assert f.functions["entry"].cells == {"p2p-copy": 3, "passthru": 1}
+    assert f.functions["used"].cells == {"passthru": 2}
+    assert f.functions["helper"].status == NOT_EXECUTED
+    assert f.functions["twice"].status == UNTRACEABLE and "inlined" in f.functions["twice"].why
+    assert f.counts()["functions"] == {"executed": 2, "traceable": 3, "defined": 5}
+    assert cov.cells == ["p2p-copy", "passthru"] and cov.problems == []
+
+
+# -- the model and its files --------------------------------------------------------------
+def _cov(cell: str, calls: int, status: str = EXECUTED) -> Coverage:
+    return Coverage("function", "src", "7.3.4", "/src", {"a/b.c": FileCov("a/b.c", {
+        "f": FunctionCov("f", 3, 9, status, calls=calls, cells={cell: calls} if calls else {}),
+        "g": FunctionCov("g", 11, 14, NOT_EXECUTED),
+        "h": FunctionCov("h", 16, 18, UNTRACEABLE, why="notrace")})}, [cell])
+
+
+def test_union_adds_counts_and_keeps_the_best_status():
+    u = union([_cov("one", 2), _cov("two", 0, NOT_EXECUTED), _cov("three", 5)])
+    assert u is not None
+    f = u.files["a/b.c"].functions["f"]
+    assert f.status == EXECUTED and f.calls == 7 and f.cells == {"one": 2, "three": 5}
+    assert u.cells == ["one", "two", "three"]
+    assert Coverage.from_json(json.loads(json.dumps(u.to_json()))).to_json() == u.to_json()
+    assert union([]) is None
+
+
+def test_line_coverage_uncovered_ranges_skip_blank_lines():
+    f = FileCov("x.c", lines={3: 1, 4: 0, 6: 0, 7: 0, 9: 2, 10: 0})
+    assert f.uncovered() == [[4, 7], [10, 10]]
+    assert f.counts()["lines"] == {"executed": 2, "executable": 6}
+
+
+def test_lcov_and_cobertura_files():
+    cov = _cov("one", 2)
+    cov.files["a/b.c"].lines = {3: 2, 4: 0}
+    cov.files["a/b.c"].branches = {3: [1, 0]}
+    info = to_lcov(cov, "/src", "switch-cmb")
+    assert "SF:/src/a/b.c" in info and "FNDA:2,f" in info and "FN:16,h" not in info
+    assert "BRDA:3,0,1,0" in info and "DA:4,0" in info and info.endswith("end_of_record\n")
+    root = ET.fromstring(to_cobertura(cov, "/src", 0))
+    cls = root.find("packages/package/classes/class")
+    assert cls is not None and cls.get("filename") == "a/b.c" and cls.get("line-rate") == "0.5"
+    assert [m.get("name") for m in cls.iter("method")] == ["f", "g"]
