@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from ..errors import UsageError
 from ..qemu.share import Share, check_shares, parse_share
@@ -100,3 +101,17 @@ def shares(values: list[Share]) -> tuple[Share, ...]:
     except ValueError as exc:
         raise UsageError(f"--share: {exc}") from None
     return tuple(values)
+
+
+COVERAGE_HELP = ("measure which kernel functions the workloads ran (with a gcov kernel: lines "
+                 "and branches) in FILE or the C files under DIR, relative to the kernel "
+                 "source; repeatable; alone: the P2P set (p2p)")
+
+
+def add_coverage_arguments(p: argparse.ArgumentParser) -> None:
+    """--coverage [FILE|DIR] and --coverage-source DIR (run, matrix, bisect)."""
+    p.add_argument("--coverage", action="append", nargs="?", const="p2p", default=None,
+                   metavar="FILE|DIR", help=COVERAGE_HELP)
+    p.add_argument("--coverage-source", type=Path, metavar="DIR",
+                   help="the kernel source tree to map the coverage onto (default: the build "
+                        "tree's, or Debian's linux-source for the image's kernel)")

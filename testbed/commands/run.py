@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..coverage.session import CoverageRequest
 from ..errors import UsageError
 from ..kernel.resolve import resolve_kernel
 from ..qemu.validate import load_checked
@@ -60,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "uses a controller's own CMB for its own I/O)")
     p.add_argument("--share", action="append", default=[], type=options.share,
                    metavar="HOSTDIR[:GUESTDIR][:rw]", help=options.SHARE_HELP)
+    options.add_coverage_arguments(p)
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -73,7 +75,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     return RunOptions(workloads=tuple(args.workload), pushes=tuple(pushes),
                       execs=tuple(args.execs), fio_args=tuple(args.fio_args), kernel=kernel, accel=args.accel, size=args.size,
                       timeout=args.timeout, guest_name=args.guest, out=args.out, keep=args.keep,
-                      pairs=tuple(args.pair), shares=options.shares(args.share))
+                      pairs=tuple(args.pair), shares=options.shares(args.share),
+                      coverage=CoverageRequest.from_args(args.coverage, args.coverage_source))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..coverage.session import CoveragePlan, CoverageRequest, CoverageSession, plan_coverage
 from ..errors import BootError, TestbedError, UsageError, did_you_mean
 from ..guest.attach import AttachedGuest
 from ..guest.boot import BootOptions, boot
@@ -61,6 +62,7 @@ class RunOptions:
     fio_args: tuple[str, ...] = ()  # --fio-arg: fio options or a job file in the guest
     inject: tuple[str, ...] = ()  # self-checks: "corrupt" (fio, mixed-iovec), "warning"
     shares: tuple[Share, ...] = ()  # host directories mounted in a guest this run boots
+    coverage: CoverageRequest | None = None  # --coverage: which kernel code ran
 
 
 def plan(topo: Topology, opts: RunOptions) -> list[str]:
@@ -117,12 +119,13 @@ def check_inputs(topo: Topology, opts: RunOptions) -> list[str]:
 
 
 def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: RunOptions,
-                  phases: Phases | None = None) -> tuple[list[Record], Context]:
+                  phases: Phases | None = None, coverage: CoverageSession | None = None
+                  ) -> tuple[list[Record], Context]:
     caps = probe(topo.machine.qemu)
     ctx = Context(guest=guest, topology=topo, cpu=cpu_info(caps, topo.machine.cpu, topo.profile.cpu),
                   timeout=opts.timeout, size=opts.size, seed=opts.seed, execs=list(opts.execs),
                   fio_args=list(opts.fio_args), inject=tuple(opts.inject),
-                  pairs=list(opts.pairs))
+                  pairs=list(opts.pairs), coverage=coverage)
     records: list[Record] = []
     try:
         guest.dmesg_delta()  # deltas start now, not at boot
@@ -136,6 +139,7 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: RunO
         log.info("workload %s", name)
         start = time.monotonic()
         workload = WORKLOADS[name]()
+        ctx.workload = name
         try:
             if name == "p2p-copy" and opts.copy_extra:
                 new = workload.run(ctx, extra=list(opts.copy_extra))  # type: ignore[call-arg]
@@ -149,6 +153,9 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: RunO
             rec.seconds = rec.seconds or round(time.monotonic() - start, 3)
         ctx.dmesg_log.append(f"----- end of {name} -----")
         phases.add(f"workload: {name}", time.monotonic() - start)
+        if coverage is not None:
+            with phases.phase("coverage read"):
+                coverage.checkpoint(name)
         records += new
     return records, ctx
 
@@ -165,12 +172,16 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
     with phases.phase("checks"):
         names = check_inputs(topo, opts)
         caps = probe(topo.machine.qemu)
+        cov_plan: CoveragePlan | None = None
+        if opts.coverage is not None:
+            cov_plan = plan_coverage(opts.coverage, opts.kernel)
         out = make_out_dir(opts.out, topo.name)
     result = RunResult(topology=topo.name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     result.qemu = {"version": caps.version_str, "binary": caps.path}
     start = time.monotonic()
     guest: GuestLike | None = None
     ctx: Context | None = None
+    coverage: CoverageSession | None = None
     console: Path | None = None
     failed_argv: list[str] | None = None
     try:
@@ -198,7 +209,11 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
         with phases.phase("push"):
             for local, remote in opts.pushes:
                 guest.put(local, remote)
-        result.workloads, ctx = run_workloads(guest, topo, names, opts, phases)
+        if cov_plan is not None:
+            coverage = CoverageSession(guest, cov_plan)
+            with phases.phase("coverage setup"):
+                coverage.start()
+        result.workloads, ctx = run_workloads(guest, topo, names, opts, phases, coverage)
         if ctx.tracing:
             result.kernel["tracing"] = ctx.tracing
         result.finished = True
@@ -226,6 +241,9 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
                 dmesg = guest.run(["dmesg"], timeout=30).stdout
             except TestbedError:
                 dmesg = "(the guest did not answer)"
+        if coverage is not None:
+            with phases.phase("coverage read"):
+                result.coverage = coverage.finish(result.kernel.get("release"))
         console_copy = None
         if console is not None and console.exists():
             console_copy = out / "console.log"
