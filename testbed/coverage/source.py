@@ -5,9 +5,10 @@ a run is mapped onto.
 - a build tree (``--kernel /build/linux``) is its own: ``source`` links to the tree of an
   ``O=`` build, else the build tree is the source; its ``vmlinux`` has DWARF when built
   with debug information, and the ``.gcno`` files of a ``coverage`` profile lie in it;
-- the image's kernel comes from Debian's ``linux-source-7.3``, unpacked in the cache
-  (``testbed kernel source debian``); Debian's ``-dbg`` package, when installed on the
-  host, gives its DWARF (``/usr/lib/debug/boot/vmlinux-<release>``).
+- the image's kernel comes from Debian's ``linux-source-7.3``, unpacked once in the cache
+  (:func:`testbed.kernel.source.debian_source`, ``testbed kernel source debian``; fetched
+  on first use); Debian's ``-dbg`` package, when installed on the host, gives its DWARF
+  (``/usr/lib/debug/boot/vmlinux-<release>``).
 
     >>> makefile_release("VERSION = 7\\nPATCHLEVEL = 3\\nSUBLEVEL = 4\\nEXTRAVERSION =\\n")
     '7.3.4'
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..kernel.resolve import KernelSpec
-from ..paths import cache_dir
+from ..kernel.source import DEFAULT_PACKAGE, debian_source
 
 ENV = "TESTBED_KERNEL_SOURCE"
 DEBUG_ROOT = Path("/usr/lib/debug")
@@ -80,16 +81,6 @@ def has_dwarf(elf: Path) -> bool:
         return False
 
 
-def debian_sources() -> list[Path]:
-    """Unpacked Debian kernel sources in the cache (``testbed kernel source debian``)."""
-    base = cache_dir() / "sources"
-    if not base.is_dir():
-        return []
-    found = [d for d in sorted(base.glob("*/linux-source-*")) + sorted(base.glob("linux-source-*"))
-             if d.is_dir() and is_source_tree(d)]
-    return found
-
-
 def find_source(kernel: KernelSpec | None, override: Path | None = None,
                 release: str | None = None) -> SourceTree:
     """The source tree of ``kernel`` (None: the image's); UsageError when there is none."""
@@ -117,14 +108,10 @@ def find_source(kernel: KernelSpec | None, override: Path | None = None,
         root = link.resolve() if link.is_symlink() or link.is_dir() else build
         if is_source_tree(root):
             return SourceTree(root, "the build tree's source", build, vmlinux, _release_of(root))
-    if kernel is None or kernel.kind != "build-tree":
-        trees = debian_sources()
-        want = (rel or "").split("+")[0].split("-")[0]
-        match = [t for t in trees if _release_of(t) == want] or trees
-        if match:
-            return SourceTree(match[-1], "Debian's linux-source", build, vmlinux,
-                              _release_of(match[-1]))
-    what = "the image's kernel" if kernel is None else f"kernel {kernel.label}"
-    raise UsageError(f"--coverage: no source tree for {what}: unpack Debian's linux-source "
-                     f"(testbed kernel source debian), or name one with --coverage-source DIR "
-                     f"or ${ENV}")
+    if kernel is None:  # the image's kernel: Debian's source of it (fetched once)
+        src = debian_source()
+        return SourceTree(src.tree, f"Debian's {src.package} {src.version}", None, vmlinux,
+                          _release_of(src.tree))
+    raise UsageError(f"--coverage: no source tree for kernel {kernel.label} ({kernel.kind}): "
+                     f"name it with --coverage-source DIR or ${ENV} (Debian's "
+                     f"{DEFAULT_PACKAGE}: testbed kernel source debian)")

@@ -21,6 +21,7 @@ from testbed.coverage.source import SourceTree, find_source
 from testbed.errors import UsageError
 from testbed.guest.result import CommandResult
 from testbed.guest_tool import coverage as gcov_tool
+from testbed.kernel.resolve import KernelSpec
 
 C_SOURCE = """\
 #include <stddef.h>
@@ -154,8 +155,9 @@ def test_source_tree_from_the_option_or_a_clear_error(tree, tmp_path, monkeypatc
     assert "7.4.0" in (src.check_release("7.4.0") or "")
     with pytest.raises(UsageError, match="--coverage-source"):
         find_source(None, tmp_path / "missing")
-    with pytest.raises(UsageError, match="no source tree"):
-        find_source(None, None)
+    kernel = KernelSpec("bz", "bzimage", tree / "bz", tree / "bz", "7.3.4")
+    with pytest.raises(UsageError, match="no source tree for kernel 7.3.4"):
+        find_source(kernel, None)
 
 
 # -- DWARF of an object compiled here ----------------------------------------------------
