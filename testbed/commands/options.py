@@ -15,6 +15,7 @@ import argparse
 import math
 from pathlib import Path
 
+from ..coverage.session import CoverageRequest
 from ..errors import UsageError
 from ..qemu.share import Share, check_shares, parse_share
 from ..spec.units import parse_size
@@ -115,3 +116,26 @@ def add_coverage_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coverage-source", type=Path, metavar="DIR",
                    help="the kernel source tree to map the coverage onto (default: the build "
                         "tree's, or Debian's linux-source for the image's kernel)")
+    p.add_argument("--patch-coverage", metavar="A..B|FILE.patch",
+                   help="was every line the patch changes executed, and by what: a git range "
+                        "in the kernel source tree or a patch file (implies --coverage of its "
+                        "files)")
+    p.add_argument("--min-patch-coverage", type=percent, metavar="N",
+                   help="exit 1 when less than N%% of the patch's measurable changed lines "
+                        "were executed")
+
+
+def percent(text: str) -> float:
+    """0 to 100."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage from 0 to 100, got {text!r}")
+    return value
+
+
+def coverage_request(args: argparse.Namespace) -> "CoverageRequest | None":
+    return CoverageRequest.from_args(args.coverage, args.coverage_source,
+                                     args.patch_coverage, args.min_patch_coverage)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..coverage.session import CoverageRequest
 from ..errors import UsageError
 from ..kernel.resolve import resolve_kernel
 from ..qemu.validate import load_checked
@@ -76,7 +75,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
                       execs=tuple(args.execs), fio_args=tuple(args.fio_args), kernel=kernel, accel=args.accel, size=args.size,
                       timeout=args.timeout, guest_name=args.guest, out=args.out, keep=args.keep,
                       pairs=tuple(args.pair), shares=options.shares(args.share),
-                      coverage=CoverageRequest.from_args(args.coverage, args.coverage_source))
+                      coverage=options.coverage_request(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,4 +84,10 @@ def run(args: argparse.Namespace) -> int:
     result, out = run_topology(topo, opts)
     print(to_ktap(result) if args.format == "ktap" else summary(result, out),
           end="" if args.format == "ktap" else "\n")
+    pc = result.patch_coverage
+    if pc is not None and args.format != "ktap":
+        print(pc.summary())
+    if pc is not None and pc.failed:
+        print(f"FAIL: {pc.failed}")
+        return 1
     return result.status

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from typing import Callable
 
-from ..errors import TestbedError
+from ..errors import TestbedError, UsageError
 from ..guest.protocol import GuestLike
 from ..kernel.resolve import KernelSpec
 from .functions import FunctionPlan, FunctionTracer, plan_functions
 from .model import Coverage
+from .patch import Patch, PatchCoverage, load_patch, patch_coverage
 from .selection import P2P, parse_requests
 from .source import SourceTree, find_source
 
@@ -36,14 +37,24 @@ class CoverageRequest:
 
     files: tuple[str, ...] = (P2P,)  # parse_requests(): "p2p", files and directories
     source: Path | None = None  # --coverage-source
+    patch: str | None = None  # --patch-coverage A..B or FILE.patch
+    min_patch: float | None = None  # --min-patch-coverage: percent
 
     @classmethod
-    def from_args(cls, items: list[str] | None, source: Path | None = None
+    def from_args(cls, items: list[str] | None, source: Path | None = None,
+                  patch: str | None = None, min_patch: float | None = None
                   ) -> "CoverageRequest | None":
-        """None when neither --coverage nor --coverage-source was given."""
-        if not items and source is None:
+        """None when no coverage option was given."""
+        if min_patch is not None and patch is None:
+            raise UsageError("--min-patch-coverage: give the patch with --patch-coverage "
+                             "A..B or FILE.patch")
+        if min_patch is not None and not 0 <= min_patch <= 100:
+            raise UsageError(f"--min-patch-coverage {min_patch:g}: a percentage, 0 to 100")
+        if not items and source is None and patch is None:
             return None
-        return cls(parse_requests(items or []), source)
+        # with only a patch, its own files are measured (the P2P set when --coverage says so)
+        files = parse_requests(items) if items else (() if patch else parse_requests([]))
+        return cls(files, source, patch, min_patch)
 
 
 @dataclass(frozen=True)
@@ -51,12 +62,21 @@ class CoveragePlan:
     request: CoverageRequest
     source: SourceTree
     functions: FunctionPlan
+    patch: Patch | None = None
 
 
 def plan_coverage(request: CoverageRequest, kernel: KernelSpec | None) -> CoveragePlan:
     """Everything the host can check and prepare before a boot (UsageError: bad input)."""
     source = find_source(kernel, request.source)
-    return CoveragePlan(request, source, plan_functions(source, request.files))
+    patch = load_patch(request.patch, source.root) if request.patch else None
+    files = request.files
+    if patch is not None:  # the patch's C files are always measured
+        files += tuple(f for f in patch.files if f.endswith(".c") and f not in files
+                       and (source.root / f).is_file())
+    if not files:
+        raise UsageError(f"--patch-coverage {request.patch}: it changes no C file of "
+                         f"{source.root}; name the files to measure with --coverage")
+    return CoveragePlan(request, source, plan_functions(source, files), patch)
 
 
 class CoverageSession:
@@ -91,3 +111,9 @@ class CoverageSession:
     def finish(self, release: str | None) -> Coverage:
         self._step("teardown", self.tracer.stop)
         return self.tracer.coverage(release)
+
+
+def judge_patch(plan: CoveragePlan, cov: Coverage) -> PatchCoverage | None:
+    """The patch's coverage, when the run was asked for one."""
+    return patch_coverage(plan.patch, cov, plan.request.min_patch) \
+        if plan.patch is not None else None

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..coverage.model import Coverage
 from ..coverage.outputs import brief
+from ..coverage.patch import PatchCoverage
 from ..verdicts.record import Record
 
 
@@ -37,6 +38,7 @@ class RunResult:
     finished: bool = False  # every planned workload ran and the results were collected
     phases: dict[str, float] = field(default_factory=dict)  # where the wall time went
     coverage: Coverage | None = None  # --coverage: which kernel code the workloads ran
+    patch_coverage: PatchCoverage | None = None  # --patch-coverage
 
     @property
     def judged(self) -> list[Record]:
@@ -75,4 +77,7 @@ class RunResult:
             "finished": self.finished, "status": self.verdict, "phases": self.phases,
             "workloads": [r.to_json() for r in self.workloads],
             **({"coverage": brief(self.coverage)} if self.coverage is not None else {}),
+            **({"patch_coverage": {k: v for k, v in self.patch_coverage.to_json().items()
+                                   if k != "lines"}}
+               if self.patch_coverage is not None else {}),
         }

@@ -61,7 +61,7 @@ def render_report_html(result: RunResult, svg: str | None = None, no_picture: st
     cov = result.coverage
     return _env(True).get_template("report.html.j2").render(
         r=result, svg=Markup(svg) if svg else None, no_picture=no_picture, deltas=deltas,
-        cov=cov, cov_views=file_views(cov) if cov else [], cov_patch=None)
+        cov=cov, cov_views=file_views(cov) if cov else [], cov_patch=result.patch_coverage)
 
 
 def draw(topology: Topology, result: RunResult) -> tuple[str, str | None, str]:
@@ -80,7 +80,7 @@ def write_results(out: Path, result: RunResult, *, topology: Topology | None = N
                   dmesg: str = "", dmesg_deltas: Sequence[tuple[str, str]] = ()) -> None:
     _write(out / "results.json", json.dumps(result.to_json(), indent=1) + "\n")
     if result.coverage is not None:
-        write_coverage(out, result.coverage, result.topology)
+        write_coverage(out, result.coverage, result.topology, result.patch_coverage)
     _write(out / "junit.xml", to_junit(result) + "\n")
     _write(out / "results.ktap", to_ktap(result))
     _write(out / "report.md", render_report(result))

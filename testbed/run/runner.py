@@ -19,7 +19,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..coverage.session import CoveragePlan, CoverageRequest, CoverageSession, plan_coverage
+from ..coverage.session import (CoveragePlan, CoverageRequest, CoverageSession, judge_patch,
+                                plan_coverage)
 from ..errors import BootError, TestbedError, UsageError, did_you_mean
 from ..guest.attach import AttachedGuest
 from ..guest.boot import BootOptions, boot
@@ -244,6 +245,7 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
         if coverage is not None:
             with phases.phase("coverage read"):
                 result.coverage = coverage.finish(result.kernel.get("release"))
+                result.patch_coverage = judge_patch(coverage.plan, result.coverage)
         console_copy = None
         if console is not None and console.exists():
             console_copy = out / "console.log"

@@ -254,3 +254,136 @@ def test_lcov_and_cobertura_files():
     cls = root.find("packages/package/classes/class")
     assert cls is not None and cls.get("filename") == "a/b.c" and cls.get("line-rate") == "0.5"
     assert [m.get("name") for m in cls.iter("method")] == ["f", "g"]
+
+
+# -- a matrix's sum -----------------------------------------------------------------------
+def test_matrix_coverage_sums_runs_and_finds_what_only_one_topology_ran(tmp_path):
+    from testbed.run.cells import Matrix, RunEntry
+    from testbed.coverage.outputs import write_coverage
+    m = Matrix(kernels=[{"label": "default", "spec": "default", "description": "the image's",
+                        "release": None, "p2pdma": None}], topologies=["a", "b"])
+    for topo, calls in (("a", {"f": 2, "g": 1}), ("b", {"f": 5})):
+        d = tmp_path / topo / "default"
+        d.mkdir(parents=True)
+        cov = Coverage("function", "src", "7.3.4", "/src", {"x.c": FileCov("x.c", {
+            n: FunctionCov(n, i * 10, i * 10 + 5, EXECUTED if calls.get(n) else NOT_EXECUTED,
+                           calls=calls.get(n, 0),
+                           cells={"p2p-copy": calls[n]} if calls.get(n) else {})
+            for i, n in enumerate(("f", "g", "h"))})}, ["p2p-copy"])
+        write_coverage(d, cov, topo)
+        m.runs.append(RunEntry(topo, "default", f"{topo}/default", 0))
+    from testbed.run.render import write_matrix
+    (k,) = write_matrix(m, tmp_path)
+    html = (tmp_path / "matrix.html").read_text()
+    assert 'id="coverage"' in html and "x.c: g" in html
+    assert "- a: 2 executed, 1 only here" in (tmp_path / "matrix.md").read_text()
+    f = k.total.files["x.c"].functions
+    assert f["f"].calls == 7 and f["f"].cells == {"a@default:p2p-copy": 2, "b@default:p2p-copy": 5}
+    assert f["h"].status == NOT_EXECUTED
+    assert k.by_topology["a"].only == {"x.c": {"functions": ["g"]}}
+    assert k.by_topology["b"].only == {} and k.by_topology["b"].functions == 1
+    doc = json.loads((tmp_path / "coverage.json").read_text())
+    assert doc["kernels"]["default"]["by_topology"]["a"]["only_functions"] == 1
+    assert (tmp_path / "coverage-default.info").read_text().count("end_of_record") == 1
+
+
+# -- patch coverage ------------------------------------------------------------------------
+PATCH = """\
+From 1 Mon Sep 17 00:00:00 2001
+Subject: [PATCH] PCI/P2PDMA: a test
+
+---
+diff --git a/drivers/pci/p2pdma.c b/drivers/pci/p2pdma.c
+--- a/drivers/pci/p2pdma.c
++++ b/drivers/pci/p2pdma.c
+@@ -8,3 +8,3 @@ int used(int x)
+ {
+-	return twice(x);
++	return twice(x) + 1;
+ }
+@@ -20,3 +20,3 @@ static int __attribute__((noinline)) helper(int x)
+ {
+-	return x * 2;
++	return x * 3;
+ }
+@@ -2,2 +2,1 @@
+-/* gone */
+ static inline int twice(int x)
+-- 
+2.39.0
+"""
+
+
+def test_patch_coverage_by_function_says_what_ran_and_where(tree, tmp_path):
+    from testbed.coverage.patch import load_patch, patch_coverage
+    f = tmp_path / "fix.patch"
+    f.write_text(PATCH)
+    patch = load_patch(str(f), tree)
+    assert patch.added == {"drivers/pci/p2pdma.c": {9: "\treturn twice(x) + 1;",
+                                                    21: "\treturn x * 3;"}}
+    assert patch.deletions == 1
+    cov = Coverage("function", "src", "7.3.4", str(tree), {"drivers/pci/p2pdma.c": FileCov(
+        "drivers/pci/p2pdma.c", {
+            "used": FunctionCov("used", 7, 10, EXECUTED, calls=3, cells={"s@k:p2p-copy": 3}),
+            "helper": FunctionCov("helper", 19, 22, NOT_EXECUTED)})}, ["s@k:p2p-copy"])
+    pc = patch_coverage(patch, cov, minimum=80)
+    assert (pc.executed, pc.measured, pc.percent) == (1, 2, 50.0)
+    text = pc.summary()
+    assert text.startswith("1 of 2 changed lines in executed functions")
+    assert "not executed: drivers/pci/p2pdma.c:21 (helper())" in text
+    assert "executed by: s@k:p2p-copy (1 line(s))" in text
+    assert pc.failed == "patch coverage 50% is below --min-patch-coverage 80"
+    assert patch_coverage(patch, cov, minimum=50).failed is None
+    # a tree whose lines differ does not carry the patch: not judged, and the gate fails
+    (tree / "drivers/pci/p2pdma.c").write_text(C_SOURCE.replace("x * 3", "x * 4"))
+    other = patch_coverage(patch, cov, minimum=0)
+    assert not other.carried and "does not carry" in (other.failed or "")
+
+
+def test_patch_coverage_by_line_skips_lines_that_are_not_code(tree):
+    from testbed.coverage.patch import parse_patch, patch_coverage
+    patch = parse_patch(PATCH, "x.patch")
+    cov = Coverage("line", "src", "", str(tree), {"drivers/pci/p2pdma.c": FileCov(
+        "drivers/pci/p2pdma.c", {"used": FunctionCov("used", 7, 10, EXECUTED, calls=1)},
+        lines={9: 4, 21: 0, 22: 0}, line_cells={"a@k:fio": {9}})})
+    pc = patch_coverage(patch, cov)
+    assert [(c.line, c.state, c.cells) for c in pc.lines] == [
+        (9, "executed", ["a@k:fio"]), (21, "not-executed", [])]
+    assert pc.summary().splitlines()[0] == \
+        "1 of 2 changed lines (50%); not executed: drivers/pci/p2pdma.c:21"
+
+
+def test_patch_requests_are_checked(tree, tmp_path):
+    from testbed.coverage.patch import load_patch
+    from testbed.coverage.session import CoverageRequest
+    (tmp_path / "empty.patch").write_text("just words\n")
+    for spec, word in ((str(tmp_path / "empty.patch"), "changes no file"),
+                       ("nothing-here", "neither a patch file nor a git range"),
+                       ("v1..v2", "needs the kernel source to be a git tree")):
+        with pytest.raises(UsageError, match=word):
+            load_patch(spec, tree)
+    with pytest.raises(UsageError, match="--patch-coverage"):
+        CoverageRequest.from_args(None, None, None, 80.0)
+    req = CoverageRequest.from_args(None, None, "x.patch", None)
+    assert req is not None and req.files == ()
+
+
+@pytest.mark.parametrize("mode", ["function", "line"])
+def test_report_html_colours_the_source(tree, mode):
+    from testbed.coverage.patch import parse_patch, patch_coverage
+    from testbed.results.model import RunResult
+    from testbed.results.writer import render_report_html
+    f = FileCov("drivers/pci/p2pdma.c", {
+        "used": FunctionCov("used", 7, 10, EXECUTED, calls=1, cells={"p2p-copy": 1}),
+        "helper": FunctionCov("helper", 19, 22, NOT_EXECUTED),
+        "twice": FunctionCov("twice", 2, 5, UNTRACEABLE, why="inlined")})
+    if mode == "line":
+        f.lines, f.branches = {8: 1, 9: 1, 21: 0}, {9: [1, 0]}
+    cov = Coverage(mode, "test tree", "7.3.4", str(tree), {f.path: f}, ["p2p-copy"])
+    r = RunResult("switch-cmb", finished=True, coverage=cov)
+    r.patch_coverage = patch_coverage(parse_patch(PATCH, "fix.patch"), cov)
+    html = render_report_html(r)
+    assert 'id="coverage"' in html and 'id="patch-coverage"' in html
+    assert '<span class="cov-hit" title="used: 1 call(s)"><i>    7</i> int used(int x)' in html \
+        or (mode == "line" and '<span class="cov-hit" title="1"><i>    9</i>' in html)
+    assert 'class="cov-miss"' in html and 'class="cov-untraced"' in html
