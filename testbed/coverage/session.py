@@ -14,7 +14,7 @@ builds a plan, sets up a tracer or reads a counter.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from typing import Callable
@@ -23,7 +23,8 @@ from ..errors import TestbedError, UsageError
 from ..guest.protocol import GuestLike
 from ..kernel.resolve import KernelSpec
 from .functions import FunctionPlan, FunctionTracer, plan_functions
-from .model import Coverage
+from .gcov import GcovCollector, GcovPlan, plan_gcov
+from .model import LINE, Coverage
 from .patch import Patch, PatchCoverage, load_patch, patch_coverage
 from .selection import P2P, parse_requests
 from .source import SourceTree, find_source
@@ -61,7 +62,8 @@ class CoverageRequest:
 class CoveragePlan:
     request: CoverageRequest
     source: SourceTree
-    functions: FunctionPlan
+    functions: FunctionPlan  # the files the function tracer measures (none on a gcov kernel
+    gcov: GcovPlan | None = None  # that profiled them all): the gcov files are gcov's
     patch: Patch | None = None
 
 
@@ -76,41 +78,69 @@ def plan_coverage(request: CoverageRequest, kernel: KernelSpec | None) -> Covera
     if not files:
         raise UsageError(f"--patch-coverage {request.patch}: it changes no C file of "
                          f"{source.root}; name the files to measure with --coverage")
-    return CoveragePlan(request, source, plan_functions(source, files), patch)
+    functions = plan_functions(source, files)
+    gcov = plan_gcov(source, functions.files)
+    if gcov is not None:  # gcov measures its files line by line: the tracer the others
+        functions = replace(functions, files=[f for f in functions.files
+                                              if f not in gcov.files])
+    return CoveragePlan(request, source, functions, gcov, patch)
 
 
 class CoverageSession:
-    """A guest's coverage over one run.  Its steps never raise for a guest that stops
-    answering: the coverage then says what is missing, and the run goes on."""
+    """A guest's coverage over one run: the function tracer for the files it measures and
+    gcov for the files a gcov kernel profiled.  Its steps never raise for a guest that
+    stops answering: the coverage then says what is missing, and the run goes on."""
 
     def __init__(self, guest: GuestLike, plan: CoveragePlan):
         self.plan = plan
-        self.tracer = FunctionTracer(guest, plan.functions)
+        self.functions = FunctionTracer(guest, plan.functions)
+        self.tracer = self.functions if plan.functions.files else None  # None: nothing to trace
+        self.gcov = GcovCollector(guest, plan.gcov) if plan.gcov is not None else None
+        self.problems: list[str] = []
 
     def _step(self, what: str, step: Callable[[], None]) -> None:
         try:
             step()
         except TestbedError as exc:
-            self.tracer.problems.append(f"coverage {what}: {exc}")
-            self.tracer.active = False
+            self.problems.append(f"coverage {what}: {exc}")
+
+    def _each(self, what: str, tracer: Callable[[FunctionTracer], None],
+              gcov: Callable[[GcovCollector], None]) -> None:
+        if self.tracer is not None:
+            t = self.tracer
+            self._step(what, lambda: tracer(t))
+        if self.gcov is not None:
+            g = self.gcov
+            self._step(f"gcov {what}", lambda: gcov(g))
 
     def start(self) -> None:
-        self._step("setup", self.tracer.start)
+        self._each("setup", lambda t: t.start(), lambda g: g.start())
 
     def checkpoint(self, cell: str) -> None:
-        self._step(f"read after {cell}", lambda: self.tracer.checkpoint(cell))
+        self._each(f"read after {cell}", lambda t: t.checkpoint(cell),
+                   lambda g: g.checkpoint(cell))
 
     def suspend(self, cell: str) -> None:
         """The guest is about to restart: keep what ``cell`` ran so far."""
-        self._step(f"read before the restart in {cell}", lambda: self.tracer.suspend(cell))
+        self._each(f"read before the restart in {cell}", lambda t: t.suspend(cell),
+                   lambda g: g.suspend(cell))
 
     def resume(self) -> None:
-        """The guest restarted: trace again."""
-        self._step("setup after the restart", self.tracer.start)
+        """The guest restarted: measure again."""
+        self._each("setup after the restart", lambda t: t.start(), lambda g: g.resume())
 
     def finish(self, release: str | None) -> Coverage:
-        self._step("teardown", self.tracer.stop)
-        return self.tracer.coverage(release)
+        if self.tracer is not None:
+            self._step("teardown", self.tracer.stop)
+        cov = self.functions.coverage(release)
+        if self.gcov is not None:
+            cov.mode = LINE
+            cov.files.update(self.gcov.files(self.plan.functions.defs))
+            cov.cells = list(dict.fromkeys(cov.cells + self.gcov.cells))
+            cov.problems += self.gcov.problems
+            cov.source += f"; lines by {self.plan.gcov.gcov if self.plan.gcov else 'gcov'}"
+        cov.problems += self.problems
+        return cov
 
 
 def judge_patch(plan: CoveragePlan, cov: Coverage) -> PatchCoverage | None:

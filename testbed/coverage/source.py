@@ -86,8 +86,8 @@ def find_source(kernel: KernelSpec | None, override: Path | None = None,
     """The source tree of ``kernel`` (None: the image's); UsageError when there is none."""
     build = None
     vmlinux = None
-    if kernel is not None and kernel.kind == "build-tree":
-        build = kernel.path
+    if kernel is not None and (kernel.build_tree is not None or kernel.kind == "build-tree"):
+        build = kernel.build_tree or kernel.path
         if (build / "vmlinux").is_file() and has_dwarf(build / "vmlinux"):
             vmlinux = build / "vmlinux"
     rel = release or (kernel.release if kernel is not None else None)

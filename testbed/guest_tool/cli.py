@@ -141,9 +141,16 @@ def add_coverage(sub):
     cv.set_defaults(func=lambda a: _emit_call("coverage", a.action))
 
 
-def _emit_call(module, name):
-    emit(lazy(module, name)())
+def _emit_call(module, name, *args):
+    emit(lazy(module, name)(*args))
     return 0
+
+
+def add_gcov(sub):
+    gc = sub.add_parser("gcov", help="the kernel's gcov counters (CONFIG_GCOV_KERNEL)")
+    gc.add_argument("action", choices=("reset", "collect"))
+    gc.add_argument("--root", default="", help="the kernel's build tree (as the host has it)")
+    gc.set_defaults(func=lambda a: _emit_call("gcov", a.action, a.root))
 
 
 # the sub-commands of the workloads that cover the paths merged since 6.2
@@ -213,6 +220,7 @@ def add_p2p_loop(sub):
 
 
 SUBCOMMANDS = {"inventory": add_inventory, "copy": add_copy, "passthru": add_passthru,
-               "pmr": add_pmr, "trace": add_trace, "coverage": add_coverage, "limits": add_limits, "iovec": add_iovec,
+               "pmr": add_pmr, "trace": add_trace, "coverage": add_coverage,
+               "gcov": add_gcov, "limits": add_limits, "iovec": add_iovec,
                "fio": add_fio, "concurrent": add_concurrent, "pool": add_pool,
                "p2p-loop": add_p2p_loop}

@@ -3,9 +3,12 @@ C compiled here, the model's sums, the lcov and Cobertura files."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import shutil
 import subprocess
+import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -387,3 +390,58 @@ def test_report_html_colours_the_source(tree, mode):
     assert '<span class="cov-hit" title="used: 1 call(s)"><i>    7</i> int used(int x)' in html \
         or (mode == "line" and '<span class="cov-hit" title="1"><i>    9</i>' in html)
     assert 'class="cov-miss"' in html and 'class="cov-untraced"' in html
+
+
+# -- gcov: a program built here with --coverage stands in for the kernel --------------------
+def test_gcov_lines_branches_and_functions_per_cell(tree, tmp_path):
+    gcc = _need("gcc")
+    from testbed.coverage.gcov import (GcovCollector, GcovPlan, compiler_version, find_gcov,
+                                       run_gcov)
+    version = subprocess.run([gcc, "-dumpfullversion"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert compiler_version(f'CONFIG_CC_VERSION_TEXT="gcc (Debian) {version}"') == version
+    build = tmp_path / "build"
+    (build / "drivers/pci").mkdir(parents=True)
+    (tree / "main.c").write_text("int entry(int);\nint main(int c, char **v)\n"
+                                 "{\n\treturn entry(c) > 100;\n}\n")
+    obj = build / "drivers/pci/p2pdma.o"
+    subprocess.run([gcc, "--coverage", "-O0", "-c", str(tree / "drivers/pci/p2pdma.c"), "-o",
+                    str(obj)], check=True, cwd=build)
+    subprocess.run([gcc, "--coverage", "-o", str(build / "prog"), str(obj),
+                    str(tree / "main.c")], check=True, cwd=build)
+    plan = GcovPlan(build, tree, ("drivers/pci/p2pdma.c",), find_gcov(version))
+
+    def run_and_tar(times: int) -> bytes:
+        for _ in range(times):
+            subprocess.run([str(build / "prog")], cwd=build, check=False)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(build / "drivers/pci/p2pdma.gcda", "drivers/pci/p2pdma.gcda")
+        return buf.getvalue()
+
+    counts = run_gcov(plan, run_and_tar(1))["drivers/pci/p2pdma.c"]
+    assert counts.functions["entry"][2] == 1 and counts.functions["helper"][2] == 1
+    assert counts.lines[9] == 1 and "compiled_out" not in counts.functions
+
+    class Guest:  # answers `gcov reset/collect` with the program's .gcda, run again each time
+        def __init__(self):
+            self.runs = iter([2, 3])
+
+        def run(self, command, timeout=60.0, stdin=None):
+            doc = {"ok": True, "found": True}
+            if "collect" in command:
+                doc["tar"] = base64.b64encode(run_and_tar(next(self.runs))).decode()
+            return CommandResult(command, 0, json.dumps(doc), "", 0.1)
+
+    c = GcovCollector(Guest(), plan)
+    c.start()
+    c.checkpoint("p2p-copy")
+    c.checkpoint("fio")
+    f = c.files({"drivers/pci/p2pdma.c": ctags.definitions(tree, "drivers/pci/p2pdma.c")})[
+        "drivers/pci/p2pdma.c"]
+    # the first collect has the 1 + 2 runs so far, the next 3 more: differences per cell
+    assert f.functions["entry"].cells == {"p2p-copy": 3, "fio": 3}
+    assert f.lines is not None and f.lines[9] == 6
+    assert f.line_cells["fio"] >= {9, 21, 26}
+    assert f.functions["compiled_out"].status == UNTRACEABLE  # #ifdef'd out: no code
+    assert f.counts()["lines"]["executed"] == f.counts()["lines"]["executable"] >= 8
