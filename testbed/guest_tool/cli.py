@@ -146,6 +146,14 @@ def _emit_call(module, name, *args):
     return 0
 
 
+def add_nvmet(sub):
+    nv = sub.add_parser("nvmet-p2pmem", help="an NVMe target namespace told to use p2pmem")
+    nv.add_argument("--device", required=True, metavar="DEV", help="the namespace's block device")
+    nv.add_argument("--p2pmem", required=True, metavar="BDF|1",
+                    help="the provider, or 1 for any the kernel finds")
+    nv.set_defaults(func=lambda a: run_workload(lazy("nvmet", "nvmet_p2pmem"), a))
+
+
 def add_gcov(sub):
     gc = sub.add_parser("gcov", help="the kernel's gcov counters (CONFIG_GCOV_KERNEL)")
     gc.add_argument("action", choices=("reset", "collect"))
@@ -221,6 +229,6 @@ def add_p2p_loop(sub):
 
 SUBCOMMANDS = {"inventory": add_inventory, "copy": add_copy, "passthru": add_passthru,
                "pmr": add_pmr, "trace": add_trace, "coverage": add_coverage,
-               "gcov": add_gcov, "limits": add_limits, "iovec": add_iovec,
+               "gcov": add_gcov, "nvmet-p2pmem": add_nvmet, "limits": add_limits, "iovec": add_iovec,
                "fio": add_fio, "concurrent": add_concurrent, "pool": add_pool,
                "p2p-loop": add_p2p_loop}

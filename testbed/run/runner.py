@@ -27,7 +27,7 @@ from ..guest.boot import BootOptions, boot
 from ..guest.instances import check_name, get_ready
 from ..guest.protocol import GuestLike
 from ..kernel.prepare import PreparedKernel
-from ..kernel.resolve import KernelSpec
+from ..kernel.resolve import KernelSpec, resolve_kernel
 from ..qemu.accel import requested_accel
 from ..qemu.probe import cpu_info, probe
 from ..qemu.share import Share
@@ -119,6 +119,21 @@ def check_inputs(topo: Topology, opts: RunOptions) -> list[str]:
     return names
 
 
+def coverage_kernel(opts: RunOptions) -> KernelSpec | None:
+    """The kernel whose source a run's coverage maps onto: --kernel, or the one a detached
+    guest booted (--guest); both given, they must agree."""
+    if opts.guest_name is None:
+        return opts.kernel
+    inst = get_ready(opts.guest_name)
+    booted = resolve_kernel(inst.kernel_spec) if inst.kernel_spec else None
+    if opts.kernel is not None and (booted is None or
+                                    booted.identity() != opts.kernel.identity()):
+        raise UsageError(f"--kernel {opts.kernel.spec}: guest {opts.guest_name!r} runs "
+                         f"{inst.kernel_spec or 'the image kernel'} (with --guest, --kernel "
+                         "only names the guest's kernel for --coverage)")
+    return booted
+
+
 def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: RunOptions,
                   phases: Phases | None = None, coverage: CoverageSession | None = None
                   ) -> tuple[list[Record], Context]:
@@ -175,7 +190,7 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
         caps = probe(topo.machine.qemu)
         cov_plan: CoveragePlan | None = None
         if opts.coverage is not None:
-            cov_plan = plan_coverage(opts.coverage, opts.kernel)
+            cov_plan = plan_coverage(opts.coverage, coverage_kernel(opts))
         out = make_out_dir(opts.out, topo.name)
     result = RunResult(topology=topo.name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     result.qemu = {"version": caps.version_str, "binary": caps.path}

@@ -25,19 +25,30 @@ def test_function_coverage_on_a_detached_guest(real_qemu, tmp_path):
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         out = tmp_path / "out"
-        res = cli("run", "switch-cmb", "--guest", name, "-w", "p2p-copy", "--size", "256K",
-                      "--pair", "nvme0:nvme1", "--coverage", "drivers/pci/p2pdma.c",
+        res = cli("run", "switch-cmb", "--guest", name, "-w", "p2p-copy", "-w", "nvmet-p2pmem",
+                      "--size", "256K", "--pair", "nvme0:nvme1",
+                      "--coverage", "drivers/pci/p2pdma.c",
                       "--coverage", "drivers/vfio/pci/vfio_pci_dmabuf.c", "--out", str(out),
                       env=env)
     finally:
         cli("stop", name, env=env, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     cov = json.loads((out / "coverage.json").read_text())
-    assert cov["mode"] == "function" and cov["lost"] == 0 and cov["cells"] == ["p2p-copy"]
+    assert cov["mode"] == "function" and cov["lost"] == 0
+    assert cov["cells"] == ["p2p-copy", "nvmet-p2pmem"]
     p2p = cov["files"]["drivers/pci/p2pdma.c"]
     assert {"calc_map_type_and_dist", "pci_p2pdma_map_type"} <= set(p2p["executed"]), p2p
     calc = next(f for f in p2p["functions"] if f["name"] == "calc_map_type_and_dist")
     assert calc["cells"] == {"p2p-copy": 1} and calc["start"] < calc["end"]
+    # the NVMe target's p2pmem setting: parsed, shown, and the pair checked (and refused:
+    # Debian's native multipath puts a subsystem between the namespace and its PCI device)
+    nvmet = {f["name"]: f for f in p2p["functions"]}
+    for fn in ("pci_p2pdma_enable_store", "pci_p2pdma_enable_show", "pci_p2pmem_find_many",
+               "pci_p2pdma_distance_many"):
+        assert nvmet[fn]["cells"].get("nvmet-p2pmem", 0) >= 1, nvmet[fn]
+    records = json.loads((out / "results.json").read_text())["workloads"]
+    judged = [r for r in records if r["name"] == "nvmet-p2pmem" and r["predicted"]]
+    assert [(r["predicted"], r["observed"]) for r in judged] == [("rejected", "rejected")]
     # inlined into its callers in Debian's build: not traceable, and said so
     assert "inlined" in p2p["untraceable"]["cpu_supports_p2pdma"]
     assert "cpu_supports_p2pdma" not in p2p["not_executed"]
