@@ -18,6 +18,8 @@ PKGS="$PKGS gdb build-essential flex bison bc libelf-dev libssl-dev dwarves"
 # ccache: profile kernel builds (testbed kernel build --profile) reuse objects across build
 # directories and rebuilds; xz-utils unpacks linux-source-X.Y (testbed kernel source debian)
 PKGS="$PKGS ccache xz-utils"
+# universal-ctags: --coverage maps kernel functions to their source lines (testbed.coverage.ctags)
+PKGS="$PKGS universal-ctags"
 
 . /etc/os-release
 missing=""

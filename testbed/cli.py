@@ -17,7 +17,7 @@ from .util.log import setup as setup_logging
 from .util.signals import install_signal_handlers
 
 COMMANDS = ("validate", "render", "verify", "image", "boot", "ssh", "ps", "stop", "run",
-            "matrix", "kernel", "bisect")
+            "matrix", "kernel", "bisect", "coverage")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -70,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds per workload command")
     p.add_argument("--size", type=options.transfer_size, default=1 << 20,
                    help="transfer size per pair (default 1M)")
+    options.add_coverage_arguments(p)
 
 
 def bisect_options(args: argparse.Namespace) -> BisectOptions:
@@ -79,7 +80,8 @@ def bisect_options(args: argparse.Namespace) -> BisectOptions:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs: at least 1")
     run = RunOptions(workloads=tuple(args.workload), pairs=tuple(args.pair), out=args.out,
-                     accel=args.accel, timeout=args.timeout, size=args.size)
+                     accel=args.accel, timeout=args.timeout, size=args.size,
+                     coverage=options.coverage_request(args))
     baseline = load_baseline(args.baseline) if args.baseline is not None else None
     if args.kernel is not None:
         if args.profile:

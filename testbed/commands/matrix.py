@@ -33,6 +33,7 @@ from ..errors import UsageError
 from ..run.matrix import default_jobs, prepare_out, run_matrix
 from ..run.merge import merge
 from ..run.plan import plan_matrix
+from ..run.coverage import KernelCoverage, patch_failure
 from ..run.render import summary, write_matrix
 from ..run.shard import parse_shard, plan_json
 from . import options
@@ -71,24 +72,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="with plan: print JSON")
     p.add_argument("--shards", type=options.positive_int, metavar="N",
                    help="with plan: also show how the boots fall into N shards")
+    options.add_coverage_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "merge":
-        if args.topology or args.kernel or args.workload or args.shard:
+        if args.topology or args.kernel or args.workload or args.shard or args.coverage:
             raise UsageError("matrix merge takes shard directories and --out only")
         if args.out is None:
             raise UsageError("matrix merge: --out DIR is required")
         out = prepare_out(args.out)
         m = merge(args.dirs, out)
         print(summary(m, out))
-        return m.status
+        return _with_coverage(m.status, write_matrix(m, out))
     if args.dirs:
         raise UsageError(f"unexpected argument {str(args.dirs[0])!r} (shard directories go "
                          "with `matrix merge`)")
     shard = parse_shard(args.shard) if args.shard else None
     plan = plan_matrix(args.topology, args.kernel, args.workload, size=args.size,
-                       timeout=args.timeout, accel=args.accel, fio_args=args.fio_args)
+                       timeout=args.timeout, accel=args.accel, fio_args=args.fio_args,
+                       coverage=options.coverage_request(args))
     if args.action == "plan":
         doc = plan_json(plan, args.shards)
         if args.json:
@@ -107,6 +110,22 @@ def run(args: argparse.Namespace) -> int:
              plan.kernels[0].label, f"; shard {shard[0]}/{shard[1]}" if shard else "", jobs,
              out)
     m = run_matrix(plan, out, shard=shard, jobs=jobs)
-    write_matrix(m, out)
+    covs = write_matrix(m, out)
     print(summary(m, out))
-    return m.status
+    return _with_coverage(m.status, covs)
+
+
+def _with_coverage(status: int, covs: list[KernelCoverage]) -> int:
+    """Print each kernel's summed coverage (and patch coverage); 1 when a kernel that
+    carries the patch falls short of --min-patch-coverage."""
+    for k in covs:
+        t = k.total.totals()["functions"]
+        print(f"coverage {k.label}: {t['executed']} of {t['traceable']} traceable functions "
+              f"executed in {len(k.total.files)} file(s)")
+        if k.patch is not None:
+            print(f"patch coverage {k.label}: {k.patch.summary()}")
+    why = patch_failure(covs)
+    if why:
+        print(f"FAIL: {why}")
+        return 1
+    return status

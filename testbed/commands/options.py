@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
+from ..coverage.session import CoverageRequest
 from ..errors import UsageError
 from ..qemu.share import Share, check_shares, parse_share
 from ..spec.units import parse_size
@@ -100,3 +102,40 @@ def shares(values: list[Share]) -> tuple[Share, ...]:
     except ValueError as exc:
         raise UsageError(f"--share: {exc}") from None
     return tuple(values)
+
+
+COVERAGE_HELP = ("measure which kernel functions the workloads ran (with a gcov kernel: lines "
+                 "and branches) in FILE or the C files under DIR, relative to the kernel "
+                 "source; repeatable; alone: the P2P set (p2p)")
+
+
+def add_coverage_arguments(p: argparse.ArgumentParser) -> None:
+    """--coverage [FILE|DIR] and --coverage-source DIR (run, matrix, bisect)."""
+    p.add_argument("--coverage", action="append", nargs="?", const="p2p", default=None,
+                   metavar="FILE|DIR", help=COVERAGE_HELP)
+    p.add_argument("--coverage-source", type=Path, metavar="DIR",
+                   help="the kernel source tree to map the coverage onto (default: the build "
+                        "tree's, or Debian's linux-source for the image's kernel)")
+    p.add_argument("--patch-coverage", metavar="A..B|FILE.patch",
+                   help="was every line the patch changes executed, and by what: a git range "
+                        "in the kernel source tree or a patch file (implies --coverage of its "
+                        "files)")
+    p.add_argument("--min-patch-coverage", type=percent, metavar="N",
+                   help="exit 1 when less than N%% of the patch's measurable changed lines "
+                        "were executed")
+
+
+def percent(text: str) -> float:
+    """0 to 100."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage from 0 to 100, got {text!r}")
+    return value
+
+
+def coverage_request(args: argparse.Namespace) -> "CoverageRequest | None":
+    return CoverageRequest.from_args(args.coverage, args.coverage_source,
+                                     args.patch_coverage, args.min_patch_coverage)

@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "uses a controller's own CMB for its own I/O)")
     p.add_argument("--share", action="append", default=[], type=options.share,
                    metavar="HOSTDIR[:GUESTDIR][:rw]", help=options.SHARE_HELP)
+    options.add_coverage_arguments(p)
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -73,7 +74,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     return RunOptions(workloads=tuple(args.workload), pushes=tuple(pushes),
                       execs=tuple(args.execs), fio_args=tuple(args.fio_args), kernel=kernel, accel=args.accel, size=args.size,
                       timeout=args.timeout, guest_name=args.guest, out=args.out, keep=args.keep,
-                      pairs=tuple(args.pair), shares=options.shares(args.share))
+                      pairs=tuple(args.pair), shares=options.shares(args.share),
+                      coverage=options.coverage_request(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,4 +84,10 @@ def run(args: argparse.Namespace) -> int:
     result, out = run_topology(topo, opts)
     print(to_ktap(result) if args.format == "ktap" else summary(result, out),
           end="" if args.format == "ktap" else "\n")
+    pc = result.patch_coverage
+    if pc is not None and args.format != "ktap":
+        print(pc.summary())
+    if pc is not None and pc.failed:
+        print(f"FAIL: {pc.failed}")
+        return 1
     return result.status

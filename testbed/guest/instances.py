@@ -74,6 +74,7 @@ class Instance:
     vmlinux: str = ""  # the running kernel's vmlinux with symbols, when one was found
     kernel_release: str = ""
     default_kernel: bool = True  # the image's own kernel (for the gdb symbols hint)
+    kernel_spec: str = ""  # the --kernel it booted ("" for the image's): what runs map onto
     shares: list[str] = field(default_factory=list)  # --share values, canonical
 
     @property
@@ -114,7 +115,7 @@ def _from_json(name: str, data: Any) -> Instance:
     for attr, kind in (("port", int), ("boot_seconds", (int, float)), ("started", (int, float)),
                        ("run_dir", str), ("key", str), ("status", str), ("error", str),
                        ("gdb_port", int), ("vmlinux", str), ("kernel_release", str),
-                       ("default_kernel", bool)):
+                       ("default_kernel", bool), ("kernel_spec", str)):
         if not isinstance(getattr(inst, attr), kind):
             raise ValueError(f"{attr} has the wrong type")
     for attr in ("ssh", "shares"):

@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         inst.vmlinux = str(guest.vmlinux or "")
         inst.kernel_release = guest.kernel.release or ""
         inst.default_kernel = kernel is None
+        inst.kernel_spec = "" if kernel is None else \
+            kernel.spec if kernel.kind == "profile" else str(kernel.path)
         inst.shares = [s.spec for s in shares]
         inst.save()
         while not stopping and guest.machine.is_running():

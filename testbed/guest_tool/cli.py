@@ -134,6 +134,33 @@ def _trace(action):
     return 0
 
 
+def add_coverage(sub):
+    cv = sub.add_parser("coverage", help="which kernel functions ran (function tracer counts)")
+    cv.add_argument("action", choices=("setup", "read", "teardown"),
+                    help="setup reads the functions to trace as JSON on stdin")
+    cv.set_defaults(func=lambda a: _emit_call("coverage", a.action))
+
+
+def _emit_call(module, name, *args):
+    emit(lazy(module, name)(*args))
+    return 0
+
+
+def add_nvmet(sub):
+    nv = sub.add_parser("nvmet-p2pmem", help="an NVMe target namespace told to use p2pmem")
+    nv.add_argument("--device", required=True, metavar="DEV", help="the namespace's block device")
+    nv.add_argument("--p2pmem", required=True, metavar="BDF|1",
+                    help="the provider, or 1 for any the kernel finds")
+    nv.set_defaults(func=lambda a: run_workload(lazy("nvmet", "nvmet_p2pmem"), a))
+
+
+def add_gcov(sub):
+    gc = sub.add_parser("gcov", help="the kernel's gcov counters (CONFIG_GCOV_KERNEL)")
+    gc.add_argument("action", choices=("reset", "collect"))
+    gc.add_argument("--root", default="", help="the kernel's build tree (as the host has it)")
+    gc.set_defaults(func=lambda a: _emit_call("gcov", a.action, a.root))
+
+
 # the sub-commands of the workloads that cover the paths merged since 6.2
 def add_limits(sub):
     lim = sub.add_parser("limits", help="a block device's request queue limits")
@@ -201,6 +228,7 @@ def add_p2p_loop(sub):
 
 
 SUBCOMMANDS = {"inventory": add_inventory, "copy": add_copy, "passthru": add_passthru,
-               "pmr": add_pmr, "trace": add_trace, "limits": add_limits, "iovec": add_iovec,
+               "pmr": add_pmr, "trace": add_trace, "coverage": add_coverage,
+               "gcov": add_gcov, "nvmet-p2pmem": add_nvmet, "limits": add_limits, "iovec": add_iovec,
                "fio": add_fio, "concurrent": add_concurrent, "pool": add_pool,
                "p2p-loop": add_p2p_loop}

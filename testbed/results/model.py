@@ -17,6 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..coverage.model import Coverage
+from ..coverage.outputs import brief
+from ..coverage.patch import PatchCoverage
 from ..verdicts.record import Record
 
 
@@ -34,6 +37,8 @@ class RunResult:
     logs: str = ""  # where a failed boot's console and QEMU logs were kept
     finished: bool = False  # every planned workload ran and the results were collected
     phases: dict[str, float] = field(default_factory=dict)  # where the wall time went
+    coverage: Coverage | None = None  # --coverage: which kernel code the workloads ran
+    patch_coverage: PatchCoverage | None = None  # --patch-coverage
 
     @property
     def judged(self) -> list[Record]:
@@ -71,4 +76,8 @@ class RunResult:
             "error_kind": self.error_kind or None, "logs": self.logs or None,
             "finished": self.finished, "status": self.verdict, "phases": self.phases,
             "workloads": [r.to_json() for r in self.workloads],
+            **({"coverage": brief(self.coverage)} if self.coverage is not None else {}),
+            **({"patch_coverage": {k: v for k, v in self.patch_coverage.to_json().items()
+                                   if k != "lines"}}
+               if self.patch_coverage is not None else {}),
         }

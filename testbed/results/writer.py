@@ -17,6 +17,8 @@ from typing import Sequence
 import jinja2
 from markupsafe import Markup
 
+from ..coverage.html import file_views
+from ..coverage.outputs import write_coverage
 from ..errors import DotFailed, ToolMissing
 from ..spec.model import Topology
 from ..util.files import atomic_write, new_out_dir
@@ -56,8 +58,10 @@ def render_report_html(result: RunResult, svg: str | None = None, no_picture: st
     deltas = [(name, "\n".join(text.strip().splitlines()[-DELTA_LINES:]))
               for name, text in dmesg_deltas
               if text.strip() and not MARKER.fullmatch(text.strip())]
+    cov = result.coverage
     return _env(True).get_template("report.html.j2").render(
-        r=result, svg=Markup(svg) if svg else None, no_picture=no_picture, deltas=deltas)
+        r=result, svg=Markup(svg) if svg else None, no_picture=no_picture, deltas=deltas,
+        cov=cov, cov_views=file_views(cov) if cov else [], cov_patch=result.patch_coverage)
 
 
 def draw(topology: Topology, result: RunResult) -> tuple[str, str | None, str]:
@@ -75,6 +79,8 @@ def write_results(out: Path, result: RunResult, *, topology: Topology | None = N
                   qemu_script: str | None = None, console: Path | None = None,
                   dmesg: str = "", dmesg_deltas: Sequence[tuple[str, str]] = ()) -> None:
     _write(out / "results.json", json.dumps(result.to_json(), indent=1) + "\n")
+    if result.coverage is not None:
+        write_coverage(out, result.coverage, result.topology, result.patch_coverage)
     _write(out / "junit.xml", to_junit(result) + "\n")
     _write(out / "results.ktap", to_ktap(result))
     _write(out / "report.md", render_report(result))

@@ -94,6 +94,10 @@ def judge(result: RunResult, baseline: Baseline | None) -> Step:
                else "the oracle")
     if diffs:
         return Step(BAD, f"{len(diffs)} record(s) differ from {against}", diffs, result)
+    pc = result.patch_coverage
+    if pc is not None and pc.failed:
+        return Step(BAD, f"{len(result.judged)} judged record(s) as {against} says, but "
+                         f"{pc.failed}", [pc.summary()], result)
     return Step(GOOD, f"{len(result.judged)} judged record(s) as {against} says", [], result)
 
 

@@ -92,7 +92,7 @@ def run_matrix(plan: MatrixPlan, out: Path, run: RunFunction = run_topology,
         log.info("[%d/%d] %s × %s", i, total, topo.name, k.label)
         opts = RunOptions(workloads=plan.workloads, kernel=k.kernel, accel=plan.accel,
                           size=plan.size, timeout=plan.timeout, out=d,
-                          fio_args=plan.fio_args)
+                          fio_args=plan.fio_args, coverage=plan.coverage)
         result, rdir = run(topo, opts)
         _keep_console(result, rdir)
         first_error = ""

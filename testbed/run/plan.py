@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..coverage.session import CoverageRequest, plan_coverage
 from ..errors import UsageError
 from ..kernel.resolve import KernelSpec, resolve_kernel
 from ..qemu.accel import requested_accel
@@ -40,6 +41,7 @@ class MatrixPlan:
     accel: str | None = None
     boot_retries: int = 1  # retries of a run whose boot timed out (not: panicked)
     fio_args: tuple[str, ...] = ()
+    coverage: CoverageRequest | None = None  # --coverage: summed across the runs
 
 
 def _disambiguate(entries: list[KernelEntry]) -> None:
@@ -64,7 +66,8 @@ def _disambiguate(entries: list[KernelEntry]) -> None:
 
 def plan_matrix(topologies: Sequence[str], kernels: Sequence[str],
                 workloads: Sequence[str] = (), size: int = 1 << 20, timeout: float = 120.0,
-                accel: str | None = None, fio_args: Sequence[str] = ()) -> MatrixPlan:
+                accel: str | None = None, fio_args: Sequence[str] = (),
+                coverage: CoverageRequest | None = None) -> MatrixPlan:
     """Load every topology and resolve every kernel; UsageError on bad input."""
     if not topologies:
         raise UsageError("--topology: give at least one topology")
@@ -98,5 +101,8 @@ def plan_matrix(topologies: Sequence[str], kernels: Sequence[str],
     for topo in topos:
         plan(topo, RunOptions(workloads=tuple(workloads),  # unknown workload -> UsageError
                               fio_args=tuple(fio_args)))
+    if coverage is not None:
+        for e in entries:  # every kernel's source, found before anything boots
+            plan_coverage(coverage, e.kernel)
     return MatrixPlan(topos, entries, tuple(workloads), size, timeout, accel,
-                      fio_args=tuple(fio_args))
+                      fio_args=tuple(fio_args), coverage=coverage)

@@ -12,6 +12,7 @@ import jinja2
 from ..util.files import atomic_write
 from ..util.table import format_table
 from .cells import VERDICTS, Matrix
+from .coverage import KernelCoverage, slug, write_matrix_coverage
 from .ktap import matrix_ktap
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -22,10 +23,11 @@ def _env() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              autoescape=jinja2.select_autoescape(["html", "html.j2"]))
     env.filters["mbps"] = lambda v: "" if v is None else f"{v:.1f} MB/s"
+    env.filters["slug"] = slug
     return env
 
 
-def _view(m: Matrix) -> dict[str, Any]:
+def _view(m: Matrix, coverage: list[KernelCoverage] | None = None) -> dict[str, Any]:
     regs = m.regressions()
     reg_keys = {(r.topology, r.workload, r.provider or "", r.client or "", r.kernel)
                 for r in regs + m.mechanism_regressions()}
@@ -45,22 +47,28 @@ def _view(m: Matrix) -> dict[str, Any]:
     return {"m": m, "rows": rows, "regressions": regs,
             "mechanism_regressions": m.mechanism_regressions(), "incomplete": m.incomplete,
             "group_changes": m.group_changes(),
-            "status": m.status, "verdicts": VERDICTS, "run_dirs": run_dirs}
+            "status": m.status, "verdicts": VERDICTS, "run_dirs": run_dirs,
+            "coverage": coverage or []}
 
 
-def render_md(m: Matrix) -> str:
-    return _env().get_template("matrix.md.j2").render(**_view(m))
+def render_md(m: Matrix, coverage: list[KernelCoverage] | None = None) -> str:
+    return _env().get_template("matrix.md.j2").render(**_view(m, coverage))
 
 
-def render_html(m: Matrix) -> str:
-    return _env().get_template("matrix.html.j2").render(**_view(m))
+def render_html(m: Matrix, coverage: list[KernelCoverage] | None = None) -> str:
+    return _env().get_template("matrix.html.j2").render(**_view(m, coverage))
 
 
-def write_matrix(m: Matrix, out: Path) -> None:
+def write_matrix(m: Matrix, out: Path) -> list[KernelCoverage]:
+    """matrix.json, .md, .html, results.ktap and, when the runs measured coverage, its
+    sums (see :mod:`testbed.run.coverage`), which it returns."""
+    coverage = write_matrix_coverage(m, out)
     for name, text in (("matrix.json", json.dumps(m.to_json(), indent=1) + "\n"),
-                       ("matrix.md", render_md(m)), ("matrix.html", render_html(m)),
+                       ("matrix.md", render_md(m, coverage)),
+                       ("matrix.html", render_html(m, coverage)),
                        ("results.ktap", matrix_ktap(m))):
         atomic_write(out / name, text)
+    return coverage
 
 
 def summary(m: Matrix, out: Path | None = None) -> str:

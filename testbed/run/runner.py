@@ -19,13 +19,15 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..coverage.session import (CoveragePlan, CoverageRequest, CoverageSession, judge_patch,
+                                plan_coverage)
 from ..errors import BootError, TestbedError, UsageError, did_you_mean
 from ..guest.attach import AttachedGuest
 from ..guest.boot import BootOptions, boot
 from ..guest.instances import check_name, get_ready
 from ..guest.protocol import GuestLike
 from ..kernel.prepare import PreparedKernel
-from ..kernel.resolve import KernelSpec
+from ..kernel.resolve import KernelSpec, resolve_kernel
 from ..qemu.accel import requested_accel
 from ..qemu.probe import cpu_info, probe
 from ..qemu.share import Share
@@ -61,6 +63,7 @@ class RunOptions:
     fio_args: tuple[str, ...] = ()  # --fio-arg: fio options or a job file in the guest
     inject: tuple[str, ...] = ()  # self-checks: "corrupt" (fio, mixed-iovec), "warning"
     shares: tuple[Share, ...] = ()  # host directories mounted in a guest this run boots
+    coverage: CoverageRequest | None = None  # --coverage: which kernel code ran
 
 
 def plan(topo: Topology, opts: RunOptions) -> list[str]:
@@ -116,13 +119,29 @@ def check_inputs(topo: Topology, opts: RunOptions) -> list[str]:
     return names
 
 
+def coverage_kernel(opts: RunOptions) -> KernelSpec | None:
+    """The kernel whose source a run's coverage maps onto: --kernel, or the one a detached
+    guest booted (--guest); both given, they must agree."""
+    if opts.guest_name is None:
+        return opts.kernel
+    inst = get_ready(opts.guest_name)
+    booted = resolve_kernel(inst.kernel_spec) if inst.kernel_spec else None
+    if opts.kernel is not None and (booted is None or
+                                    booted.identity() != opts.kernel.identity()):
+        raise UsageError(f"--kernel {opts.kernel.spec}: guest {opts.guest_name!r} runs "
+                         f"{inst.kernel_spec or 'the image kernel'} (with --guest, --kernel "
+                         "only names the guest's kernel for --coverage)")
+    return booted
+
+
 def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: RunOptions,
-                  phases: Phases | None = None) -> tuple[list[Record], Context]:
+                  phases: Phases | None = None, coverage: CoverageSession | None = None
+                  ) -> tuple[list[Record], Context]:
     caps = probe(topo.machine.qemu)
     ctx = Context(guest=guest, topology=topo, cpu=cpu_info(caps, topo.machine.cpu, topo.profile.cpu),
                   timeout=opts.timeout, size=opts.size, seed=opts.seed, execs=list(opts.execs),
                   fio_args=list(opts.fio_args), inject=tuple(opts.inject),
-                  pairs=list(opts.pairs))
+                  pairs=list(opts.pairs), coverage=coverage)
     records: list[Record] = []
     try:
         guest.dmesg_delta()  # deltas start now, not at boot
@@ -136,6 +155,7 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: RunO
         log.info("workload %s", name)
         start = time.monotonic()
         workload = WORKLOADS[name]()
+        ctx.workload = name
         try:
             if name == "p2p-copy" and opts.copy_extra:
                 new = workload.run(ctx, extra=list(opts.copy_extra))  # type: ignore[call-arg]
@@ -149,6 +169,9 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: RunO
             rec.seconds = rec.seconds or round(time.monotonic() - start, 3)
         ctx.dmesg_log.append(f"----- end of {name} -----")
         phases.add(f"workload: {name}", time.monotonic() - start)
+        if coverage is not None:
+            with phases.phase("coverage read"):
+                coverage.checkpoint(name)
         records += new
     return records, ctx
 
@@ -165,12 +188,16 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
     with phases.phase("checks"):
         names = check_inputs(topo, opts)
         caps = probe(topo.machine.qemu)
+        cov_plan: CoveragePlan | None = None
+        if opts.coverage is not None:
+            cov_plan = plan_coverage(opts.coverage, coverage_kernel(opts))
         out = make_out_dir(opts.out, topo.name)
     result = RunResult(topology=topo.name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     result.qemu = {"version": caps.version_str, "binary": caps.path}
     start = time.monotonic()
     guest: GuestLike | None = None
     ctx: Context | None = None
+    coverage: CoverageSession | None = None
     console: Path | None = None
     failed_argv: list[str] | None = None
     try:
@@ -198,7 +225,11 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
         with phases.phase("push"):
             for local, remote in opts.pushes:
                 guest.put(local, remote)
-        result.workloads, ctx = run_workloads(guest, topo, names, opts, phases)
+        if cov_plan is not None:
+            coverage = CoverageSession(guest, cov_plan)
+            with phases.phase("coverage setup"):
+                coverage.start()
+        result.workloads, ctx = run_workloads(guest, topo, names, opts, phases, coverage)
         if ctx.tracing:
             result.kernel["tracing"] = ctx.tracing
         result.finished = True
@@ -226,6 +257,10 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
                 dmesg = guest.run(["dmesg"], timeout=30).stdout
             except TestbedError:
                 dmesg = "(the guest did not answer)"
+        if coverage is not None:
+            with phases.phase("coverage read"):
+                result.coverage = coverage.finish(result.kernel.get("release"))
+                result.patch_coverage = judge_patch(coverage.plan, result.coverage)
         console_copy = None
         if console is not None and console.exists():
             console_copy = out / "console.log"

@@ -105,6 +105,9 @@ def plan_id(plan: MatrixPlan) -> str:
         ident = "default" if k.kernel is None else k.kernel.identity()
         h.update(f"{k.label}\0{ident}\0".encode())
     h.update(json.dumps([list(plan.workloads), plan.size, plan.timeout]).encode())
+    if plan.coverage is not None:  # shards that measured other files do not sum
+        h.update(json.dumps(["coverage", list(plan.coverage.files),
+                             str(plan.coverage.source or "")]).encode())
     return h.hexdigest()[:16]
 
 

@@ -2,7 +2,7 @@
 
     >>> sorted(WORKLOADS)  # doctest: +NORMALIZE_WHITESPACE
     ['concurrent', 'exec', 'fio', 'host-baseline', 'hot-unplug', 'inventory', 'isolation',
-     'mixed-iovec', 'p2p-copy', 'passthru', 'pmr', 'pool', 'split']
+     'mixed-iovec', 'nvmet-p2pmem', 'p2p-copy', 'passthru', 'pmr', 'pool', 'split']
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .fio import Fio
 from .hotunplug import HotUnplug
 from .inventory import Inventory
 from .iovec import MixedIovec, Split
+from .nvmet import NvmetP2pmem
 from .isolation import Isolation
 from .passthru import Passthru
 from .pmr import Pmr
@@ -28,6 +29,8 @@ WORKLOADS: dict[str, type[Workload]] = {
 OBSERVED: frozenset[str] = frozenset({"p2p-copy", "passthru"})
 # the paths merged since 6.2: run when named (-w), never by default
 WORKLOADS.update({w.name: w for w in (Fio, MixedIovec, Split, Concurrent, Pool, HotUnplug)})
+# the kernel's in-kernel P2P user's configuration (nvmet): run when named
+WORKLOADS["nvmet-p2pmem"] = NvmetP2pmem
 
 
 def default_workloads(topo: Topology) -> list[str]:

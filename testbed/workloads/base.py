@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..coverage.session import CoverageSession
 from ..errors import TestbedError, WorkloadError
 from ..guest.tool import GUEST_TOOL
 from ..guest.protocol import GuestLike
@@ -48,6 +49,18 @@ class Context:
     observing: bool = False
     observe_why: str = "tracing was not set up for this run"
     tracing: dict[str, Any] = field(default_factory=dict)  # what `trace setup` reported
+    coverage: CoverageSession | None = None  # --coverage: counts survive a restart
+    workload: str = ""  # the workload running now
+
+    def restart_guest(self) -> float:
+        """Restart the guest (``guest.restart()``) without losing the coverage counted so
+        far; returns the boot seconds."""
+        if self.coverage is not None:
+            self.coverage.suspend(self.workload)
+        seconds = self.guest.restart()
+        if self.coverage is not None:
+            self.coverage.resume()
+        return seconds
 
     def start_observing(self) -> None:
         """Set up the guest kernel's P2P tracing once (about a second under TCG)."""

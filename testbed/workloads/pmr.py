@@ -32,7 +32,7 @@ class Pmr(Workload):
                 rec.observed = rec.observed or "error"
                 rec.detail = rec.detail or "this guest cannot be restarted (attached instance)"
             return records
-        seconds = ctx.guest.restart()
+        seconds = ctx.restart_guest()
         for rec, nvme in zip(records, targets):
             if rec.observed:
                 continue

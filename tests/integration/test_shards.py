@@ -1,5 +1,6 @@
-"""A matrix cut into shards for a CI engine gives the same verdicts as the matrix run
-whole: two shards in two parallel processes on real guests, then merged."""
+"""A matrix cut into shards for a CI engine gives the same verdicts, and the same summed
+coverage, as the matrix run whole: two shards in two parallel processes on real guests,
+then merged."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 TESTBED = [sys.executable, "-m", "testbed"]
 ARGS = ["-t", "switch-cmb", "-t", "rootports-cmb", "-k", "default", "-w", "p2p-copy",
-        "--size", "256K"]
+        "--size", "256K", "--coverage", "drivers/pci/p2pdma.c"]
 KEYS = ("topology", "kernel", "workload", "provider", "client", "predicted", "observed",
         "data_verified", "predicted_map_type", "observed_map_type", "verdict")
 
@@ -18,6 +19,15 @@ KEYS = ("topology", "kernel", "workload", "provider", "client", "predicted", "ob
 def cells(directory):
     data = json.loads((directory / "matrix.json").read_text())
     return sorted(tuple(c.get(k) for k in KEYS) for c in data["cells"]), data
+
+
+def coverage(directory):
+    """What the summed coverage says, without the call counts (a retried request adds one)."""
+    doc = json.loads((directory / "coverage.json").read_text())["kernels"]["default"]
+    files = {p: (f["executed"], f["not_executed"], sorted(f["untraceable"]))
+             for p, f in doc["files"].items()}
+    only = {t: s["only"] for t, s in doc["by_topology"].items()}
+    return files, only, doc["cells"], doc
 
 
 def test_shards_merged_equal_the_whole(real_qemu, tmp_path):
@@ -49,6 +59,17 @@ def test_shards_merged_equal_the_whole(real_qemu, tmp_path):
     assert merged_doc["regressions"] == whole_doc["regressions"] == []
     for run in merged_doc["runs"]:
         assert (tmp_path / "merged" / run["directory"] / "results.json").is_file()
+    # the merged coverage is the whole matrix's: the same functions, cells and topologies
+    whole_cov, merged_cov = coverage(tmp_path / "whole"), coverage(tmp_path / "merged")
+    assert merged_cov[:3] == whole_cov[:3]
+    executed = set(whole_cov[0]["drivers/pci/p2pdma.c"][0])
+    assert {"calc_map_type_and_dist", "pci_p2pdma_map_type"} <= executed
+    assert whole_cov[2] == ["switch-cmb@default:p2p-copy", "rootports-cmb@default:p2p-copy"]
+    # per topology: what its runs executed (the refused pair still decides, allocates, frees)
+    topos = whole_cov[3]["by_topology"]
+    assert set(topos) == {"switch-cmb", "rootports-cmb"}
+    assert all(t["functions"] >= 2 for t in topos.values())
+    assert whole_cov[3]["lost"] == 0 and (tmp_path / "merged" / "coverage-default.xml").is_file()
     # a shard of another plan is refused
     other = subprocess.run([*TESTBED, "matrix", "merge", str(tmp_path / "shard1"),
                             str(tmp_path / "whole"), "--out", str(tmp_path / "bad")],

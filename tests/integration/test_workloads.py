@@ -28,6 +28,7 @@ def test_run_nvme_pmr_passthru_push_exec(real_qemu, tmp_path):
     out = tmp_path / "out"
     res = run_testbed("nvme-pmr", "-w", "p2p-copy", "-w", "passthru", "-w", "pmr",
                       "--push", f"{tool}:/root/hello.sh", "--exec", "sh /root/hello.sh",
+                      "--coverage", "drivers/pci/p2pdma.c", "--coverage", "drivers/nvme/host/",
                       "--out", str(out), tmp_path=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "PASS" in res.stdout
@@ -55,6 +56,13 @@ def test_run_nvme_pmr_passthru_push_exec(real_qemu, tmp_path):
     subprocess.run(["sh", "-n", str(out / "qemu.sh")], check=True)
     suite = ET.parse(out / "junit.xml").getroot()
     assert suite.get("failures") == "0"
+    # --coverage across the pmr workload's QEMU restart: counted before it, traced again after
+    cov = json.loads((out / "coverage.json").read_text())
+    assert cov["cells"] == ["p2p-copy", "passthru", "pmr", "exec"] and cov["lost"] == 0
+    assert "drivers/nvme/host/pci.c" in cov["files"] and "drivers/nvme/host/core.c" in cov["files"]
+    p2p = {f["name"]: f for f in cov["files"]["drivers/pci/p2pdma.c"]["functions"]}
+    assert set(p2p["pci_p2pdma_map_type"]["cells"]) == {"p2p-copy", "passthru"}
+    assert cov["problems"] == []  # the tracing was set up again after the restart
 
 
 def test_faulting_and_hanging_workloads_are_bounded(real_qemu, tmp_path):

@@ -1,7 +1,7 @@
 """The package's data flows one way: a module imports only from its own stage or earlier ones.
 
     topology (spec) -> command line (qemu) -> kernel -> image -> guest
-    -> verdicts -> workloads | results -> run -> commands, cli, pytest plugin
+    -> verdicts -> coverage -> workloads | results -> run -> commands, cli, pytest plugin
 
 ``errors``, ``paths``, ``util`` and ``machines`` (the machine profiles: pure data) are the
 foundation every stage may use; the guest tool
@@ -21,7 +21,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "testbed"
 STAGES = [("errors", "paths"), ("util",), ("machines",), ("spec",), ("qemu",), ("kernel",), ("image",),
-          ("guest",), ("verdicts",), ("workloads", "results"), ("run",),
+          ("guest",), ("verdicts",), ("coverage",), ("workloads", "results"), ("run",),
           ("commands", "pytest_plugin", "__init__"), ("cli",), ("__main__",)]
 RANK = {name: i for i, names in enumerate(STAGES) for name in names}
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
