@@ -24,6 +24,7 @@ from testbed.coverage.source import SourceTree, find_source
 from testbed.errors import UsageError
 from testbed.guest.result import CommandResult
 from testbed.guest_tool import coverage as gcov_tool
+from testbed.guest_tool import symbols
 from testbed.kernel.resolve import KernelSpec
 
 C_SOURCE = """\
@@ -90,12 +91,12 @@ KSYMS = "ffffffff81000100 T notraced\nffffffff81000200 t init_only\n"
 
 
 def test_resolve_traces_clones_and_pins_duplicates():
-    entries = gcov_tool.parse_filter_functions(AFF, numbered=True)
+    entries = symbols.parse_filter_functions(AFF, numbered=True)
     files = {"a.c": [{"name": n} for n in ("entry", "used", "helper", "notraced", "gone")],
              "drivers/pci/p2pdma.c": [{"name": n} for n in
                                       ("size_show", "available_show", "published_show")],
              "other.c": [{"name": "size_show"}]}
-    out = gcov_tool.resolve(files, entries, KSYMS)
+    out = symbols.resolve(files, entries, KSYMS)
     a = out["a.c"]
     assert sorted(a["traced"]) == ["entry", "helper", "used"]
     assert a["traced"]["helper"][0][2] == "helper.part.0"  # a clone counts as its function
@@ -108,11 +109,11 @@ def test_resolve_traces_clones_and_pins_duplicates():
 
 
 def test_resolve_uses_the_debug_address_and_the_module():
-    entries = gcov_tool.parse_filter_functions(AFF, numbered=True)
+    entries = symbols.parse_filter_functions(AFF, numbered=True)
     files = {"x.c": [{"name": "size_show", "addr": 0xffffffff81db0100 - 0x1000}],
              "virtio.c": [{"name": "viommu_remove", "module": "virtio_iommu"}],
              "y.c": [{"name": "viommu_remove", "module": "nvme"}]}
-    out = gcov_tool.resolve(files, entries, "", text_offset=0x1000)
+    out = symbols.resolve(files, entries, "", text_offset=0x1000)
     assert [e[0] for e in out["x.c"]["traced"]["size_show"]] == [12]
     assert "viommu_remove" in out["virtio.c"]["traced"]
     assert out["y.c"]["untraced"] == {"viommu_remove": "absent"}
