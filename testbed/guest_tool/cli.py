@@ -256,6 +256,23 @@ def add_vfio_p2p(sub):
     vp.set_defaults(func=lambda a: run_workload(lazy("vfiop2p", "vfio_p2p"), a))
 
 
+def add_vfio_revoke(sub):
+    vr = sub.add_parser("vfio-revoke", help="a dma-buf mapping of a BAR revoked under the "
+                                            "client (iommufd)")
+    vr.add_argument("--provider", metavar="BDF")
+    vr.add_argument("--client", metavar="BDF")
+    vr.add_argument("--trigger", action="append", default=[],
+                    choices=("decoding", "reset", "close", "unplug"))
+    vr.add_argument("--size", type=parse_size, default=64 << 10, metavar="BYTES")
+    vr.add_argument("--offset", type=parse_size, default=64 << 20, metavar="BYTES")
+    vr.add_argument("--seed", type=parse_seed, default=1)
+    vr.add_argument("--allow-unsafe-interrupts", action="store_true")
+    vr.add_argument("--observe", action="store_true")
+    vr.add_argument("--control", metavar="FILE",
+                    help="unplug: JSON lines for the host (ready, request, attempted, done)")
+    vr.set_defaults(func=lambda a: run_workload(lazy("vfiorevoke", "vfio_revoke"), a))
+
+
 def add_vfio_restore(sub):
     vr = sub.add_parser("vfio-restore", help="give functions bound to vfio-pci by the tool "
                                              "back to their drivers")
@@ -269,5 +286,5 @@ SUBCOMMANDS = {"inventory": add_inventory, "copy": add_copy, "passthru": add_pas
                "gcov": add_gcov, "nvmet-p2pmem": add_nvmet, "limits": add_limits, "iovec": add_iovec,
                "fio": add_fio, "concurrent": add_concurrent, "pool": add_pool,
                "p2p-loop": add_p2p_loop, "vfio-nvme": add_vfio_nvme,
-               "vfio-p2p": add_vfio_p2p,
+               "vfio-p2p": add_vfio_p2p, "vfio-revoke": add_vfio_revoke,
                "vfio-restore": add_vfio_restore}

@@ -184,6 +184,12 @@ class Controller:
         self.dev.command(set_bits=0x6)  # memory decoding and bus mastering
         self.disable()
         self.regs[REG_INTMS] = 0xFFFFFFFF  # polled: no interrupts
+        for q in (self.admin, self.io):  # a re-enable starts the queues afresh
+            if q is not None:
+                q.sq.view[:] = bytes(q.sq.size)
+                q.cq.view[:] = bytes(q.cq.size)
+                q.tail = q.head = 0
+                q.phase = 1
         depth = self.admin.depth
         self.regs[REG_AQA] = (depth - 1) << 16 | (depth - 1)
         self.regs.write64(REG_ASQ, self.admin.sq.iova)
@@ -195,7 +201,7 @@ class Controller:
         self.ns = parse_identify_namespace(self.identify(0, 1))
         self.admin_cmd(OP_SET_FEATURES, cdw10=FEAT_NUM_QUEUES, cdw11=0)
         depth = min(IO_DEPTH, self.cap["mqes"])
-        io = self.io = self._queue(1, depth)
+        io = self.io = self.io or self._queue(1, depth)
         self.admin_cmd(OP_CREATE_CQ, prp1=io.cq.iova, cdw10=(depth - 1) << 16 | 1, cdw11=1)
         self.admin_cmd(OP_CREATE_SQ, prp1=io.sq.iova, cdw10=(depth - 1) << 16 | 1,
                        cdw11=1 << 16 | 1)

@@ -17,7 +17,7 @@ import errno as errno_mod
 from typing import Any, Mapping
 
 from ..guest_tool import schema
-from .observe import trouble_verdict
+from .observe import FAULT_PATTERNS, kernel_trouble, trouble_verdict
 from .vfio import IOMMU_MMIO, NO_MAP, VfioPrediction
 
 GAVE_UP_UNSUPPORTED = ("unsupported", "group")  # stages that are not the testbed's failure
@@ -98,3 +98,90 @@ def observe_mechanism(doc: Mapping[str, Any] | None, provider_bdf: str | None
         return IOMMU_MMIO, out, (f"the BAR was mapped at {maps[0].get('iova')}, not at the "
                                  f"testbed's IOVA {want}")
     return IOMMU_MMIO, out, ""
+
+
+# -- revocation ----------------------------------------------------------------------------
+def _bar_unmapped(mech: Mapping[str, Any] | None) -> bool | None:
+    """Did the trace see the IOVA of the BAR unmapped (None: not traced)?"""
+    if not isinstance(mech, dict) or not mech.get(schema.MECH_OK):
+        return None
+    want = schema.VFIO_BAR_IOVA
+    return any(int(iova, 16) <= want < int(iova, 16) + max(int(size or 0), 1)
+               for iova, size in (mech.get("iommu") or {}).get("unmapped") or [])
+
+
+def _attempt_text(attempt: Mapping[str, Any]) -> str:
+    if not attempt:
+        return "no attempt was made"
+    if attempt.get("timeout"):
+        return f"the client's read timed out after {attempt.get('seconds')} s"
+    if not attempt.get("ok"):
+        return (f"the client's read failed with "
+                f"{(attempt.get('status') or {}).get('error', 'an error')}")
+    return "the client's read completed successfully"
+
+
+def observe_revoke(trigger: str, whole: Mapping[str, Any] | None,
+                   tdoc: Mapping[str, Any] | None, host_dmesg: Mapping[str, list[str]],
+                   timed_out: bool) -> tuple[str, str]:
+    """(verdict, detail) of one revocation trigger: ``revoked`` when the mapping went with
+    its exporter (an IOMMU fault for the client's DMA or the unmap traced, the CMB not
+    written) and a new export afterwards carried a verified transfer; ``not-revoked`` when
+    the client's DMA still reached the CMB or nothing shows the mapping gone."""
+    lines = list((tdoc or {}).get("kernel_log") or [])
+    trouble = trouble_verdict([*host_dmesg.get("trouble", []),
+                               *kernel_trouble("\n".join(lines))])
+    if trouble:
+        return trouble
+    if timed_out:
+        return "error", "the guest tool timed out (the devices were given back afterwards)"
+    whole = whole or {}
+    if whole.get("stage") in GAVE_UP_UNSUPPORTED:
+        return "unsupported", str(whole.get("error"))
+    if not tdoc:
+        if whole.get("stage"):
+            return "error", f"the guest tool gave up at {whole['stage']}: {whole.get('error')}"
+        return "error", f"the guest tool reported nothing for the {trigger} trigger"
+    if tdoc.get("stage"):
+        return "error", f"{trigger}: the guest tool gave up at {tdoc['stage']}: " \
+                        f"{tdoc.get('error')}"
+    faults = [ln for ln in lines if FAULT_PATTERNS["iommu-fault"].search(ln)]
+    unmapped = _bar_unmapped(tdoc.get(schema.MECHANISM))
+    attempt = tdoc.get("attempt") or {}
+    how = _attempt_text(attempt)
+    if tdoc.get("cmb_untouched") is False:
+        return "not-revoked", (f"after the {trigger} the client's DMA still reached the CMB "
+                               f"({how}): the IOMMU mapping outlived its exporter")
+    if not faults and not unmapped:
+        return "not-revoked", (f"after the {trigger} nothing shows the mapping gone: no IOMMU "
+                               f"fault logged, no unmap of the IOVA traced ({how})")
+    after = tdoc.get("after") or {}
+    if not after.get("ok"):
+        return "error", (f"revoked, but the new export after restoring did not carry a "
+                         f"verified transfer: {after.get('export', {}).get('error') or after}")
+    evidence = f"IOMMU fault: {faults[0]}" if faults else "no fault logged (rate limit?)"
+    if unmapped:
+        evidence += "; the unmap of the IOVA was traced"
+    quirk = (" (QEMU completed the command although its DMA faulted: a QEMU model limit)"
+             if attempt.get("ok") and faults else "")
+    untouched = "" if trigger == "unplug" else "; the CMB still held the sentinel"
+    return "revoked", (f"{how}{quirk}; {evidence}{untouched}; a new export afterwards "
+                       f"carried a verified transfer")
+
+
+def revoke_mechanism(tdoc: Mapping[str, Any] | None, provider_bdf: str | None
+                     ) -> tuple[str | None, dict[str, Any], str]:
+    """The new export's IOMMU map of the BAR (the map type), the revocation's events, and
+    a problem when the trace shows the mapping not torn down."""
+    after = (tdoc or {}).get("after") or {}
+    kind, mech, problem = observe_mechanism(after, provider_bdf)
+    revocation = (tdoc or {}).get(schema.MECHANISM)
+    unmapped = _bar_unmapped(revocation)
+    mech["revocation_unmapped_iova"] = unmapped
+    if isinstance(revocation, dict):
+        mech["revocation_events"] = [
+            e for e in revocation.get("events") or []
+            if str(e.get("event", "")).startswith(("dma_buf", "dmabuf", "iommufd"))][:24]
+    if unmapped is False and not problem:
+        problem = "the trace shows no unmap of the BAR's IOVA after the exporter went away"
+    return kind, mech, problem

@@ -3,7 +3,7 @@
     >>> sorted(WORKLOADS)  # doctest: +NORMALIZE_WHITESPACE
     ['concurrent', 'exec', 'fio', 'host-baseline', 'hot-unplug', 'inventory', 'isolation',
      'mixed-iovec', 'nvmet-p2pmem', 'p2p-copy', 'passthru', 'pmr', 'pool', 'split',
-     'vfio-dmabuf', 'vfio-p2p', 'vfio-pfnmap', 'vfio-type1']
+     'vfio-dmabuf', 'vfio-p2p', 'vfio-pfnmap', 'vfio-revoke', 'vfio-type1']
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from .isolation import Isolation
 from .passthru import Passthru
 from .pmr import Pmr
 from .pool import Pool
-from .vfio import VfioDmabuf, VfioP2P, VfioPfnmap, VfioType1
+from .vfio import VfioDmabuf, VfioPfnmap, VfioType1
+from .vfiorevoke import VfioP2P, VfioRevoke
 
 WORKLOADS: dict[str, type[Workload]] = {
     w.name: w for w in (Inventory, Isolation, P2PCopy, HostBaseline, Passthru, Pmr, Exec)
@@ -32,7 +33,7 @@ WORKLOADS.update({w.name: w for w in (Fio, MixedIovec, Split, Concurrent, Pool, 
 # the kernel's in-kernel P2P user's configuration (nvmet): run when named
 WORKLOADS["nvmet-p2pmem"] = NvmetP2pmem
 # P2P to a BAR without struct page: VFIO type1 and iommufd (run when named)
-VFIO = (VfioType1, VfioPfnmap, VfioDmabuf, VfioP2P)
+VFIO = (VfioType1, VfioPfnmap, VfioDmabuf, VfioRevoke, VfioP2P)
 WORKLOADS.update({w.name: w for w in VFIO})
 # workloads whose records carry the kernel's P2P mechanism (tracing is set up for them)
 OBSERVED: frozenset[str] = frozenset({"p2p-copy", "passthru", *(w.name for w in VFIO)})

@@ -8,7 +8,8 @@ address space one way per method; each method is a judged record named after it:
 - ``vfio-type1``   VFIO_IOMMU_MAP_DMA of the BAR's mmap (the legacy path);
 - ``vfio-pfnmap``  IOMMU_IOAS_MAP of that mmap: iommufd must refuse it (EFAULT);
 - ``vfio-dmabuf``  the BAR exported as a dma-buf and mapped with IOMMU_IOAS_MAP_FILE;
-- ``vfio-p2p``     all of them (one hand-over per pair), then the revocations.
+- ``vfio-p2p``     all of them (one hand-over per pair), then the revocations
+                   (:mod:`.vfiorevoke`).
 
 The devices go back to nvme after each pair, and the host asks the guest to give back
 anything still bound (``vfio-restore``) when a call failed or timed out.
@@ -168,7 +169,3 @@ class VfioDmabuf(VfioWorkload):
     name = "vfio-dmabuf"
     methods = ("dmabuf",)
 
-
-class VfioP2P(VfioWorkload):
-    name = "vfio-p2p"
-    methods = METHODS

@@ -269,3 +269,47 @@ def test_observe_mechanism():
     assert "not at the testbed's IOVA" in observe_mechanism(doc, "0000:04:00.0")[2]
     kind, mech, _ = observe_mechanism({"mechanism": {"ok": False, "why": "no tracefs"}}, "x")
     assert kind is None and mech["unobserved"] == "no tracefs"
+
+
+# -- revocation -----------------------------------------------------------------------------------
+FAULT = "[  99.000001] DMAR: [DMA Write NO_PASID] Request device [03:00.0] fault addr " \
+        "0x2000000000 [fault reason 0x05] PTE Write access is not set"
+UNMAPPED = {"ok": True, "iommu": {"unmapped": [[hex(VFIO_BAR_IOVA), 1 << 20]]}, "events": [
+    {"event": "dmabuf_move", "revoked": "1"}, {"event": "iommufd_revoke"}]}
+AFTER = {"ok": True, "export": {"ok": True}, "mechanism": {"ok": True, "iommu": {"p2p_maps": [
+    {"provider": "0000:04:00.0", "iova": hex(VFIO_BAR_IOVA), "paddr": "0x100000000"}]}}}
+
+
+def trigger_doc(**changes):
+    doc = {"trigger": {"command": "0x404"}, "attempt": {"completed": True, "ok": False,
+           "status": {"error": "Read: Data Transfer Error (SCT 0x0 SC 0x4)"}},
+           "kernel_log": [FAULT], "mechanism": UNMAPPED, "cmb_untouched": True,
+           "after": AFTER}
+    doc.update(changes)
+    return doc
+
+
+def test_revoked():
+    from testbed.verdicts.vfio_observe import observe_revoke, revoke_mechanism
+    verdict, detail = observe_revoke("decoding", {}, trigger_doc(), {}, False)
+    assert verdict == "revoked" and "Data Transfer Error" in detail and "sentinel" in detail
+    kind, mech, problem = revoke_mechanism(trigger_doc(), "0000:04:00.0")
+    assert (kind, problem, mech["revocation_unmapped_iova"]) == ("iommu-mmio", "", True)
+    assert [e["event"] for e in mech["revocation_events"]] == ["dmabuf_move", "iommufd_revoke"]
+
+
+def test_not_revoked_and_failures():
+    from testbed.verdicts.vfio_observe import observe_revoke, revoke_mechanism
+    written = trigger_doc(cmb_untouched=False, attempt={"completed": True, "ok": True})
+    assert observe_revoke("close", {}, written, {}, False)[0] == "not-revoked"
+    silent = trigger_doc(kernel_log=[], mechanism={"ok": True, "iommu": {"unmapped": []}})
+    assert observe_revoke("reset", {}, silent, {}, False)[0] == "not-revoked"
+    assert "no unmap" in revoke_mechanism(silent, "0000:04:00.0")[2]
+    warned = trigger_doc(kernel_log=[FAULT, "[ 99.1] WARNING: CPU: 1 PID: 9 at drivers/x.c:1"])
+    assert observe_revoke("reset", {}, warned, {}, False)[0] == "error"
+    broken_after = trigger_doc(after={"ok": False, "export": {"error": "ENODEV: x"}})
+    assert observe_revoke("decoding", {}, broken_after, {}, False)[0] == "error"
+    assert observe_revoke("unplug", {"stage": "unsupported", "error": "no IOMMUFD in this "
+                          "kernel's config"}, None, {}, False) == \
+        ("unsupported", "no IOMMUFD in this kernel's config")
+    assert observe_revoke("unplug", {}, None, {}, True)[0] == "error"
