@@ -89,6 +89,8 @@ def groups(bdfs):
 
 def modprobe(name, timeout=30):
     """None when the module is loaded (or built in), else why not."""
+    if os.path.isdir(f"/sys/module/{name.replace('-', '_')}"):
+        return None  # loaded, or built in (a kernel without /lib/modules has no modprobe data)
     try:
         res = subprocess.run(["modprobe", name], capture_output=True, text=True,
                              timeout=timeout, check=False)

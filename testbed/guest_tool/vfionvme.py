@@ -23,6 +23,18 @@ from .vfiosession import Refused, Session
 MAX_SIZE = 8 << 20
 
 
+NVME_CLASS = "0x010802"
+
+
+def not_nvme(bdf):
+    """Why ``bdf`` cannot be the client (the userspace driver drives NVMe only), or None."""
+    cls = read(f"/sys/bus/pci/devices/{bdf}/class")
+    if cls is None:
+        return f"{bdf}: no such PCI device in the guest"
+    return None if cls == NVME_CLASS else \
+        f"{bdf} is not an NVMe controller (class {cls}): the userspace driver drives NVMe only"
+
+
 def kernel_view(bdf):
     """The nvme driver's view of the controller at ``bdf``: serial, model, firmware, and
     namespace 1 (its block device, size in LBAs, LBA size); None when nvme does not hold
@@ -90,6 +102,9 @@ def vfio_nvme(args):
         raise UsageError(f"--size must be a multiple of {BLOCK} up to {MAX_SIZE} and --offset "
                          f"a multiple of {BLOCK}")
     bdf = args.bdf
+    why = not_nvme(bdf)
+    if why:
+        return {"bdf": bdf, "stage": "unsupported", "error": why, "errno": None}
     doc = {"bdf": bdf, "iommu": args.iommu, "size": args.size, "offset": args.offset,
            "seed": args.seed, "kernel_view": kernel_view(bdf)}
     session = Session(args.iommu, [bdf], args.allow_unsafe_interrupts)

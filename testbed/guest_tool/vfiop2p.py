@@ -31,7 +31,7 @@ from .sysfs import read
 from .unvme import Controller, NvmeError, NvmeTimeout
 from .usage import UsageError
 from .vfio import errno_name
-from .vfionvme import kernel_view
+from .vfionvme import kernel_view, not_nvme
 from .vfiosession import BAR_IOVA, Refused, Session, kernel_facts
 
 CMB_BAR = 2
@@ -190,6 +190,10 @@ def vfio_p2p(args):
                          f"multiple of {BLOCK}")
     window = (size + (1 << 20) - 1) >> 20 << 20  # whole MiB of the CMB
     doc = probe(args)
+    why = not_nvme(args.client)
+    if why:
+        doc.update(stage="unsupported", error=why, errno=None)
+        return doc
     view = doc["devices"][args.client]["kernel_view"]
     cmb = doc["devices"][args.provider]["cmb"]
     if cmb is None or cmb[1] - cmb[0] + 1 < window:

@@ -33,8 +33,8 @@ from .pattern import BLOCK, DEVICE_FILL, pattern
 from .unvme import Controller, NvmeError, NvmeTimeout
 from .usage import UsageError
 from .vfio import PCI_COMMAND_MEMORY, errno_name
+from .vfionvme import kernel_view, not_nvme
 from .vfiop2p import CMB_BAR, bar_range, kernel_config, seed_namespace
-from .vfionvme import kernel_view
 from .vfiosession import BAR_IOVA, Refused, Session
 
 TRIGGERS = ("decoding", "reset", "close", "unplug")
@@ -232,6 +232,13 @@ def unplug_cycle(ex, ctrl, lba, size, expected, kmsg, control, bars, observe):
 
 
 def vfio_revoke(args):
+    doc = _revoke(args)
+    if args.control:  # the host waits for this line (unplug)
+        _say(args.control, "done", doc=doc)
+    return doc
+
+
+def _revoke(args):
     size, offset = args.size, args.offset
     if not args.provider or not args.client or not args.trigger:
         raise UsageError("--provider, --client and --trigger are required")
@@ -248,8 +255,11 @@ def vfio_revoke(args):
                    f"{window} bytes (a CMB)", errno=None)
         return doc
     cfg = (kernel_config() or {}).get("values", {})
-    if cfg.get("CONFIG_IOMMUFD") == "n" and not os.path.exists("/dev/iommu"):
-        doc.update(stage="unsupported", error="no IOMMUFD in this kernel's config", errno=None)
+    why = not_nvme(args.client)
+    if why is None and cfg.get("CONFIG_IOMMUFD") == "n" and not os.path.exists("/dev/iommu"):
+        why = "no IOMMUFD in this kernel's config"
+    if why:
+        doc.update(stage="unsupported", error=why, errno=None)
         return doc
     bars = [(args.provider, CMB_BAR, cmb[0], cmb[1])]
     view = kernel_view(args.client)
@@ -296,6 +306,4 @@ def vfio_revoke(args):
                    errno_name=errno_name(exc.errno))
     finally:
         kmsg.close()
-    if args.control:
-        _say(args.control, "done", doc=doc)
     return doc
