@@ -259,7 +259,9 @@ def _iommu_evidence(maps, unmaps, faults, extra_bars=()):
     p2p_maps: list = []
     live: dict = {}
     p2p_unmaps = 0
-    pending = list(unmaps)  # (maps seen before it, iova, size): replayed in order
+    # (maps seen before it, iova[, size]): replayed in order
+    pending = [(u[0], u[1], u[2] if len(u) > 2 else 0) for u in unmaps]
+    unmaps = list(pending)
     for n, (iova, paddr, size) in enumerate(maps + [(None, None, None)]):
         while pending and pending[0][0] <= n:
             _, u_iova, _ = pending.pop(0)

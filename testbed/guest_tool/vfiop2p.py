@@ -141,9 +141,10 @@ def run_method(method, args, doc, window):
         cfg = (kernel_config() or {}).get("values", {})
         if cfg.get("CONFIG_IOMMUFD") == "n" and not os.path.exists("/dev/iommu"):
             raise Refused("unsupported", "no IOMMUFD in this kernel's config")
-    with Session(kind, [args.provider, args.client], args.allow_unsafe_interrupts,
-                 restore=False) as s:
-        doc["session"] = s.report
+    s = Session(kind, [args.provider, args.client], args.allow_unsafe_interrupts,
+                restore=False)
+    doc["session"] = s.report  # also when the session is refused (groups, modules)
+    with s:
         pdev = s.device(args.provider)
         cdev = s.device(args.client)
         doc["provider_reset"] = pdev.info()["reset"]
