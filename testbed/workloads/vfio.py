@@ -115,7 +115,8 @@ class VfioWorkload(Workload):
             args.append("--observe")
         if any(p.unsafe_interrupts for p in preds.values()):
             args.append("--allow-unsafe-interrupts")
-        step = tool_step(ctx, args, timeout=TIMEOUT)
+        nothing = all(p.verdict == "unsupported" for p in preds.values())
+        step = tool_step(ctx, args, timeout=TIMEOUT, quiet=not nothing)
         doc = step.data or {}
         back = doc.get("restore") or {}
         if step.result.timed_out or not step.data or back.get("problems"):

@@ -23,7 +23,7 @@ from ..guest_tool import schema
 from ..qemu.hotplug import hotplug_slot, replug, unplug
 from ..verdicts.observe import pull_dmesg
 from ..verdicts.vfio import METHODS, REVOKE, TRIGGERS, VfioKernel, predict_vfio, record_name
-from ..verdicts.vfio_observe import observe_revoke, revoke_mechanism
+from ..verdicts.vfio_observe import GAVE_UP_UNSUPPORTED, observe_revoke, revoke_mechanism
 from .base import Context, Record
 from .judged import error_record, selected_pairs, tool_step
 from .vfio import OFFSET, VfioWorkload, group_view, restore
@@ -65,8 +65,10 @@ class VfioRevoke(VfioWorkload):
         if any(p.unsafe_interrupts for p in preds.values()):
             base.append("--allow-unsafe-interrupts")
         # decoding, reset, close: one call
+        nothing = all(p.verdict == "unsupported" for p in preds.values())
         step = tool_step(ctx, ["vfio-revoke", *base, "--trigger", "decoding", "--trigger",
-                               "reset", "--trigger", "close"], timeout=TIMEOUT)
+                               "reset", "--trigger", "close"], timeout=TIMEOUT,
+                         quiet=not nothing)
         doc = step.data or {}
         back = restore(ctx) if step.result.timed_out or not step.data else None
         for t in ("decoding", "reset", "close"):
@@ -75,7 +77,13 @@ class VfioRevoke(VfioWorkload):
             recs[t].seconds = round(step.result.seconds, 3)
             if back is not None:
                 recs[t].data["safety_net"] = back
-        self.unplug_pair(ctx, recs["unplug"], provider, base, pbdf)
+        if doc.get("stage") in GAVE_UP_UNSUPPORTED:
+            # the guest said why it cannot revoke at all (no IOMMUFD, a client that is not
+            # NVMe, no IOMMU group): the unplug trigger needs no call of its own
+            self.judge_revoke(recs["unplug"], "unplug", doc, None, step.dmesg,
+                              step.result.timed_out, pbdf)
+        else:
+            self.unplug_pair(ctx, recs["unplug"], provider, base, pbdf)
         return list(recs.values())
 
     def judge_revoke(self, rec: Record, trigger: str, whole: dict[str, Any],
@@ -101,7 +109,7 @@ class VfioRevoke(VfioWorkload):
         """The unplug trigger: the guest tool in the background, QMP from here."""
         if rec.predicted == "unsupported":  # the guest tool says why, quickly
             step = tool_step(ctx, ["vfio-revoke", *base, "--trigger", "unplug", "--control",
-                                   CONTROL.format(provider)], timeout=120)
+                                   CONTROL.format(provider)], timeout=120, quiet=False)
             self.judge_revoke(rec, "unplug", step.data or {}, None, step.dmesg,
                               step.result.timed_out, pbdf)
             return

@@ -32,7 +32,7 @@ def guest(request, profile_kernel):
 
 
 def test_vfio_p2p_on_the_profile_kernel(guest):
-    records = {r["name"]: r for r in guest.workload("vfio-p2p", pairs=(PAIR,))}
+    records = {r["name"]: r for r in guest.workload("vfio-p2p", pairs=(PAIR,), size=256 << 10)}
     assert set(records) == {"vfio-type1", "vfio-pfnmap", "vfio-dmabuf",
                             *(f"vfio-revoke-{t}" for t in TRIGGERS)}
     for r in records.values():
