@@ -120,15 +120,13 @@ class VfioPrediction:
 def interrupt_remapping(topo: Topology) -> tuple[bool, str]:
     """(remapped, why): can the vIOMMU isolate MSIs (IRQ_DOMAIN_FLAG_ISOLATED_MSI)?"""
     view = kernel_view(topo)
-    words = view.words
-    if view.iommu == "intel":
-        if "intremap=off" in words or any(w.startswith("intremap=off") for w in words):
-            return False, "intremap=off on the kernel command line"
-        return True, ("QEMU's intel-iommu remaps interrupts (intremap: on with KVM, its "
-                      "default under TCG)")
-    if view.iommu == "virtio":
-        return False, "virtio-iommu does not remap interrupts"
-    return False, f"the {view.iommu} vIOMMU is not known to remap interrupts here"
+    viommu = topo.profile.viommu(view.iommu)
+    if viommu is None or not viommu.remaps_x2apic:
+        return False, f"{view.iommu}-iommu does not remap interrupts here"
+    if "intremap=off" in view.words:
+        return False, "intremap=off on the kernel command line"
+    return True, (f"QEMU's {viommu.qemu_device} remaps interrupts (on with KVM, its default "
+                  "under TCG)")
 
 
 def _unsupported(method: str, why: str) -> VfioPrediction:
