@@ -227,8 +227,64 @@ def add_p2p_loop(sub):
     lo.set_defaults(func=lambda a: run_workload(lazy("loop", "p2p_loop"), a))
 
 
+def add_vfio_nvme(sub):
+    vn = sub.add_parser("vfio-nvme", help="the userspace NVMe driver over VFIO, on its own")
+    vn.add_argument("--bdf", required=True)
+    vn.add_argument("--iommu", choices=("type1", "iommufd"), default="type1")
+    vn.add_argument("--size", type=parse_size, default=256 << 10, metavar="BYTES")
+    vn.add_argument("--offset", type=parse_size, default=32 << 20, metavar="BYTES")
+    vn.add_argument("--seed", type=parse_seed, default=1)
+    vn.add_argument("--allow-unsafe-interrupts", action="store_true",
+                    help="set the VFIO/iommufd module parameter (a vIOMMU without interrupt "
+                         "remapping); restored afterwards")
+    vn.set_defaults(func=lambda a: run_workload(lazy("vfionvme", "vfio_nvme"), a))
+
+
+def add_vfio_p2p(sub):
+    vp = sub.add_parser("vfio-p2p", help="P2P to a BAR through VFIO type1 or iommufd")
+    vp.add_argument("--provider", metavar="BDF", help="the function whose BAR2 (CMB) is used")
+    vp.add_argument("--client", metavar="BDF", help="the NVMe that DMAs to it")
+    vp.add_argument("--method", action="append", default=[],
+                    choices=("type1", "pfnmap", "dmabuf"))
+    vp.add_argument("--size", type=parse_size, default=256 << 10, metavar="BYTES")
+    vp.add_argument("--offset", type=parse_size, default=64 << 20, metavar="BYTES")
+    vp.add_argument("--seed", type=parse_seed, default=1)
+    vp.add_argument("--allow-unsafe-interrupts", action="store_true")
+    vp.add_argument("--observe", action="store_true",
+                    help="add the IOMMU map events and the dma-buf/VFIO probes")
+    vp.add_argument("--probe", action="store_true", help="only report what the kernel offers")
+    vp.set_defaults(func=lambda a: run_workload(lazy("vfiop2p", "vfio_p2p"), a))
+
+
+def add_vfio_revoke(sub):
+    vr = sub.add_parser("vfio-revoke", help="a dma-buf mapping of a BAR revoked under the "
+                                            "client (iommufd)")
+    vr.add_argument("--provider", metavar="BDF")
+    vr.add_argument("--client", metavar="BDF")
+    vr.add_argument("--trigger", action="append", default=[],
+                    choices=("decoding", "reset", "close", "unplug"))
+    vr.add_argument("--size", type=parse_size, default=64 << 10, metavar="BYTES")
+    vr.add_argument("--offset", type=parse_size, default=64 << 20, metavar="BYTES")
+    vr.add_argument("--seed", type=parse_seed, default=1)
+    vr.add_argument("--allow-unsafe-interrupts", action="store_true")
+    vr.add_argument("--observe", action="store_true")
+    vr.add_argument("--control", metavar="FILE",
+                    help="unplug: JSON lines for the host (ready, request, attempted, done)")
+    vr.set_defaults(func=lambda a: run_workload(lazy("vfiorevoke", "vfio_revoke"), a))
+
+
+def add_vfio_restore(sub):
+    vr = sub.add_parser("vfio-restore", help="give functions bound to vfio-pci by the tool "
+                                             "back to their drivers")
+    vr.add_argument("--timeout", type=float, default=60.0)
+    vr.set_defaults(func=lambda a: run_workload(lambda a: lazy("vfiobind", "restore")(
+        a.timeout), a))
+
+
 SUBCOMMANDS = {"inventory": add_inventory, "copy": add_copy, "passthru": add_passthru,
                "pmr": add_pmr, "trace": add_trace, "coverage": add_coverage,
                "gcov": add_gcov, "nvmet-p2pmem": add_nvmet, "limits": add_limits, "iovec": add_iovec,
                "fio": add_fio, "concurrent": add_concurrent, "pool": add_pool,
-               "p2p-loop": add_p2p_loop}
+               "p2p-loop": add_p2p_loop, "vfio-nvme": add_vfio_nvme,
+               "vfio-p2p": add_vfio_p2p, "vfio-revoke": add_vfio_revoke,
+               "vfio-restore": add_vfio_restore}

@@ -39,6 +39,14 @@ EXHAUST, MISUSE, KILL = "exhaust", "misuse", "kill"    # pool: its three checks
 EVENT = "event"                                        # p2p-loop: one JSON line per event
 LOOP_START, LOOP_ITER, LOOP_DONE = "start", "iter", "done"
 
+# -- vfio-p2p: P2P to a BAR through VFIO and iommufd -----------------------------------------
+# IOVAs the userspace driver uses, far above every bus address QEMU's q35 assigns: QEMU's
+# NVMe fails a DMA whose (untranslated) address falls in its own BAR0 with a Data Transfer
+# Error (nvme_addr_is_iomem), even behind a vIOMMU, where IOVAs are not bus addresses.
+VFIO_BAR_IOVA = 0x2000000000  # where the provider's BAR goes (128 GiB: not a bus address)
+VFIO_ARENA_IOVA = 0x1000000000  # the client's queues and host buffers (64 GiB)
+METHODS, MAP, UNSUPPORTED = "methods", "map", "unsupported"  # vfio-p2p document keys
+
 # -- what the kernel decided (``--observe``, ``trace read``) --------------------------------
 MECHANISM = "mechanism"  # the key of a transfer document that holds a trace read
 MECH_OK = "ok"           # False: not observed, and MECH_WHY says why

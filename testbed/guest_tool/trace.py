@@ -45,10 +45,13 @@ FALLBACK = {"map_type": "r:{g}/map_type pci_p2pdma_map_type"
                         " provider=+0(+0(+0($arg1))):string client=+0(+0($arg2)):string"
                         " map=$retval:s32",
             "calc": "r:{g}/calc calc_map_type_and_dist dist=+0($arg3):s32 map=$retval:s32"}
+DMA_BUF_EVENTS = ("dma_buf_export", "dma_buf_fd", "dma_buf_get", "dma_buf_put",
+                  "dma_buf_dynamic_attach", "dma_buf_detach")
 LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+\S+\s+"
                   r"(?P<ts>[\d.]+):\s+(?P<event>\w+):\s+(?P<rest>.*)$")
 FIELD = re.compile(r'(\w+)=("(?:[^"]*)"|\S+)')
 BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+MAX_OTHER_EVENTS = 64
 
 
 def _read(path, default=None):
@@ -145,6 +148,10 @@ def setup():
         if os.path.exists(f"{inst}/events/iommu/{event}/enable"):
             _write(f"{inst}/events/iommu/{event}/enable", "1")
             out["iommu_events"] = True
+    for event in DMA_BUF_EVENTS:  # the dma-buf life cycle (VFIO export, iommufd import)
+        if os.path.exists(f"{inst}/events/dma_buf/{event}/enable"):
+            _write(f"{inst}/events/dma_buf/{event}/enable", "1")
+            out.setdefault("dma_buf_events", []).append(event)
     _write(f"{inst}/trace", "")
     _write(f"{inst}/tracing_on", "1")
     with open(STATE, "w") as f:
@@ -245,15 +252,19 @@ def sysfs_distance(a, b):
     return len(ca) + len(cb)
 
 
-def _iommu_evidence(maps, unmaps, faults):
-    bars = p2pmem_bars()
+def _iommu_evidence(maps, unmaps, faults, extra_bars=()):
+    """The IOMMU's part: maps of a P2P provider's BAR (p2pmem providers, and
+    ``extra_bars``: (bdf, bar, start, end) of BARs handed to VFIO) and unmaps."""
+    bars = p2pmem_bars() + list(extra_bars)
     p2p_maps: list = []
     live: dict = {}
     p2p_unmaps = 0
-    pending = list(unmaps)  # (maps seen before it, iova): replayed in order
+    # (maps seen before it, iova[, size]): replayed in order
+    pending = [(u[0], u[1], u[2] if len(u) > 2 else 0) for u in unmaps]
+    unmaps = list(pending)
     for n, (iova, paddr, size) in enumerate(maps + [(None, None, None)]):
         while pending and pending[0][0] <= n:
-            _, u_iova = pending.pop(0)
+            _, u_iova, _ = pending.pop(0)
             p2p_unmaps += bool(live.pop(u_iova, False))
         if iova is None:
             break
@@ -264,11 +275,14 @@ def _iommu_evidence(maps, unmaps, faults):
                              "paddr": hex(paddr), "size": size})
     return {"maps": len(maps), "unmaps": len(unmaps), "p2p_maps": p2p_maps[:8],
             "p2p_map_count": len(p2p_maps), "p2p_unmap_count": p2p_unmaps,
+            "unmapped": [[hex(i), s] for _, i, s in unmaps[:16]],
             "io_page_faults": faults}
 
 
-def read():
-    """The map types per (provider, client) and the IOMMU evidence since the last read."""
+def read(extra_bars=()):
+    """The map types per (provider, client) and the IOMMU evidence since the last read;
+    ``extra_bars`` count as P2P BARs too (see :func:`_iommu_evidence`); any other event
+    of the instance (dma-buf tracepoints, VFIO probes) is listed under ``events``."""
     why = active()
     if why:
         return {schema.MECH_OK: False, schema.MECH_WHY: why}
@@ -284,6 +298,7 @@ def read():
     maps: list = []
     unmaps: list = []
     faults = 0
+    others: list = []
     events = list(parse(text))
     for i, ev in enumerate(events):
         if ev["event"] == "calc" and "provider" not in ev:  # the raw probe: pair from the next
@@ -311,9 +326,11 @@ def read():
         elif kind == "map" and "paddr" in ev:
             maps.append((int(ev["iova"], 16), int(ev["paddr"], 16), int(ev["size"])))
         elif kind == "unmap" and "iova" in ev:
-            unmaps.append((len(maps), int(ev["iova"], 16)))
+            unmaps.append((len(maps), int(ev["iova"], 16), int(ev.get("size") or 0)))
         elif kind == "io_page_fault":
             faults += 1
+        elif len(others) < MAX_OTHER_EVENTS:
+            others.append({k: v for k, v in ev.items() if k != "pid"})
     with open(STATE, "w") as f:
         json.dump(state, f)
     observed = []
@@ -330,6 +347,7 @@ def read():
     devices = {b for o in observed for b in (o["provider"], o["client"]) if b != "?"}
     m = re.search(r"entries-in-buffer/entries-written: (\d+)/(\d+)", text)
     return {schema.MECH_OK: True, "observed": observed,
-            "lost_events": int(m[2]) - int(m[1]) if m else None,
-            "iommu": dict(_iommu_evidence(maps, unmaps, faults),
-                          domains=domains(devices | {b for b, *_ in p2pmem_bars()}))}
+            "lost_events": int(m[2]) - int(m[1]) if m else None, "events": others,
+            "iommu": dict(_iommu_evidence(maps, unmaps, faults, extra_bars),
+                          domains=domains(devices | {b for b, *_ in p2pmem_bars()}
+                                          | {b for b, *_ in extra_bars}))}

@@ -37,9 +37,10 @@ from .routes import ROOT_COMPLEX, VIOMMU, Route, route
 
 # line colours per verdict (the matrix page's cell colours, darker, for thin lines)
 COLOURS = {"ok": "#15803d", "rejected": "#d97706", "iommu-fault": "#7c3aed",
-           "unsupported": "#6b7280", "error": "#dc2626"}
+           "unsupported": "#6b7280", "error": "#dc2626", "revoked": "#0891b2"}
 OTHER = "#0e7490"  # verdicts a newer workload may add
-SEVERITY = ("ok", "unsupported", "rejected", "iommu-fault", "error")  # worst last
+SEVERITY = ("ok", "revoked", "unsupported", "rejected", "iommu-fault", "error")  # worst last
+STOPS = ("refused", "fault", "revoked")  # routes that end in a bar
 FONT = "DejaVu Sans"
 SEPARATE = 8  # more paths than this are bundled hop by hop
 
@@ -66,6 +67,7 @@ class PairPath:
     client: str
     records: list[Record] = field(default_factory=list)
     both_ways: bool = False
+    family: str = ""  # "" for the kernel's P2PDMA paths; a vfio-p2p method's record name
 
     @property
     def verdicts(self) -> list[str]:
@@ -107,7 +109,8 @@ class PairPath:
 
     @property
     def pair(self) -> str:
-        return f"{self.provider}{'⇄' if self.both_ways else '→'}{self.client}"
+        return f"{self.provider}{'⇄' if self.both_ways else '→'}{self.client}" + (
+            f" ({self.family})" if self.family else "")
 
     @property
     def outcome(self) -> str:
@@ -124,17 +127,20 @@ class PairPath:
 
 def pair_paths(records: Iterable[Record], topo: Topology) -> list[PairPath]:
     """Records with a provider and a client in ``topo`` and a verdict (predicted, or judged),
-    one path per pair; a pair's two directions share a path when they went alike."""
+    one path per pair; a pair's two directions share a path when they went alike.  The
+    vfio-p2p methods (records named ``vfio-*``) take other ways than the kernel's P2PDMA
+    mapping: each gets paths of its own."""
     names = {n.name for n in topo.nvmes()}
-    by_pair: dict[tuple[str, str], PairPath] = {}
+    by_pair: dict[tuple[str, str, str], PairPath] = {}
     for r in records:
         if r.provider in names and r.client in names and (r.predicted or r.observed):
             assert r.provider is not None and r.client is not None
-            by_pair.setdefault((r.provider, r.client),
-                               PairPath(r.provider, r.client)).records.append(r)
+            family = r.name if r.name.startswith("vfio-") else ""
+            by_pair.setdefault((r.provider, r.client, family),
+                               PairPath(r.provider, r.client, family=family)).records.append(r)
     out: list[PairPath] = []
-    for (p, c), path in by_pair.items():
-        back = by_pair.get((c, p))
+    for (p, c, family), path in by_pair.items():
+        back = by_pair.get((c, p, family))
         if back is not None and p != c and back.key == path.key:
             if back.both_ways:
                 continue  # drawn already, as the other direction's path
@@ -220,7 +226,7 @@ def _hops(r: Route) -> list[tuple[str, str]]:
 def _path_edges(number: int, path: PairPath, r: Route) -> list[str]:
     """One path, hop by hop, its number on the hop into the node where it turns."""
     common = _style(path, r)
-    if path.both_ways and r.how in ("switch", "host"):
+    if path.both_ways and r.how in ("switch", "host", "iommu"):
         common["dir"] = "both"
     hops = _hops(r)
     at = next((i for i, (_, b) in enumerate(hops) if b == r.top), len(hops) - 1)
@@ -229,7 +235,7 @@ def _path_edges(number: int, path: PairPath, r: Route) -> list[str]:
         attrs: dict[str, object] = dict(common)
         if i == at:
             attrs["label"] = f" {number} "
-        if i == len(hops) - 1 and r.how in ("refused", "fault"):
+        if i == len(hops) - 1 and r.how in STOPS:
             attrs["arrowhead"] = "tee"
         lines.append(f"  {quote(a)} -> {quote(b)} {_attrs(**attrs)}")
     return lines
@@ -241,8 +247,8 @@ def _bundled_edges(drawn: Sequence[tuple[int, PairPath, Route]]) -> list[str]:
     for _, path, r in drawn:
         hops = _hops(r)
         for i, (a, b) in enumerate(hops):
-            stop = i == len(hops) - 1 and r.how in ("refused", "fault")
-            if not stop and r.how in ("switch", "host"):
+            stop = i == len(hops) - 1 and r.how in STOPS
+            if not stop and r.how in ("switch", "host", "iommu"):
                 a, b = min(a, b), max(a, b)  # both directions share a line
             look = tuple(sorted(_style(path, r).items()))
             bundles[(a, b, stop, look)] = bundles.get((a, b, stop, look), 0) + 1
@@ -263,7 +269,9 @@ def _via(r: Route, topo: Topology) -> str:
                     + f"the {topo.profile.machine_type} root complex"
                     + (" and the vIOMMU" if VIOMMU in r.nodes else ""),
             "refused": "refused at the root complex",
-            "fault": "faults at the vIOMMU" if r.top == VIOMMU else "faults at the root"
+            "fault": "faults at the vIOMMU" if r.top == VIOMMU else "faults at the root",
+            "iommu": "through the vIOMMU's mapping of the provider's BAR (VFIO/iommufd)",
+            "revoked": "the client's DMA stops at the vIOMMU: the BAR's mapping was revoked",
             }[r.how]
 
 
@@ -296,7 +304,7 @@ def _routes(topo: Topology, path: PairPath, view: KernelView) -> list[Route]:
                   path.translating(view))
     if there is None:
         return []
-    if path.both_ways and there.how in ("refused", "fault"):
+    if path.both_ways and there.how in STOPS:
         back = route(topo, path.client, path.provider, path.map_type, path.verdict,
                      path.translating(view))
         return [there, *([back] if back else [])]

@@ -10,7 +10,11 @@ which order, and where it turns or stops.
 - **refused**: the kernel would not map it (``not-supported``): up to the root complex, no
   further;
 - **fault**: mapped by bus address, but QEMU sends every DMA through the vIOMMU at the
-  root complex, where a translating vIOMMU faults: up to the vIOMMU, no further.
+  root complex, where a translating vIOMMU faults: up to the vIOMMU, no further;
+- **iommu**: the BAR mapped in the vIOMMU at an IOVA (``iommu-mmio``: a device handed to
+  userspace through VFIO or iommufd): up to the root complex, through the vIOMMU and down;
+- **revoked**: such a mapping revoked (the dma-buf's exporter went away): the client's
+  DMA goes up to the vIOMMU and stops there (this route starts at the client).
 
     >>> from testbed.spec import load_topology
     >>> topo = load_topology("switch-cmb")
@@ -19,6 +23,10 @@ which order, and where it turns or stops.
     >>> topo = load_topology("switch-cmb-intel-iommu")
     >>> route(topo, "nvme0", "nvme1", "bus-address", "iommu-fault", translating=True).nodes
     ('nvme0', 'sw0-dp0', 'sw0', 'rp0', '@root-complex', '@viommu')
+    >>> route(topo, "nvme0", "nvme1", "iommu-mmio", "ok", translating=True).how
+    'iommu'
+    >>> route(topo, "nvme0", "nvme1", "iommu-mmio", "revoked", translating=True).nodes
+    ('nvme1', 'sw0-dp1', 'sw0', 'rp0', '@root-complex', '@viommu')
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ from ..spec.model import HostBridge, Topology
 # Node ids of what the spec does not name; spec names never hold "@".
 ROOT_COMPLEX = "@root-complex"  # whatever the machine (q35's, virt's)
 VIOMMU = "@viommu"
-HOWS = ("switch", "self", "host", "refused", "fault")
+HOWS = ("switch", "self", "host", "refused", "fault", "iommu", "revoked")
+IOMMU_MMIO = "iommu-mmio"  # the map type of a BAR mapped in the IOMMU (verdicts.vfio)
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,10 @@ def route(topo: Topology, provider: str, client: str, map_type: str | None,
     if verdict == "iommu-fault":
         return Route((*up, ROOT_COMPLEX, *((VIOMMU,) if iommu else ())), "fault",
                      VIOMMU if iommu else ROOT_COMPLEX)
+    if map_type == IOMMU_MMIO:
+        if verdict == "revoked":
+            return Route((*_up(topo, client), ROOT_COMPLEX, VIOMMU), "revoked", VIOMMU)
+        return Route((*up, ROOT_COMPLEX, VIOMMU, ROOT_COMPLEX, *down), "iommu", VIOMMU)
     if verdict == "rejected" or map_type == "not-supported":
         return Route((*up, ROOT_COMPLEX), "refused", ROOT_COMPLEX)
     if common is not None and map_type in ("bus-address", None):

@@ -2,7 +2,8 @@
 
     >>> sorted(WORKLOADS)  # doctest: +NORMALIZE_WHITESPACE
     ['concurrent', 'exec', 'fio', 'host-baseline', 'hot-unplug', 'inventory', 'isolation',
-     'mixed-iovec', 'nvmet-p2pmem', 'p2p-copy', 'passthru', 'pmr', 'pool', 'split']
+     'mixed-iovec', 'nvmet-p2pmem', 'p2p-copy', 'passthru', 'pmr', 'pool', 'split',
+     'vfio-dmabuf', 'vfio-p2p', 'vfio-pfnmap', 'vfio-revoke', 'vfio-type1']
 """
 
 from __future__ import annotations
@@ -21,16 +22,21 @@ from .isolation import Isolation
 from .passthru import Passthru
 from .pmr import Pmr
 from .pool import Pool
+from .vfio import VfioDmabuf, VfioPfnmap, VfioType1
+from .vfiorevoke import VfioP2P, VfioRevoke
 
 WORKLOADS: dict[str, type[Workload]] = {
     w.name: w for w in (Inventory, Isolation, P2PCopy, HostBaseline, Passthru, Pmr, Exec)
 }
-# workloads whose records carry the kernel's P2P mechanism (tracing is set up for them)
-OBSERVED: frozenset[str] = frozenset({"p2p-copy", "passthru"})
 # the paths merged since 6.2: run when named (-w), never by default
 WORKLOADS.update({w.name: w for w in (Fio, MixedIovec, Split, Concurrent, Pool, HotUnplug)})
 # the kernel's in-kernel P2P user's configuration (nvmet): run when named
 WORKLOADS["nvmet-p2pmem"] = NvmetP2pmem
+# P2P to a BAR without struct page: VFIO type1 and iommufd (run when named)
+VFIO = (VfioType1, VfioPfnmap, VfioDmabuf, VfioRevoke, VfioP2P)
+WORKLOADS.update({w.name: w for w in VFIO})
+# workloads whose records carry the kernel's P2P mechanism (tracing is set up for them)
+OBSERVED: frozenset[str] = frozenset({"p2p-copy", "passthru", *(w.name for w in VFIO)})
 
 
 def default_workloads(topo: Topology) -> list[str]:

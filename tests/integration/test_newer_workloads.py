@@ -83,6 +83,18 @@ def test_a_warning_in_the_dmesg_delta_turns_the_record_to_error(guest):
     assert r["data_verified"] is True  # the data was fine: the kernel's word decides
 
 
+def test_vfio_without_a_viommu_is_unsupported_and_takes_nothing(guest):
+    """No vIOMMU: no IOMMU groups, so VFIO cannot take the devices; the guest says so
+    before binding anything (issue 22's family, on this module's guest: no extra boot)."""
+    (r,) = guest.workload("vfio-type1", pairs=(PAIR,))
+    assert (r["predicted"], r["observed"]) == ("unsupported", "unsupported"), r["detail"]
+    assert "no IOMMU group" in r["reason"] and "no IOMMU group" in r["detail"]
+    assert "bind" not in r["data"]["session"]
+    bdf = guest.names["nvme1"]
+    assert guest.run(f"basename $(readlink /sys/bus/pci/devices/{bdf}/driver)"
+                     ).stdout.strip() == "nvme"
+
+
 def test_hot_unplug_keeps_the_kernel_healthy_and_the_provider_usable(guest):
     before = guest.names["nvme0"]
     r = one(guest.workload("hot-unplug", pairs=(PAIR,)))

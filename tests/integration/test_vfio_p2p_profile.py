@@ -1,0 +1,71 @@
+"""P2P to a BAR without struct page on the CI profile kernel (base+vfio-iommufd+coverage:
+IOMMUFD, VFIO device cdevs, vfio-pci's dma-buf export; no VFIO container): iommufd
+refuses the VM_PFNMAP mmap, the dma-buf of the CMB maps and carries DMA both ways, and
+every revocation (decoding, reset, close, QMP unplug) takes the mapping away, on the
+three vIOMMU topologies, one guest each (this module boots them one after another)."""
+
+from __future__ import annotations
+
+import pytest
+
+from testbed.guest.boot import BootOptions, boot
+from testbed.guest_tool.schema import VFIO_BAR_IOVA
+from testbed.pytest_plugin import TestbedGuest
+from testbed.spec import load_topology
+
+pytestmark = pytest.mark.profile_kernel
+
+TOPOLOGIES = ("switch-cmb-intel-iommu", "switch-cmb-iommu-pt", "switch-cmb-virtio-iommu")
+PAIR = ("nvme0", "nvme1")
+TRIGGERS = ("decoding", "reset", "close", "unplug")
+
+
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def guest(request, profile_kernel):
+    """One guest per topology on the profile kernel, shared by the module's tests."""
+    topo = load_topology(request.param)
+    booted = boot(topo, options=BootOptions(kernel=profile_kernel))
+    try:
+        yield TestbedGuest(booted, topo)
+    finally:
+        booted.shutdown()
+
+
+def test_vfio_p2p_on_the_profile_kernel(guest):
+    records = {r["name"]: r for r in guest.workload("vfio-p2p", pairs=(PAIR,), size=256 << 10)}
+    assert set(records) == {"vfio-type1", "vfio-pfnmap", "vfio-dmabuf",
+                            *(f"vfio-revoke-{t}" for t in TRIGGERS)}
+    for r in records.values():
+        assert r["passed"], (r["name"], r.get("mismatch"), r["detail"])
+    # no VFIO container in this kernel: type1 is not there to run
+    t1 = records["vfio-type1"]
+    assert (t1["predicted"], t1["observed"]) == ("unsupported", "unsupported"), t1["detail"]
+    # iommufd refuses the VM_PFNMAP mmap with EFAULT and maps nothing of the BAR
+    pf = records["vfio-pfnmap"]
+    assert (pf["observed"], pf["observed_map_type"]) == ("rejected", "none"), pf["detail"]
+    assert pf["data"]["map"]["errno_name"] == "EFAULT"
+    # the dma-buf maps the BAR at the IOVA and carries DMA both ways, every byte checked
+    db = records["vfio-dmabuf"]
+    assert (db["observed"], db["observed_map_type"], db["data_verified"]) == \
+        ("ok", "iommu-mmio", True), db["detail"]
+    assert db["mechanism"]["bar_maps"][0]["iova"] == hex(VFIO_BAR_IOVA)
+    assert any(e["event"].startswith("dma_buf") for e in db["mechanism"]["events"])
+    for t in TRIGGERS:
+        r = records[f"vfio-revoke-{t}"]
+        assert (r["observed"], r["data_verified"]) == ("revoked", True), (t, r["detail"])
+        attempt = r["data"]["attempt"]
+        assert attempt.get("timeout") or attempt.get("status"), (t, attempt)
+        if t != "unplug":
+            assert r["data"]["cmb_untouched"] is True
+        assert r["mechanism"]["revocation_unmapped_iova"] is True, (t, r["mechanism"])
+
+
+def test_devices_are_back_on_nvme(guest):
+    for name in PAIR:
+        bdf = guest.names[name]
+        res = guest.run(f"basename $(readlink /sys/bus/pci/devices/{bdf}/driver); "
+                        f"cat /sys/bus/pci/devices/{bdf}/p2pmem/published; "
+                        "cat /run/p2pdma-guest-vfio.json 2>/dev/null || echo none")
+        assert res.stdout.split() == ["nvme", "1", "none"], (name, res.stdout)
+    assert guest.run("cat /sys/module/iommufd/parameters/allow_unsafe_interrupts"
+                     ).stdout.strip() == "N"
