@@ -29,7 +29,7 @@ from ..kernel.extmod import BuildEnv, ModuleUnsupported, tree_env
 from ..kernel.resolve import KernelSpec
 from ..paths import cache_dir
 from ..util.procs import find_tool, run_step
-from .mirror import resolve_mirror
+from ..util.debian_mirror import resolve_mirror
 from .recipe import Recipe, load_recipe
 from .tree import dpkg_versions
 
