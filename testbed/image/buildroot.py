@@ -118,8 +118,9 @@ def kernel_build_env(kernel: KernelSpec | None, release: str) -> BuildEnv:
     against with the host's compiler in its tree; a Debian release with Debian's headers.
     """
     if kernel is not None:
-        # seam: issue 20 (a profile kernel's build tree on the KernelSpec)
-        trees = [kernel.path] if kernel.kind == "build-tree" else []
+        trees = [kernel.build_tree] if kernel.build_tree is not None else []  # profile kernels
+        if kernel.kind == "build-tree":
+            trees.append(kernel.path)
         if kernel.modules_dir is not None:
             trees.append(kernel.modules_dir / "build")
         for tree in trees:
