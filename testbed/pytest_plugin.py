@@ -34,7 +34,7 @@ from .guest.boot import BootOptions, boot
 from .guest.protocol import GuestLike
 from .guest.reinventory import reinventory
 from .guest.result import CommandResult
-from .kernel.resolve import resolve_kernel
+from .kernel.resolve import KernelSpec, resolve_kernel
 from .qemu.hotplug import UNPLUG_TIMEOUT, hotplug_slot, replug, unplug
 from .qemu.machine import QemuMachine
 from .qemu.validate import load_checked
@@ -102,9 +102,10 @@ class TestbedGuest:
 
     __test__ = False
 
-    def __init__(self, guest: GuestLike, topology: Topology):
+    def __init__(self, guest: GuestLike, topology: Topology, kernel: KernelSpec | None = None):
         self._guest = guest
         self.topology = topology
+        self.kernel = kernel  # the kernel it booted (None: the image's)
         self._mark = 0
 
     # commands
@@ -134,7 +135,7 @@ class TestbedGuest:
         """Run a workload (``p2p-copy``, ``fio``, ``hot-unplug``, ...); the records ``testbed
         run`` writes.  Options are :class:`RunOptions` fields: ``size``, ``fio_args``,
         ``pairs=(("nvme0", "nvme1"),)``, ``inject=("corrupt",)`` ..."""
-        opts = RunOptions(**options)
+        opts = RunOptions(**{"kernel": self.kernel, **options})
         plan(self.topology, dataclasses.replace(opts, workloads=(name,)))  # bad input raises
         records, _ = run_workloads(self._guest, self.topology, [name], opts)
         return [r.to_json() for r in records]
@@ -202,16 +203,17 @@ class _ModuleGuests:
                         f"{self.failed[key]}", pytrace=False)
         if key not in self.guests:
             topo = load_checked(spec)
+            opt = self.config.getoption
+            kernel = resolve_kernel(opt("--testbed-kernel")) if opt("--testbed-kernel") else None
             try:
-                self.guests[key] = TestbedGuest(self._boot(topo), topo)
+                self.guests[key] = TestbedGuest(self._boot(topo, kernel), topo, kernel)
             except TestbedError as exc:
                 self.failed[key] = str(exc)
                 pytest.fail(f"topology {spec}: {exc}", pytrace=False)
         return self.guests[key]
 
-    def _boot(self, topo: Topology) -> GuestLike:
+    def _boot(self, topo: Topology, kernel: KernelSpec | None) -> GuestLike:
         opt = self.config.getoption
-        kernel = resolve_kernel(opt("--testbed-kernel")) if opt("--testbed-kernel") else None
         if opt("--testbed-keep"):
             return _boot_detached(topo, opt("--testbed-kernel"), opt("--testbed-accel"))
         return boot(topo, options=BootOptions(kernel=kernel, accel=opt("--testbed-accel")))

@@ -281,10 +281,22 @@ def add_vfio_restore(sub):
         a.timeout), a))
 
 
+def add_hmm_p2p(sub):
+    hp = sub.add_parser("hmm-p2p", help="mirror host pages and p2pmem for a client through "
+                        "the hmm_p2p_test module (hmm_range_fault + hmm_dma_map_pfn)")
+    hp.add_argument("--provider", metavar="BDF", required=True)
+    hp.add_argument("--client", metavar="BDF", required=True,
+                    help="the PCI device the pages are mapped for")
+    hp.add_argument("--p2p-pages", type=int, default=4, metavar="N",
+                    help="p2pmem pages between the two host pages")
+    hp.set_defaults(func=lambda a: run_workload(lazy("hmmp2p", "hmm_p2p"), a))
+
+
 SUBCOMMANDS = {"inventory": add_inventory, "copy": add_copy, "passthru": add_passthru,
                "pmr": add_pmr, "trace": add_trace, "coverage": add_coverage,
                "gcov": add_gcov, "nvmet-p2pmem": add_nvmet, "limits": add_limits, "iovec": add_iovec,
                "fio": add_fio, "concurrent": add_concurrent, "pool": add_pool,
                "p2p-loop": add_p2p_loop, "vfio-nvme": add_vfio_nvme,
                "vfio-p2p": add_vfio_p2p, "vfio-revoke": add_vfio_revoke,
-               "vfio-restore": add_vfio_restore}
+               "vfio-restore": add_vfio_restore,
+               "hmm-p2p": add_hmm_p2p}

@@ -47,6 +47,13 @@ VFIO_BAR_IOVA = 0x2000000000  # where the provider's BAR goes (128 GiB: not a bu
 VFIO_ARENA_IOVA = 0x1000000000  # the client's queues and host buffers (64 GiB)
 METHODS, MAP, UNSUPPORTED = "methods", "map", "unsupported"  # vfio-p2p document keys
 
+# -- hmm-p2p: the hmm_p2p_test module's report (see hmmp2p.py) -----------------------------
+# {"layout": ["host", "p2p", ..., "host"], "bars": [...], MAP: {ioctl fields..., PAGES:
+#  [{"kind", "state", "bits", "phys", "dma", "map_type", "expected_bus"}]}, UNMAP: {...,
+#  PAGES: [[bit, ...]]}, INVALIDATE: {..., PAGES: [[bit, ...]]}} or a STAGE/"error" document
+HMM_MAP, HMM_UNMAP, HMM_INVALIDATE, HMM_PAGES = "map", "unmap", "invalidate", "pages"
+HMM_HOST, HMM_P2P = "host", "p2p"  # the kinds of page in the range
+
 # -- what the kernel decided (``--observe``, ``trace read``) --------------------------------
 MECHANISM = "mechanism"  # the key of a transfer document that holds a trace read
 MECH_OK = "ok"           # False: not observed, and MECH_WHY says why

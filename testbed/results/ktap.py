@@ -140,6 +140,8 @@ def record_test(rec: Record) -> KtapTest:
         diags.append("data verified" if rec.data_verified else "data NOT verified")
     if rec.command is not None:
         why = f"not judged: exit status {rec.exit_status}"
+    elif rec.detail.startswith("unsupported"):
+        why = rec.detail  # the kernel cannot run it: "unsupported (CONFIG_X is not set)"
     elif rec.name == "inventory":
         why = "not judged: the guest's view of the topology"
     else:

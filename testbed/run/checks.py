@@ -14,7 +14,7 @@ from ..workloads.hotunplug import slot_problems
 if TYPE_CHECKING:
     from .runner import RunOptions
 
-NEEDS_PAIRS = ("fio", "mixed-iovec", "split", "concurrent", "hot-unplug")
+NEEDS_PAIRS = ("fio", "mixed-iovec", "split", "concurrent", "hot-unplug", "hmm-p2p")
 INJECTIONS = ("corrupt", "warning")
 
 

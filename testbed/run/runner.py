@@ -139,7 +139,8 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: RunO
                   ) -> tuple[list[Record], Context]:
     caps = probe(topo.machine.qemu)
     ctx = Context(guest=guest, topology=topo, cpu=cpu_info(caps, topo.machine.cpu, topo.profile.cpu),
-                  timeout=opts.timeout, size=opts.size, seed=opts.seed, execs=list(opts.execs),
+                  kernel=opts.kernel, timeout=opts.timeout, size=opts.size, seed=opts.seed,
+                  execs=list(opts.execs),
                   fio_args=list(opts.fio_args), inject=tuple(opts.inject),
                   pairs=list(opts.pairs), coverage=coverage)
     records: list[Record] = []

@@ -1,9 +1,9 @@
 """P2PDMA workloads: each runs guest-side code over SSH and returns judged records.
 
     >>> sorted(WORKLOADS)  # doctest: +NORMALIZE_WHITESPACE
-    ['concurrent', 'exec', 'fio', 'host-baseline', 'hot-unplug', 'inventory', 'isolation',
-     'mixed-iovec', 'nvmet-p2pmem', 'p2p-copy', 'passthru', 'pmr', 'pool', 'split',
-     'vfio-dmabuf', 'vfio-p2p', 'vfio-pfnmap', 'vfio-revoke', 'vfio-type1']
+    ['concurrent', 'exec', 'fio', 'hmm-p2p', 'host-baseline', 'hot-unplug', 'inventory',
+     'isolation', 'mixed-iovec', 'nvmet-p2pmem', 'p2p-copy', 'passthru', 'pmr', 'pool',
+     'split', 'vfio-dmabuf', 'vfio-p2p', 'vfio-pfnmap', 'vfio-revoke', 'vfio-type1']
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .concurrent import Concurrent
 from .copy import HostBaseline, P2PCopy
 from .exec import Exec
 from .fio import Fio
+from .hmmp2p import HmmP2P
 from .hotunplug import HotUnplug
 from .inventory import Inventory
 from .iovec import MixedIovec, Split
@@ -37,6 +38,8 @@ VFIO = (VfioType1, VfioPfnmap, VfioDmabuf, VfioRevoke, VfioP2P)
 WORKLOADS.update({w.name: w for w in VFIO})
 # workloads whose records carry the kernel's P2P mechanism (tracing is set up for them)
 OBSERVED: frozenset[str] = frozenset({"p2p-copy", "passthru", *(w.name for w in VFIO)})
+# the kernel's mapping paths without a transfer (a test module of the project's own)
+WORKLOADS.update({w.name: w for w in (HmmP2P,)})
 
 
 def default_workloads(topo: Topology) -> list[str]:

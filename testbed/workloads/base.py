@@ -22,6 +22,7 @@ from ..guest.result import CommandResult
 from ..qemu.probe import CpuInfo
 from ..spec.model import Topology
 from ..guest_tool import schema
+from ..kernel.resolve import KernelSpec
 from ..verdicts.mechanism import JUDGED_MAP_TYPES, judge, observe_mechanism
 from ..verdicts.observe import FAULT_QUIET_SECONDS, refusals
 from ..verdicts.predict import Prediction
@@ -36,6 +37,7 @@ class Context:
     guest: GuestLike
     topology: Topology
     cpu: CpuInfo
+    kernel: KernelSpec | None = None  # the kernel under test (None: the image's)
     timeout: float = DEFAULT_TIMEOUT
     size: int = 1 << 20
     seed: int = 1

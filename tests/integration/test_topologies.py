@@ -130,6 +130,50 @@ def test_isolation_matches_the_oracle(guest, name):
             ("nvme2", "nvme3", "ok"), ("nvme3", "nvme2", "ok")]
 
 
+HMM_CASES = [c for c in CASES if c.id in ("switch-cmb", "rootports-cmb-zen", "rootports-cmb",
+                                          "rootports-cmb-zen-intel-iommu")]
+
+
+@pytest.mark.parametrize("name", HMM_CASES)
+def test_hmm_p2p_maps_as_the_oracle_says(guest, name):
+    """The ODP mapping path (hmm_range_fault + hmm_dma_map_pfn, through the project's
+    hmm_p2p_test module, built for the image kernel with Debian's headers): per pair, the
+    P2P pages get the oracle's map type (P2PDMA_BUS with the page's PCI bus address,
+    P2PDMA with a physical address or an IOVA, or a refusal), the host pages beside them
+    are mapped plainly, unmap and notifier invalidation undo it; the module is unloaded
+    afterwards and the pool is whole again.  On the three mechanisms and the IOVA path
+    (guests this module boots anyway)."""
+    topo = load_topology(name)
+    chosen = tuple(pairs(topo)[:2])
+    avail = "cat /sys/bus/pci/devices/*/p2pmem/available"
+    before = guest.check(avail).stdout
+    records = guest.workload("hmm-p2p", pairs=chosen)
+    assert [(r["provider"], r["client"]) for r in records] == list(chosen)
+    for r in records:
+        assert r["passed"] is True and "mechanism_problem" not in r, r
+        assert r["observed_map_type"] == r["predicted_map_type"], r
+        pages = r["data"]["map"]["pages"]
+        assert [p["kind"] for p in pages] == ["host", "p2p", "p2p", "p2p", "p2p", "host"]
+        p2p = [p for p in pages if p["kind"] == "p2p"]
+        if r["observed_map_type"] == "bus-address":
+            assert all(p["state"] == "bus" and p["dma"] == p["expected_bus"] for p in p2p)
+        elif r["observed_map_type"] == "host-bridge":
+            assert all(p["state"] == "host-bridge" for p in p2p)
+            iova = topo.iommu.model != "none" and topo.iommu.mode == "strict"
+            assert all((p["dma"] != p["phys"]) == iova for p in pages), pages
+            assert r["data"]["map"]["use_iova"] == int(iova)
+        else:
+            assert all(p["state"] == "refused" and p["dma"] == 0 for p in p2p)
+    assert guest.run("grep -w hmm_p2p_test /proc/modules").exit_status == 1
+    assert guest.check(avail).stdout == before
+
+
+@pytest.mark.topology("switch-cmb")
+def test_hmm_p2p_turns_a_kernel_warning_into_an_error(guest):
+    (r,) = guest.workload("hmm-p2p", pairs=(("nvme0", "nvme1"),), inject=("warning",))
+    assert r["observed"] == "error" and "WARNING: CPU: 0 PID: 1 at testbed/self" in r["detail"]
+
+
 def test_all_verdict_kinds_occur_across_the_library():
     """The library exercises ok, rejected and iommu-fault (computed, not listed)."""
     from testbed.qemu.probe import cpu_info, probe
