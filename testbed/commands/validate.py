@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..errors import SpecError
+from ..qemu.devices import DEVICES
 from ..qemu.validate import load_checked
 
 HELP = "check topology files (exit 0 valid, 2 invalid)"
@@ -31,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
             print(exc, file=sys.stderr)
             status = 2
             continue
-        print(f"{f}: ok ({topo.name}: {len(list(topo.nodes()))} devices, "
-              f"{len(topo.nvmes())} NVMe)")
+        counts: dict[str, int] = {}
+        for e in topo.endpoints():
+            label = DEVICES[type(e)].label.split()[0]  # NVMe, igb
+            counts[label] = counts.get(label, 0) + 1
+        what = ", ".join(f"{n} {label}" for label, n in counts.items()) or "0 NVMe"
+        print(f"{f}: ok ({topo.name}: {len(list(topo.nodes()))} devices, {what})")
     return status

@@ -51,7 +51,7 @@ from .debug import find_vmlinux
 from .ports import reserve_port
 from .share import mount_shares
 from .tool import install_and_run, package_tar
-from .treecheck import check_tree, map_names
+from .treecheck import check_tree, inventory_argv, map_names
 
 log = logging.getLogger(__name__)
 
@@ -304,12 +304,10 @@ def check_guest_view(guest: Guest, trace: bool = False) -> None:
     """Ask the guest for its inventory and check it shows the topology (``trace``: set the
     kernel's P2P tracing up in the same guest process, which saves an interpreter start)."""
     topo = guest.topology
-    n_p2p = sum(1 for n in topo.nvmes() if n.cmb)
     # the guest tool is shipped here, in the same command as its first inventory
     try:
-        res = guest.run(install_and_run(["inventory", "--wait", "30", "--expect-nvme",
-                                         str(len(topo.nvmes())), "--expect-p2pmem", str(n_p2p),
-                                         *(["--trace"] if trace else [])]),
+        res = guest.run(install_and_run(inventory_argv(topo, wait=30)
+                                        + (["--trace"] if trace else [])),
                         timeout=INVENTORY_SECONDS, stdin=package_tar())
     except GuestError as exc:
         raise _fail(guest, BootFailed, f"the guest tool could not be run: {exc}") from None

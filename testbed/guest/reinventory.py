@@ -12,16 +12,14 @@ import json
 
 from .protocol import GuestLike
 from .tool import GUEST_TOOL
-from .treecheck import check_tree, map_names
+from .treecheck import check_tree, inventory_argv, map_names
 
 
 def reinventory(guest: GuestLike, wait: float = 30.0) -> list[str]:
     """Wait up to ``wait`` seconds for every NVMe and p2pmem provider of the topology, then
     update ``guest.inventory`` and ``guest.names``; the differences from the topology."""
     topo = guest.topology
-    n_p2p = sum(1 for n in topo.nvmes() if n.cmb)
-    res = guest.run([GUEST_TOOL, "inventory", "--wait", str(wait), "--expect-nvme",
-                     str(len(topo.nvmes())), "--expect-p2pmem", str(n_p2p)], timeout=wait + 30)
+    res = guest.run([GUEST_TOOL, *inventory_argv(topo, wait)], timeout=wait + 30)
     try:
         inv = json.loads(res.stdout)
     except ValueError:

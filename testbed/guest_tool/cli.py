@@ -68,6 +68,8 @@ def add_inventory(sub):
                      help="seconds to wait for every NVMe to be live")
     inv.add_argument("--expect-nvme", type=int, default=None)
     inv.add_argument("--expect-p2pmem", type=int, default=None)
+    inv.add_argument("--load", action="append", default=[], metavar="MODULE",
+                     help="modprobe MODULE first (an endpoint's driver that is a module)")
     inv.add_argument("--trace", action="store_true",
                      help="also set up the P2P tracing (as `trace setup`)")
     inv.add_argument("--grouping-symbols", action="store_true",

@@ -3,6 +3,7 @@ p2pmem providers and the IOMMU groups as JSON."""
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -10,8 +11,28 @@ from .iommu import grouping_symbols, iommu_groups
 from .sysfs import kernel_config, nvme_controllers, pci_devices, read
 
 
+MODPROBE_TIMEOUT = 30  # seconds for one driver module to load and probe its devices
+
+
+def load_modules(names):
+    """modprobe each module (a driver that is not built in); {name: error} of the failures."""
+    failed = {}
+    for name in names:
+        try:
+            res = subprocess.run(["modprobe", name], capture_output=True, text=True,
+                                 timeout=MODPROBE_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            failed[name] = str(exc)
+            continue
+        if res.returncode != 0:
+            failed[name] = (res.stderr or res.stdout).strip()[:300]
+    return failed
+
+
 def inventory(args):
     start = time.monotonic()
+    loaded = load_modules(getattr(args, "load", None) or [])
+    modules_seconds = time.monotonic() - start
     deadline = start + args.wait
     want_nvme = args.expect_nvme
     while True:
@@ -27,6 +48,8 @@ def inventory(args):
             break
         time.sleep(0.1)
     seconds = {"devices scanned and live": round(time.monotonic() - start, 3)}
+    if getattr(args, "load", None):
+        seconds["modules loaded"] = round(modules_seconds, 3)
     kernel = {"release": os.uname().release, "p2pdma": kernel_config(),
               "cmdline": read("/proc/cmdline")}
     if getattr(args, "grouping_symbols", False):
@@ -35,6 +58,8 @@ def inventory(args):
         "kernel": kernel, "pci": devices, "nvme": nvmes, "ready": ready,
         "iommu_groups": iommu_groups(), "seconds": seconds,
     }
+    if loaded:
+        doc["module_errors"] = loaded
     if getattr(args, "trace", False):  # set up the P2P tracing in the same process
         from . import trace  # only here: most calls do not trace
         traced = time.monotonic()

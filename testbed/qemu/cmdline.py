@@ -3,7 +3,8 @@
 :func:`build` puts together, in order:
 
 - the machine the topology describes (CPU, memory, vIOMMU, the PCIe tree with its
-  NVMe controllers): :func:`machine_argv`, which ``testbed render`` prints;
+  endpoints, each rendered by its kind): :func:`machine_argv`, which ``testbed render``
+  prints;
 - what a boot adds (:class:`BootMedia`): firmware, kernel, initrd, command line, the
   per-run boot disk, the NIC with SSH forwarding, an RNG, pvpanic, extra drives, the
   gdbstub (``-gdb tcp:127.0.0.1:PORT``) and shared host directories (virtio-9p);
@@ -32,26 +33,19 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from ..machines import X86_64, MachineProfile
-from ..spec.model import DownstreamPort, HostBridge, Node, Nvme, RootPort, Switch, Topology
+from ..spec.endpoints import ENDPOINTS, BackingFile, Endpoint
+from ..spec.endpoints.base import escape as _escape
+from ..spec.endpoints.nvme import (namespace_drive, namespace_path, nvme_argv, nvme_device,
+                                   pmr_backend, pmr_path)
+from ..spec.model import DownstreamPort, HostBridge, Node, RootPort, Switch, Topology
 from ..spec.units import MiB
 from .devices import DEVICES, DISABLE_ACS, bus_numbers, iommu_cmdline
 from .share import Share, share_tag
 
 __all__ = ["BackingFile", "BootMedia", "Drive", "build", "machine_argv", "boot_argv",
            "share_argv", "probe_argv", "bare_argv", "backing_files", "namespace_path", "pmr_path",
-           "iommu_cmdline", "firmware", "nvme_device", "namespace_drive", "pmr_backend"]
-
-
-@dataclass(frozen=True)
-class BackingFile:
-    """A file QEMU needs to exist before it starts (see :mod:`testbed.qemu.backing`)."""
-
-    path: Path
-    size: int
-    role: str  # "namespace" or "PMR"
-    owner: str  # the NVMe's name
-    user_file: bool  # named in the topology (the user's) rather than made per run
-    create: bool = False  # the topology lets the testbed create the user's file
+           "iommu_cmdline", "firmware", "nvme_argv", "nvme_device", "namespace_drive",
+           "pmr_backend"]
 
 
 @dataclass(frozen=True)
@@ -79,27 +73,9 @@ class BootMedia:
     shares: tuple[Share, ...] = ()  # host directories exported over virtio-9p
 
 
-def namespace_path(nvme: Nvme, index: int, run_dir: Path) -> Path:
-    ns = nvme.namespaces[index]
-    return ns.file or run_dir / f"{nvme.name}-ns{index + 1}.img"
-
-
-def pmr_path(nvme: Nvme, run_dir: Path) -> Path:
-    assert nvme.pmr is not None
-    return nvme.pmr.file or run_dir / f"{nvme.name}-pmr.img"
-
-
 def backing_files(topo: Topology, run_dir: Path) -> list[BackingFile]:
-    """Every image and PMR file the machine uses, with its size."""
-    out = []
-    for nvme in topo.nvmes():
-        for i, ns in enumerate(nvme.namespaces):
-            out.append(BackingFile(namespace_path(nvme, i, run_dir), ns.size, "namespace",
-                                   nvme.name, ns.file is not None, ns.create))
-        if nvme.pmr:
-            out.append(BackingFile(pmr_path(nvme, run_dir), nvme.pmr.size, "PMR", nvme.name,
-                                   nvme.pmr.file is not None, nvme.pmr.create))
-    return out
+    """Every file the machine's endpoints use (NVMe namespaces and PMRs), with its size."""
+    return [f for e in topo.endpoints() for f in ENDPOINTS[type(e)].backing_files(e, run_dir)]
 
 
 def run_dir_files(topo: Topology, run_dir: Path, extra: Iterable[Path] = ()) -> list[str]:
@@ -152,8 +128,8 @@ def device_props(node: Node, bus: str, chassis: int | None = None) -> str:
 
 def _node_argv(node: Node, bus: str, chassis: Iterator[int], run_dir: Path,
                numbers: dict[str, int]) -> list[str]:
-    if isinstance(node, Nvme):
-        return nvme_argv(node, bus, run_dir)
+    if isinstance(node, Endpoint):
+        return ENDPOINTS[type(node)].argv(node, bus, run_dir)
     if isinstance(node, (RootPort, DownstreamPort)):
         out = ["-device", device_props(node, bus, next(chassis))]
     elif isinstance(node, Switch):
@@ -164,45 +140,6 @@ def _node_argv(node: Node, bus: str, chassis: Iterator[int], run_dir: Path,
         raise TypeError(node)
     for child in node.children:
         out += _node_argv(child, node.name, chassis, run_dir, numbers)
-    return out
-
-
-def pmr_backend(nvme: Nvme) -> str:
-    return f"tb-{nvme.name}-pmr"
-
-
-def namespace_drive(nvme: Nvme, index: int) -> str:
-    return f"tb-{nvme.name}-ns{index + 1}"
-
-
-def nvme_device(nvme: Nvme, bus: str) -> dict[str, str | int]:
-    """The NVMe controller's device properties (typed, as QMP ``device_add`` takes them;
-    the command line joins them): id, serial, bus, CMB size, PMR backend."""
-    props: dict[str, str | int] = {"driver": "nvme", "id": nvme.name, "serial": nvme.serial,
-                                   "bus": bus}
-    if nvme.cmb:
-        props["cmb_size_mb"] = nvme.cmb // MiB
-    if nvme.pmr:
-        props["pmrdev"] = pmr_backend(nvme)
-    return props
-
-
-def nvme_argv(nvme: Nvme, bus: str, run_dir: Path) -> list[str]:
-    """``-object``/``-drive``/``-device`` options of one NVMe and its namespaces."""
-    out: list[str] = []
-    if nvme.pmr:
-        out += ["-object", f"memory-backend-file,id={pmr_backend(nvme)},share=on,"
-                f"mem-path={_escape(str(pmr_path(nvme, run_dir)))},size={nvme.pmr.size}"]
-    props = nvme_device(nvme, bus)
-    out += ["-device", ",".join([str(props.pop("driver"))] + [
-        f"{k}={_escape(str(v))}" for k, v in props.items()])]
-    for i, ns in enumerate(nvme.namespaces):
-        drive = namespace_drive(nvme, i)
-        out += ["-drive", f"file={_escape(str(namespace_path(nvme, i, run_dir)))},if=none,"
-                f"id={drive},format=raw,cache=writeback",
-                "-device", f"nvme-ns,drive={drive},bus={nvme.name},nsid={i + 1}"
-                + (f",logical_block_size={ns.block_size},physical_block_size={ns.block_size}"
-                   if ns.block_size != 512 else "")]
     return out
 
 
@@ -327,8 +264,3 @@ def bare_argv(binary: str, qmp: Path) -> list[str]:
     """No machine at all, just QMP (to ask QEMU about CPU models)."""
     return [binary, "-machine", "none", "-accel", "tcg", "-nodefaults", "-display", "none",
             *plumbing_argv(qmp, None, paused=True)]
-
-
-def _escape(value: str) -> str:
-    """QEMU option values double a comma to keep it literal."""
-    return value.replace(",", ",,")

@@ -1,20 +1,22 @@
 """Everything the testbed knows about how QEMU realises each kind of topology node:
 one table, read by the command-line builder, the live QEMU check, the guest-side tree
-check and the oracle.
+check and the oracle.  The ports, switches and host bridges are rows here; each endpoint
+kind (NVMe, igb: :mod:`testbed.spec.endpoints`) brings its own row.
 
-    >>> from testbed.spec.model import RootPort, Nvme
+    >>> from testbed.spec.model import Igb, RootPort, Nvme
     >>> DEVICES[RootPort].qemu_device, DEVICES[RootPort].pci_id, DEVICES[RootPort].acs
     ('pcie-root-port', ('0x1b36', '0x000c'), True)
-    >>> DEVICES[Nvme].label
-    'NVMe controller'
+    >>> DEVICES[Nvme].label, DEVICES[Igb].pci_id
+    ('NVMe controller', ('0x8086', '0x10c9'))
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec.model import (DownstreamPort, HostBridge, Iommu, Machine, Node, Nvme, RootPort,
-                          Switch, Topology)
+from ..spec.endpoints import ENDPOINTS, Endpoint, EndpointKind
+from ..spec.model import (DownstreamPort, HostBridge, Iommu, Machine, Node, RootPort, Switch,
+                          Topology)
 
 
 # pcie-root-port's property that builds the port without its ACS capability (``acs: false``)
@@ -47,20 +49,29 @@ DEVICES: dict[type, DeviceKind] = {
     DownstreamPort: DeviceKind("downstream_port", "xio3130-downstream", ("0x104c", "0x8233"),
                                "switch downstream port", acs=False, hotplug_slot=True,
                                props=("chassis", "slot")),
-    Nvme: DeviceKind("nvme", "nvme", ("0x1b36", "0x0010"), "NVMe controller", acs=False,
-                     hotplug_slot=False),
     HostBridge: DeviceKind("host_bridge", "pxb-pcie", ("0x1b36", "0x000b"),
                            "PCIe expander host bridge", acs=False, hotplug_slot=False,
                            props=("bus_nr",)),
 }
-NVME_NAMESPACE = "nvme-ns"
+
+
+def _endpoint_row(k: EndpointKind) -> DeviceKind:
+    return DeviceKind(k.word, k.qemu_device, k.pci_id, k.label, acs=False, hotplug_slot=False)
+
+
+DEVICES.update({cls: _endpoint_row(k) for cls, k in ENDPOINTS.items()})
 # The switch needs its downstream port device too, even when the spec lists no port.
-EXTRA_DEVICES: dict[type, tuple[str, ...]] = {Switch: ("xio3130-downstream",),
-                                              Nvme: (NVME_NAMESPACE,)}
+EXTRA_DEVICES: dict[type, tuple[str, ...]] = {Switch: ("xio3130-downstream",), **{
+    cls: k.extra_devices for cls, k in ENDPOINTS.items() if k.extra_devices}}
 
 
 def kind_of(node: Node) -> DeviceKind:
     return DEVICES[type(node)]
+
+
+def endpoint_kind(node: Endpoint) -> EndpointKind:
+    """The endpoint kind of ``node`` (its argv, driver, P2P role, ...)."""
+    return ENDPOINTS[type(node)]
 
 
 def has_acs(node: Node) -> bool:
@@ -87,9 +98,6 @@ def free_root_slots(topo: Topology) -> int:
     less a vIOMMU that takes a slot)."""
     profile = topo.profile
     return profile.root_bus.free_slots(profile.viommu(topo.iommu.model))
-
-
-CMB_BAR, PMR_BAR = 2, 4  # QEMU's NVMe puts the CMB in BAR2 and the PMR in BAR4
 
 
 MAX_BUS = 255

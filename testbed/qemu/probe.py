@@ -44,6 +44,14 @@ class Capabilities:
     device_props: dict[str, frozenset[str]] = field(default_factory=dict, hash=False,
                                                      compare=False)
 
+    def props(self, device: str) -> frozenset[str]:
+        """The properties of ``device`` the probe asked for (none when it did not ask)."""
+        if device == "nvme":
+            return self.nvme_props
+        if device == "nvme-ns":
+            return self.nvme_ns_props
+        return self.device_props.get(device, frozenset())
+
     @property
     def version_str(self) -> str:
         return ".".join(map(str, self.version))

@@ -19,7 +19,8 @@ from typing import Callable
 
 from ..errors import Problem, QemuError, SpecError, did_you_mean
 from ..machines import PROFILES
-from ..spec.model import HostBridge, Machine, Nvme, RootPort, Topology
+from ..spec.endpoints import ENDPOINTS, Endpoint
+from ..spec.model import HostBridge, Machine, RootPort, Topology
 from ..spec.parse import parse
 from ..spec.source import read_text, resolve
 from ..spec.units import format_size
@@ -30,7 +31,6 @@ from .devices import (
     DISABLE_ACS,
     EXTRA_DEVICES,
     MAX_BUS,
-    NVME_NAMESPACE,
     bus_numbers,
     buses_below,
     free_root_slots,
@@ -138,21 +138,14 @@ def capabilities(topo: Topology, caps: Capabilities, accel: str | None = None) -
         if path not in topo.key_where:
             continue  # an implied downstream port: its switch asks for the device
         for device in (kind.qemu_device, *EXTRA_DEVICES.get(type(node), ())):
-            if not need(path, device, key=True) and isinstance(node, Nvme):
+            if not need(path, device, key=True) and isinstance(node, Endpoint):
                 break  # no point asking about nvme-ns without nvme
         if isinstance(node, RootPort) and not node.acs:
             need(f"{topo.node_paths.get(node.name, '')}.acs", kind.qemu_device, DISABLE_ACS,
-                 caps.device_props.get(kind.qemu_device, frozenset()))
-        if isinstance(node, Nvme):
-            base = topo.node_paths.get(node.name, "")
-            if node.cmb:
-                need(f"{base}.cmb", "nvme", "cmb_size_mb", caps.nvme_props)
-            if node.pmr:
-                need(f"{base}.pmr", "nvme", "pmrdev", caps.nvme_props)
-            for i, ns in enumerate(node.namespaces):
-                if ns.block_size != 512:
-                    need(f"{base}.namespaces[{i}].block_size", NVME_NAMESPACE,
-                         "logical_block_size", caps.nvme_ns_props)
+                 caps.props(kind.qemu_device))
+        if isinstance(node, Endpoint):
+            for n in ENDPOINTS[type(node)].needs(node, topo.node_paths.get(node.name, "")):
+                need(n.path, n.device, n.prop, caps.props(n.device))
     return _unique(out)
 
 

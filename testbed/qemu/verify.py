@@ -4,7 +4,9 @@ QEMU starts paused (``-S``).  While paused, the QOM tree already tells which
 bus every device sits on (``parent_bus``) and its type.  BAR sizes behind
 bridges only show in ``query-pci`` once firmware has numbered the buses, so the
 machine is then let run in its firmware (no kernel) until every bridge has a
-secondary bus number, and the NVMe BARs are checked.
+secondary bus number; then every node's PCI address (the slot and function QEMU gave it:
+the identity the guest check finds it by, :mod:`testbed.qemu.addresses`) and the
+endpoints' BARs (an NVMe's CMB and PMR) are checked.
 
     >>> diffs = verify(load_topology("switch-cmb"))         # doctest: +SKIP
     >>> diffs                                                 # doctest: +SKIP
@@ -16,12 +18,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..spec.endpoints import ENDPOINTS, Endpoint
 from ..spec.model import RootPort, Topology
 from ..spec.units import format_size
 from ..util.rundir import RunDir
+from .addresses import addresses
 from .backing import create_backing_files
 from .cmdline import build
-from .devices import CMB_BAR, DEVICES, DISABLE_ACS, PMR_BAR
+from .devices import DEVICES, DISABLE_ACS
 from .machine import QemuMachine
 from .probe import probe
 
@@ -101,6 +105,7 @@ def _numbered(buses: list[dict[str, Any]], topo: Topology) -> bool:
 
 
 def _check_bars(vm: QemuMachine, topo: Topology) -> list[str]:
+    """After firmware enumeration: every node at its address, every endpoint's BARs."""
     deadline = time.monotonic() + ENUMERATION_TIMEOUT
     while True:
         buses = vm.qmp("query-pci")
@@ -108,29 +113,44 @@ def _check_bars(vm: QemuMachine, topo: Topology) -> list[str]:
             break
         time.sleep(0.1)
     devices = _pci_devices(buses)
+    return _addresses(devices, topo) + [d for e in topo.endpoints() if e.name in devices
+                                        for d in _endpoint_bars(e, devices[e.name])]
+
+
+def _addresses(devices: dict[str, dict[str, Any]], topo: Topology) -> list[str]:
     diffs = []
+    places = addresses(topo)
     for node in topo.nodes():
-        if node.name not in devices:
-            diffs.append(f"{node.name}: not visible in query-pci after firmware enumeration")
-    for nvme in topo.nvmes():
-        dev = devices.get(nvme.name)
+        dev = devices.get(node.name)
         if dev is None:
+            diffs.append(f"{node.name}: not visible in query-pci after firmware enumeration")
             continue
-        bars = {r["bar"]: r for r in dev.get("regions", []) if r.get("type") == "memory"}
-        if nvme.cmb:
-            bar = bars.get(CMB_BAR)
-            if bar is None:
-                diffs.append(f"{nvme.name}: no CMB BAR{CMB_BAR} (spec: {format_size(nvme.cmb)})")
-            elif bar["size"] != nvme.cmb:  # CMB sizes are powers of two, so the BAR is exact
-                diffs.append(f"{nvme.name}: CMB BAR{CMB_BAR} is {format_size(bar['size'])}, "
-                             f"spec asks for {format_size(nvme.cmb)}")
-        elif CMB_BAR in bars:
-            diffs.append(f"{nvme.name}: has a BAR{CMB_BAR} but the spec gives no CMB")
-        if nvme.pmr:
-            bar = bars.get(PMR_BAR)
-            if bar is None:
-                diffs.append(f"{nvme.name}: no PMR BAR{PMR_BAR} (spec: {format_size(nvme.pmr.size)})")
-            elif bar["size"] != nvme.pmr.size:
-                diffs.append(f"{nvme.name}: PMR BAR{PMR_BAR} is {format_size(bar['size'])}, "
-                             f"spec says {format_size(nvme.pmr.size)}")
+        want = places[node.name]
+        got = dev.get("slot", -1) << 3 | dev.get("function", 0)
+        if got != want.path[-1]:
+            diffs.append(f"{node.name}: QEMU put it in slot {got >> 3:02x}.{got & 7}, the "
+                         f"testbed expects {want.path[-1] >> 3:02x}.{want.path[-1] & 7} "
+                         f"({want.text})")
+        elif len(want.path) == 1 and dev.get("bus") != int(want.root.split(":")[1], 16):
+            diffs.append(f"{node.name}: QEMU put it on bus {dev.get('bus')}, the testbed "
+                         f"expects root bus {want.root}")
+    return diffs
+
+
+def _endpoint_bars(endpoint: Endpoint, dev: dict[str, Any]) -> list[str]:
+    """The memory BARs the endpoint's kind says QEMU shows (an NVMe's CMB and PMR)."""
+    diffs = []
+    got = {r["bar"]: r for r in dev.get("regions", []) if r.get("type") == "memory"}
+    for bar in ENDPOINTS[type(endpoint)].bars(endpoint):
+        have = got.get(bar.index)
+        if bar.size is None:
+            if have is not None:
+                diffs.append(f"{endpoint.name}: has a BAR{bar.index} but the spec gives no "
+                             f"{bar.what}")
+        elif have is None:
+            diffs.append(f"{endpoint.name}: no {bar.what} BAR{bar.index} (spec: "
+                         f"{format_size(bar.size)})")
+        elif have["size"] != bar.size:  # such BARs are powers of two, so exact
+            diffs.append(f"{endpoint.name}: {bar.what} BAR{bar.index} is "
+                         f"{format_size(have['size'])}, the spec says {format_size(bar.size)}")
     return diffs

@@ -28,8 +28,8 @@ from typing import Iterable, Sequence
 
 from ..qemu.devices import bus_numbers, kind_of
 from ..qemu.probe import CpuInfo
-from ..spec.model import DownstreamPort, HostBridge, Node, Nvme, RootPort, Switch, Topology
-from ..spec.units import format_size
+from ..spec.endpoints import ENDPOINTS, Endpoint
+from ..spec.model import DownstreamPort, HostBridge, Node, RootPort, Switch, Topology
 from ..verdicts.cmdline import KernelView, kernel_view
 from ..verdicts.predict import pairs, predict
 from ..verdicts.record import Record
@@ -130,7 +130,7 @@ def pair_paths(records: Iterable[Record], topo: Topology) -> list[PairPath]:
     one path per pair; a pair's two directions share a path when they went alike.  The
     vfio-p2p methods (records named ``vfio-*``) take other ways than the kernel's P2PDMA
     mapping: each gets paths of its own."""
-    names = {n.name for n in topo.nvmes()}
+    names = {n.name for n in topo.endpoints()}
     by_pair: dict[tuple[str, str, str], PairPath] = {}
     for r in records:
         if r.provider in names and r.client in names and (r.predicted or r.observed):
@@ -150,11 +150,9 @@ def pair_paths(records: Iterable[Record], topo: Topology) -> list[PairPath]:
 
 
 def _node_label(node: Node, topo: Topology, view: KernelView) -> str:
-    if isinstance(node, Nvme):
-        sizes = [f"CMB {format_size(node.cmb)}" if node.cmb else "no CMB"]
-        if node.pmr:
-            sizes.append(f"PMR {format_size(node.pmr.size)}")
-        return f"{node.name}\nNVMe\n{' · '.join(sizes)}"
+    if isinstance(node, Endpoint):
+        kind = ENDPOINTS[type(node)]
+        return f"{node.name}\n{kind.short}\n{kind.details(node)}"
     if isinstance(node, Switch):
         return f"{node.name}\nswitch (x3130 upstream)"
     if isinstance(node, HostBridge):
@@ -166,8 +164,8 @@ def _node_label(node: Node, topo: Topology, view: KernelView) -> str:
 
 
 def _node_style(node: Node) -> dict[str, object]:
-    if isinstance(node, Nvme):
-        return {"shape": "box", "style": "filled", "fillcolor": "#dbeafe" if node.cmb
+    if isinstance(node, Endpoint):  # blue: it offers P2P memory
+        return {"shape": "box", "style": "filled", "fillcolor": "#dbeafe" if node.p2p_memory
                 else "#f3f4f6"}
     if isinstance(node, Switch):
         return {"shape": "box", "style": "filled", "fillcolor": "#fef3c7"}

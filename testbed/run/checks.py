@@ -24,7 +24,7 @@ def check_newer(topo: Topology, names: list[str], opts: "RunOptions") -> None:
         if n in NEEDS_PAIRS and not all_pairs:
             raise UsageError(f"--workload {n}: topology {topo.name} has no (provider, client) "
                              "pair: it needs an NVMe with a CMB and another NVMe")
-        if n == "pool" and not any(x.cmb for x in topo.nvmes()):
+        if n == "pool" and not topo.providers():
             raise UsageError(f"--workload pool: topology {topo.name} has no NVMe with a CMB")
     if "hot-unplug" in names:
         problems = slot_problems(topo)

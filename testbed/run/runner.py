@@ -77,15 +77,21 @@ def plan(topo: Topology, opts: RunOptions) -> list[str]:
         raise UsageError(f"--workload pmr: topology {topo.name} has no NVMe with a PMR")
     if opts.execs and "exec" not in names:
         names.append("exec")
-    nvmes = {n.name: n for n in topo.nvmes()}
+    endpoints = {n.name: n for n in topo.endpoints()}
+    clients = {n.name for n in topo.clients()}
     for provider, client in opts.pairs:
         for name in (provider, client):
-            if name not in nvmes:
-                raise UsageError(f"--pair {provider}:{client}: no NVMe named {name!r} in "
-                                 f"{topo.name}{did_you_mean(name, nvmes)}")
-        if not nvmes[provider].cmb:
-            raise UsageError(f"--pair {provider}:{client}: {provider} has no CMB, so it "
+            if name not in endpoints:
+                raise UsageError(f"--pair {provider}:{client}: no endpoint named {name!r} in "
+                                 f"{topo.name}{did_you_mean(name, endpoints)}")
+        if not endpoints[provider].p2p_memory:
+            what = "CMB" if endpoints[provider].kind == "nvme" else "P2P memory"
+            raise UsageError(f"--pair {provider}:{client}: {provider} has no {what}, so it "
                              "provides no p2pmem")
+        if client not in clients:
+            raise UsageError(f"--pair {provider}:{client}: {client} is a "
+                             f"{endpoints[client].kind}, which the P2P workloads do not use "
+                             f"as a client (clients: {', '.join(sorted(clients))})")
     check_newer(topo, names, opts)
     for local, _ in opts.pushes:
         p = Path(local)

@@ -16,7 +16,9 @@ from pathlib import Path
 from ..errors import Problem, SpecError
 from .model import (
     DownstreamPort,
+    Endpoint,
     Expectation,
+    Igb,
     Iommu,
     Machine,
     Namespace,
@@ -41,5 +43,5 @@ def load_topology(name_or_path: str | Path) -> Topology:
 
 
 __all__ = ["load_topology", "resolve", "library", "read_text", "SpecError", "Problem",
-           "Topology", "Nvme", "Switch", "RootPort", "DownstreamPort", "Namespace", "Pmr",
+           "Topology", "Endpoint", "Nvme", "Igb", "Switch", "RootPort", "DownstreamPort", "Namespace", "Pmr",
            "Machine", "Iommu", "Expectation", "Node", "walk"]

@@ -35,7 +35,8 @@ MAX_CMDLINE = 1536  # of the kernel's COMMAND_LINE_SIZE (2048 on x86); the testb
 MAX_CPUS = 255  # APIC ID 255 and up need x2APIC
 BLOCK_SIZES = (512, 4096)
 
-KINDS = ("root_port", "switch", "downstream_port", "nvme", "host_bridge")
+# the structural kinds; the endpoint kinds (nvme, igb, ...) add theirs (spec/endpoints)
+KINDS = ("root_port", "switch", "downstream_port", "host_bridge")
 TOP_KEYS = ("name", "description", "machine", "iommu", "kernel_cmdline", "pcie", "expect")
 MACHINE_KEYS = ("arch", "type", "cpu", "memory", "cpus", "accel", "qemu")
 IOMMU_KEYS = ("model", "mode")
@@ -43,13 +44,11 @@ KIND_KEYS = {
     "root_port": ("root_port", "device", "acs"),
     "switch": ("switch", "downstream"),
     "downstream_port": ("downstream_port", "device"),
-    "nvme": ("nvme", "serial", "cmb", "pmr", "namespaces"),
     "host_bridge": ("host_bridge", "bus_nr", "root_ports"),
 }
 PMR_KEYS = ("size", "file", "create")
 NS_KEYS = ("size", "block_size", "file", "create")
 EXPECT_KEYS = ("provider", "client", "verdict", "reason", "map_type")
-ALL_KNOWN_KEYS = sorted({k for keys in KIND_KEYS.values() for k in keys})
 
 
 
@@ -65,6 +64,7 @@ class FieldReader:
         self.bus_count = 0
         self.expect_nodes: list = []
         self.serials: dict[str, int] = {}  # NVMe serial -> line first seen
+        self.kind_keys: dict[str, tuple[str, ...]] = dict(KIND_KEYS)  # the parser adds more
 
     # -- reporting --------------------------------------------------------------------------
     def problem(self, node: Sourced | None, path: str, message: str, at_key: str | None = None):
@@ -84,12 +84,13 @@ class FieldReader:
         for key in node.value:
             if key not in allowed:
                 sub = f"{path}.{key}" if path else key
-                owners = [k for k, keys in KIND_KEYS.items() if key in keys and k != key]
+                owners = [k for k, keys in self.kind_keys.items() if key in keys and k != key]
                 if owners:
                     hint = (f": {what} has no {key!r} (a key of "
                             f"{' and '.join(o.replace('_', ' ') for o in owners)} entries)")
                 else:
-                    hint = did_you_mean(key, allowed) or did_you_mean(key, ALL_KNOWN_KEYS)
+                    hint = did_you_mean(key, allowed) or did_you_mean(
+                        key, sorted({k for keys in self.kind_keys.values() for k in keys}))
                 self.problem(node, sub, f"unknown key {key!r}{hint}", at_key=key)
         return node.value
 

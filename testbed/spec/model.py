@@ -1,7 +1,8 @@
 """The typed topology: what one YAML file describes, after validation.
 
 Users name the devices; everything QEMU needs (ids, chassis and slot numbers,
-buses) is derived in :mod:`testbed.qemu.cmdline`.  The tree is immutable and
+buses) is derived in :mod:`testbed.qemu.cmdline`.  Endpoints (NVMe, igb, ...) are the kinds
+of :mod:`testbed.spec.endpoints`.  The tree is immutable and
 every node knows its name, so later stages (command line, guest check, oracle)
 walk the same structure.
 
@@ -19,41 +20,13 @@ from typing import Iterator, Mapping, Union
 
 from ..machines import (DEFAULT_ARCH, IOMMU_MODELS, IOMMU_MODES, PROFILES, X86_64,
                         MachineProfile, machine_profile)
+from .endpoints import ENDPOINTS, Endpoint, Igb, Namespace, Nvme, Pmr
 from .units import MiB
 
 ARCHS = tuple(PROFILES)
 ACCELS = ("auto", "kvm", "tcg")
 VERDICTS = ("ok", "rejected", "iommu-fault", "unsupported", "error")
 MAP_TYPES = ("bus-address", "host-bridge", "not-supported")
-
-
-@dataclass(frozen=True)
-class Namespace:
-    size: int
-    block_size: int = 512
-    file: Path | None = None  # None: a sparse image is created per run
-    create: bool = False  # the testbed may create ``file`` when it is missing
-
-
-@dataclass(frozen=True)
-class Pmr:
-    size: int
-    file: Path | None = None  # None: a file in the run directory (survives guest reboots)
-    create: bool = False  # the testbed may create ``file`` when it is missing
-
-
-@dataclass(frozen=True)
-class Nvme:
-    """An NVMe controller: an endpoint, optionally with a CMB and a PMR."""
-
-    name: str
-    serial: str
-    cmb: int = 0  # bytes; 0 = no controller memory buffer
-    pmr: Pmr | None = None
-    namespaces: tuple[Namespace, ...] = (Namespace(size=1 << 30),)
-
-    kind = "nvme"
-    children: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -119,8 +92,8 @@ class HostBridge:
         return self.ports
 
 
-Device = Union[Nvme, Switch]
-Node = Union[RootPort, Switch, DownstreamPort, Nvme, HostBridge]
+Device = Union[Endpoint, Switch]
+Node = Union[RootPort, Switch, DownstreamPort, Endpoint, HostBridge]
 
 
 @dataclass(frozen=True)
@@ -170,7 +143,7 @@ class Topology:
     machine: Machine = field(default_factory=Machine)
     iommu: Iommu = field(default_factory=Iommu)
     kernel_cmdline: tuple[str, ...] = ()
-    pcie: tuple[Node, ...] = ()  # RootPort, HostBridge or Nvme on the machine's root complex
+    pcie: tuple[Node, ...] = ()  # RootPort, HostBridge or an endpoint on the root complex
     expect: tuple[Expectation, ...] = ()
     source: Path | None = None
     # where things were written, for problems found after parsing (see :meth:`position`)
@@ -197,7 +170,20 @@ class Topology:
     def nodes(self) -> Iterator[Node]:
         return walk(self.pcie)
 
+    def endpoints(self) -> list[Endpoint]:
+        """Every endpoint (NVMe, igb, ...), depth first."""
+        return [n for n in self.nodes() if isinstance(n, Endpoint)]
+
+    def providers(self) -> list[Endpoint]:
+        """The endpoints that offer memory for P2P DMA (an NVMe with a CMB)."""
+        return [n for n in self.endpoints() if n.p2p_memory]
+
+    def clients(self) -> list[Endpoint]:
+        """The endpoints the P2P workloads use as a pair's client (NVMe)."""
+        return [n for n in self.endpoints() if ENDPOINTS[type(n)].pair_client]
+
     def nvmes(self) -> list[Nvme]:
+        """The NVMe controllers (for what only an NVMe has: namespaces, a PMR, a serial)."""
         return [n for n in self.nodes() if isinstance(n, Nvme)]
 
     def find(self, name: str) -> Node:
@@ -235,6 +221,13 @@ class Topology:
             path.append(up)
         return path
 
+    def endpoint(self, name: str) -> Endpoint:
+        """The endpoint called ``name`` (KeyError when there is none)."""
+        node = self.find(name)
+        if not isinstance(node, Endpoint):
+            raise KeyError(f"{name} is not an endpoint")
+        return node
+
     def nvme(self, name: str) -> Nvme:
         """The NVMe controller called ``name`` (KeyError when there is none)."""
         node = self.find(name)
@@ -250,5 +243,6 @@ def walk(nodes) -> Iterator[Node]:
         yield from walk(n.children)
 
 
-__all__ = ["ARCHS", "IOMMU_MODELS", "IOMMU_MODES", "MachineProfile", "MiB", "Namespace", "Pmr", "Nvme", "DownstreamPort", "Switch", "RootPort", "HostBridge",
+__all__ = ["ARCHS", "IOMMU_MODELS", "IOMMU_MODES", "MachineProfile", "MiB", "Namespace", "Pmr",
+           "Nvme", "Igb", "Endpoint", "DownstreamPort", "Switch", "RootPort", "HostBridge",
            "Machine", "Iommu", "Expectation", "Topology", "walk", "Device", "Node"]

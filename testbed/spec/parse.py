@@ -44,6 +44,7 @@ from .units import MiB, format_size
 from .yamlsource import Sourced, positions
 from .fields import (  # the limits and key lists: also imported from here
     describe,
+    FieldReader,
     EXPECT_KEYS,
     IOMMU_KEYS,
     KINDS,
@@ -57,11 +58,20 @@ from .fields import (  # the limits and key lists: also imported from here
     TOPOLOGY_NAME_RE,
     TOP_KEYS,
 )
-from .devices import DeviceReader
+from .endpoints import BY_WORD, ENDPOINTS
+
+ENDPOINT_WORDS = tuple(BY_WORD)  # nvme, igb, ...
+ALL_KINDS = KINDS + ENDPOINT_WORDS
+ALL_KIND_KEYS = {**KIND_KEYS, **{w: k.keys for w, k in BY_WORD.items()}}
 
 
-class _Parser(DeviceReader):
-    """The document and its tree; fields in FieldReader, NVMe in DeviceReader."""
+class _Parser(FieldReader):
+    """The document and its tree; single fields in FieldReader, each endpoint's own fields
+    in its kind (spec/endpoints)."""
+
+    def __init__(self, filename: str, base_dir: Path):
+        super().__init__(filename, base_dir)
+        self.kind_keys = dict(ALL_KIND_KEYS)
 
     # -- the document -----------------------------------------------------------------------
     def topology(self, root: Sourced) -> Topology | None:
@@ -82,7 +92,7 @@ class _Parser(DeviceReader):
         cmdline = self.cmdline(top.get("kernel_cmdline"))
         if "pcie" not in top:
             self.problem(root, "pcie", "missing: list the devices on the root complex "
-                         "(root_port entries, or nvme endpoints)")
+                         f"(root_port entries, or {' or '.join(ENDPOINT_WORDS)} endpoints)")
             pcie: tuple = ()
         else:
             pcie = self.root_complex(top["pcie"], iommu)
@@ -195,7 +205,8 @@ class _Parser(DeviceReader):
             return ()
         out = []
         for i, item in enumerate(node.value):
-            dev = self.node(item, f"pcie[{i}]", allowed=("root_port", "nvme", "host_bridge"),
+            dev = self.node(item, f"pcie[{i}]",
+                            allowed=("root_port", *ENDPOINT_WORDS, "host_bridge"),
                             where="on the root complex")
             if dev is not None:
                 out.append(dev)
@@ -206,11 +217,11 @@ class _Parser(DeviceReader):
             self.problem(item, path, f"expected a device (a mapping with one of "
                          f"{', '.join(allowed)}), got {describe(item.value)}")
             return None
-        kinds = [k for k in KINDS if k in item.value]
+        kinds = [k for k in ALL_KINDS if k in item.value]
         if len(kinds) != 1:
             if kinds:
                 port = next((k for k in kinds if k in ("root_port", "downstream_port")), None)
-                dev = next((k for k in kinds if k in ("switch", "nvme")), None)
+                dev = next((k for k in kinds if k in ("switch", *ENDPOINT_WORDS)), None)
                 fix = (f"to plug the {dev} into the {port.replace('_', ' ')}, indent it under "
                        "the port's 'device:' key" if port and dev else
                        "give each device its own list entry ('- ')")
@@ -219,21 +230,25 @@ class _Parser(DeviceReader):
             else:
                 hint = ""
                 for key in item.value:
-                    hint = hint or did_you_mean(key, KINDS)
+                    hint = hint or did_you_mean(key, ALL_KINDS)
                 self.problem(item, path, f"no device kind: give one of {', '.join(allowed)}{hint}")
             return None
         kind = kinds[0]
         if kind not in allowed:
             self.problem(item, f"{path}.{kind}", _placement_error(kind, where), at_key=kind)
             return None
-        allowed_keys = KIND_KEYS[kind]
+        allowed_keys = ALL_KIND_KEYS[kind]
         if "acs" in item.value and "acs" not in allowed_keys:
-            self.problem(item, f"{path}.acs", _NO_ACS[kind], at_key="acs")
+            why = BY_WORD[kind].no_acs if kind in BY_WORD else _NO_ACS[kind]
+            self.problem(item, f"{path}.acs", why, at_key="acs")
             allowed_keys += ("acs",)  # reported above, not as an unknown key
-        m = self.mapping(item, path, allowed_keys, f"a {kind}") or {}
+        m = self.mapping(item, path, allowed_keys,
+                         f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}") or {}
         name = self.name(m[kind], f"{path}.{kind}", kind.replace("_", " "))
         if name is not None:
             self.node_paths[name] = path
+        if kind in BY_WORD:
+            return BY_WORD[kind].read(self, item, m, path, name)
         return getattr(self, kind)(item, m, path, name)
 
     def port_device(self, m: dict[str, Sourced], path: str, port: str):
@@ -248,7 +263,7 @@ class _Parser(DeviceReader):
             if not dev.value:
                 return None
             dev = dev.value[0]
-        return self.node(dev, f"{path}.device", allowed=("switch", "nvme"),
+        return self.node(dev, f"{path}.device", allowed=("switch", *ENDPOINT_WORDS),
                          where=f"in {port}")
 
     def host_bridge(self, item, m, path, name):
@@ -295,11 +310,12 @@ class _Parser(DeviceReader):
         for i, entry in enumerate(ds.value):
             sub = f"{path}.downstream[{i}]"
             if not isinstance(entry.value, dict) or "downstream_port" in entry.value:
-                port = self.node(entry, sub, allowed=("downstream_port", "switch", "nvme")
+                port = self.node(entry, sub, allowed=("downstream_port", "switch", *ENDPOINT_WORDS)
                                  if not isinstance(entry.value, dict) else ("downstream_port",),
                                  where="")
             else:
-                dev = self.node(entry, sub, allowed=("switch", "nvme"), where="in a downstream port")
+                dev = self.node(entry, sub, allowed=("switch", *ENDPOINT_WORDS),
+                                where="in a downstream port")
                 self.bus_count += 1
                 port = DownstreamPort(f"{name}-dp{i}", dev) if name and dev else None
                 if port and port.name in self.names:
@@ -354,10 +370,12 @@ class _Parser(DeviceReader):
         return tuple(out)
 
     def check_expectations(self, topo: Topology) -> None:
-        nvme_names = {n.name for n in topo.nvmes()}
+        # the kinds a pair is made of (NVMe: a CMB provider and an NVMe client)
+        names = {e.name for e in topo.endpoints()
+                 if ENDPOINTS[type(e)].pair_client or ENDPOINTS[type(e)].p2p_bar is not None}
         for exp, m, sub in self.expect_nodes:
             for key in ("provider", "client"):
-                if getattr(exp, key) not in nvme_names:
+                if getattr(exp, key) not in names:
                     self.problem(m[key], f"{sub}.{key}", f"{getattr(exp, key)!r} is not an nvme "
                                  "device: expectations name a p2pmem provider and an NVMe client")
 
@@ -367,7 +385,6 @@ _SWITCH_NO_ACS = ("only a root port can switch ACS off: QEMU's x3130 switch port
 _NO_ACS = {
     "switch": _SWITCH_NO_ACS,
     "downstream_port": _SWITCH_NO_ACS,
-    "nvme": "only a root port can switch ACS off: an NVMe endpoint has no ACS capability",
     "host_bridge": "only a root port can switch ACS off: write acs under one of the host "
                    "bridge's root_ports",
 }
@@ -382,8 +399,7 @@ def _placement_error(kind: str, where: str) -> str:
         "switch": "a switch's upstream port plugs into a root port or a downstream port, "
                   "not into the root complex",
         "downstream_port": "a downstream port exists only inside a switch's downstream list",
-        "nvme": f"an nvme cannot be placed {where}",
-    }[kind]
+    }.get(kind, f"an {kind} cannot be placed {where}")
 
 
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..machines import PROFILES, X86_64
 from ..qemu.devices import bus_numbers
-from ..spec.model import DownstreamPort, HostBridge, Node, Nvme, RootPort, Switch, Topology
+from ..spec.model import DownstreamPort, Endpoint, HostBridge, Node, RootPort, Switch, Topology
 from . import acs
 
 # Port types as the guest tool reports them -> the kinds acs.acs_enabled() knows
@@ -31,7 +31,7 @@ KINDS = {"root_port": "root_port", "upstream": "upstream", "downstream": "downst
          "endpoint": "endpoint", "legacy_endpoint": "endpoint", "rc_endpoint": "rc_endpoint",
          None: "pci"}
 SPEC_KINDS: dict[type, str] = {RootPort: "root_port", Switch: "upstream",
-                               DownstreamPort: "downstream", Nvme: "endpoint",
+                               DownstreamPort: "downstream",
                                HostBridge: "pci"}  # pxb-pcie: conventional, on the root bus
 # PCI functions of the vIOMMUs themselves: not behind the IOMMU, so in no group
 VIOMMU_FUNCTIONS = {v.pci_id: f"{v.model}-iommu" for p in PROFILES.values()
@@ -146,7 +146,7 @@ def from_topology(topo: Topology, machine: Sequence[Dev] | None = None,
 
     def add(node: Node, parent: str | None, devfn: int, root: str = layout.number) -> None:
         devfn = _devfn(names[node.name]) if node.name in names else devfn
-        kind = SPEC_KINDS[type(node)]
+        kind = "endpoint" if isinstance(node, Endpoint) else SPEC_KINDS[type(node)]
         if kind == "endpoint" and parent is None:
             kind = "rc_endpoint"  # QEMU makes a PCIe device on pcie.0 an integrated one
         state = acs.node_state(node, topo, chain(node))

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 
 from ..qemu.devices import DEVICES
 from ..qemu.probe import CpuInfo
-from ..spec.model import HostBridge, Node, Nvme, Topology
+from ..spec.model import Endpoint, HostBridge, Node, Topology
 from . import acs
 from .cmdline import KernelView, kernel_view
 
@@ -101,9 +101,10 @@ def _compute(topo: Topology, provider: str, client: str, cpu: CpuInfo,
     if kernel_p2pdma is False:
         return Prediction(provider, client, "unsupported", "none",
                           "the kernel is built without CONFIG_PCI_P2PDMA")
-    if not isinstance(prov, Nvme) or not prov.cmb:
+    if not isinstance(prov, Endpoint) or not prov.p2p_memory:
+        what = "CMB" if prov.kind == "nvme" else "P2P memory"
         return Prediction(provider, client, "unsupported", "none",
-                          f"{provider} has no CMB, so it publishes no p2pmem")
+                          f"{provider} has no {what}, so it publishes no p2pmem")
     if provider == client:
         return Prediction(provider, client, "ok", "bus-address",
                           f"{provider} uses its own CMB: the device itself is the common "
@@ -168,10 +169,12 @@ def _compute(topo: Topology, provider: str, client: str, cpu: CpuInfo,
 
 
 def pairs(topo: Topology) -> list[tuple[str, str]]:
-    """Every (provider, client): a provider has a CMB; a client is any other NVMe."""
-    nvmes = topo.nvmes()
-    return [(p.name, c.name) for p in nvmes if p.cmb for c in nvmes if c.name != p.name]
+    """Every (provider, client): a provider is an endpoint with P2P memory (an NVMe with a
+    CMB); a client is any other endpoint the P2P workloads use as one (an NVMe).  An igb
+    is in no pair: no P2P memory, and no workload of the testbed's drives it."""
+    clients = topo.clients()
+    return [(p.name, c.name) for p in topo.providers() for c in clients if c.name != p.name]
 
 
 def _kind(node: Node) -> str:
-    return "endpoint" if isinstance(node, Nvme) else DEVICES[type(node)].label
+    return "endpoint" if isinstance(node, Endpoint) else DEVICES[type(node)].label

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from ..spec.model import Topology
+from ..verdicts.predict import pairs
 from .base import Context, Record, Workload
 from .concurrent import Concurrent
 from .copy import HostBaseline, P2PCopy
@@ -47,7 +48,7 @@ def default_workloads(topo: Topology) -> list[str]:
     out = ["inventory"]
     if topo.iommu.model != "none":
         out.append("isolation")  # cheap: one inventory, no I/O
-    if any(n.cmb for n in topo.nvmes()) and len(topo.nvmes()) > 1:
+    if pairs(topo):  # a provider and a client
         out += ["p2p-copy", "host-baseline", "passthru"]
     if any(n.pmr for n in topo.nvmes()):
         out.append("pmr")

@@ -68,11 +68,9 @@ def targets(ctx: Context) -> list[tuple[str, str]]:
 def slot_problems(topo: Topology) -> str | None:
     """None when some provider can be hot-unplugged, else why none can."""
     why = []
-    for nvme in topo.nvmes():
-        if not nvme.cmb:
-            continue
+    for provider in topo.providers():
         try:
-            hotplug_slot(topo, nvme.name)
+            hotplug_slot(topo, provider.name)
             return None
         except HotplugError as exc:
             why.append(str(exc))

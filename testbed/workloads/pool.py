@@ -23,7 +23,7 @@ class Pool(Workload):
     def run(self, ctx: Context) -> list[Record]:
         devices = ctx.block_devices()
         records = []
-        providers = [n.name for n in ctx.topology.nvmes() if n.cmb]
+        providers = [n.name for n in ctx.topology.providers()]
         if ctx.pairs:
             providers = [p for p in providers if p in {q for q, _ in ctx.pairs}]
         for provider in providers:

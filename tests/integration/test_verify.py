@@ -125,13 +125,13 @@ def test_wrong_specs_are_caught(real_qemu, switch_cmb):
     pmr = load_topology("nvme-pmr")
     claims = {
         "bigger CMB": (switch_cmb, with_nvme(switch_cmb, "nvme0", cmb=128 * MiB),
-                       ["nvme0: CMB BAR2 is 64M, spec asks for 128M"]),
+                       ["nvme0: CMB BAR2 is 64M, the spec says 128M"]),
         "CMB that is not there": (with_nvme(switch_cmb, "nvme1", cmb=0), switch_cmb,
                                   ["nvme1: no CMB BAR2 (spec: 64M)"]),
         "no CMB although there is one": (switch_cmb, with_nvme(switch_cmb, "nvme1", cmb=0),
                                          ["nvme1: has a BAR2 but the spec gives no CMB"]),
         "PMR size": (pmr, with_nvme(pmr, "nvme0", pmr=Pmr(32 * MiB)),
-                     ["nvme0: PMR BAR4 is 16M, spec says 32M"]),
+                     ["nvme0: PMR BAR4 is 16M, the spec says 32M"]),
         "PMR that is not there": (with_nvme(pmr, "nvme0", pmr=None), pmr,
                                   ["nvme0: no PMR BAR4 (spec: 16M)"]),
     }
