@@ -22,7 +22,7 @@ pytestmark = pytest.mark.profile_kernel
 TESTBED = [sys.executable, "-m", "testbed"]
 
 
-def testbed(*args, tmp_path, timeout=900):
+def cli(*args, tmp_path, timeout=900):
     return subprocess.run([*TESTBED, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "TESTBED_STATE": str(tmp_path / "state")})
 
@@ -55,7 +55,7 @@ def test_boot_prints_the_profile_and_the_guest_runs_it(profile_kernel, real_qemu
     cmd = ("uname -r; zcat /proc/config.gz | grep -E '^CONFIG_(IOMMUFD|GCOV_KERNEL)='; "
            "test -c /dev/iommu && echo iommu-dev; mount -t debugfs none /sys/kernel/debug; "
            "find /sys/kernel/debug/gcov -name p2pdma.gcda | head -1")
-    res = testbed("boot", "switch-cmb", "--kernel", spec, "-c", cmd, tmp_path=tmp_path)
+    res = cli("boot", "switch-cmb", "--kernel", spec, "-c", cmd, tmp_path=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"kernel: profile base+vfio-iommufd+coverage ({profile_kernel.release})" in res.stderr
     assert profile_kernel.config_sha256 in res.stderr
@@ -71,7 +71,7 @@ def test_boot_prints_the_profile_and_the_guest_runs_it(profile_kernel, real_qemu
 def test_verdicts_mechanisms_and_isolation_match_the_predictions(topology, profile_kernel,
                                                                  real_qemu, tmp_path):
     out = tmp_path / "out"
-    res = testbed("run", topology, "--kernel", "profile:base+vfio-iommufd+coverage",
+    res = cli("run", topology, "--kernel", "profile:base+vfio-iommufd+coverage",
                   "-w", "p2p-copy", "-w", "isolation", "--size", "256K", "--out", str(out),
                   tmp_path=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
