@@ -75,6 +75,16 @@ def parse_patch(text: str, spec: str) -> Patch:
     return Patch(spec, {p: dict(sorted(ls.items())) for p, ls in added.items()}, deletions)
 
 
+def is_git_range(spec: str) -> bool:
+    """Whether ``--patch-coverage SPEC`` names a git range (needs the kernel source) rather
+    than a patch file (read at once, wherever the source is).
+
+    >>> is_git_range("v6.19..HEAD"), is_git_range("fix.patch")
+    (True, False)
+    """
+    return ".." in spec and not Path(spec).expanduser().is_file()
+
+
 def load_patch(spec: str, root: Path | None) -> Patch:
     """``FILE.patch`` or a git range ``A..B`` (``A...B``) in the kernel source ``root``."""
     path = Path(spec).expanduser()

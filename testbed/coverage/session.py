@@ -25,7 +25,7 @@ from ..kernel.resolve import KernelSpec
 from .functions import FunctionPlan, FunctionTracer, plan_functions
 from .gcov import GcovCollector, GcovPlan, plan_gcov
 from .model import LINE, Coverage
-from .patch import Patch, PatchCoverage, load_patch, patch_coverage
+from .patch import Patch, PatchCoverage, is_git_range, load_patch, patch_coverage
 from .selection import P2P, parse_requests
 from .source import SourceTree, find_source
 
@@ -69,8 +69,12 @@ class CoveragePlan:
 
 def plan_coverage(request: CoverageRequest, kernel: KernelSpec | None) -> CoveragePlan:
     """Everything the host can check and prepare before a boot (UsageError: bad input)."""
+    patch = None  # a patch file is bad input whatever the source: say so before looking
+    if request.patch and not is_git_range(request.patch):  # for (or unpacking) a source
+        patch = load_patch(request.patch, None)
     source = find_source(kernel, request.source)
-    patch = load_patch(request.patch, source.root) if request.patch else None
+    if request.patch and patch is None:
+        patch = load_patch(request.patch, source.root)
     files = request.files
     if patch is not None:  # the patch's C files are always measured
         files += tuple(f for f in patch.files if f.endswith(".c") and f not in files

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..coverage.session import plan_coverage
 from ..errors import KernelBuildError, UsageError
 from ..kernel.build import (build_kernel, check_build_tools, check_source_tree,
                             default_build_dir)
@@ -127,6 +128,11 @@ def plan_step(topo: Topology, opts: BisectOptions) -> tuple[BisectOptions, list[
     names = check_inputs(topo, run)
     if run.out is not None:
         check_out_dir(run.out)
+    if run.coverage is not None:  # the files, the patch: bad input before anything is built
+        request = run.coverage
+        if opts.source is not None:  # the commit's own tree is the coverage's source
+            request = replace(request, source=request.source or opts.source)
+        plan_coverage(request, opts.kernel)
     if not any(WORKLOADS[n].judged for n in names):
         raise UsageError(f"none of the workloads ({', '.join(names)}) is judged: nothing to "
                          f"bisect on; judged: {', '.join(n for n in WORKLOADS if WORKLOADS[n].judged)}")

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from testbed import cli
+from testbed.coverage.model import EXECUTED, LINE, NOT_EXECUTED
+from testbed.coverage.patch import ChangedLine, PatchCoverage
 from testbed.errors import UsageError
 from testbed.kernel.build import BUILD_PACKAGES
 from testbed.paths import project_root
@@ -99,6 +101,41 @@ def test_load_baseline(tmp_path):
         load_baseline(tmp_path / "missing.json")
 
 
+def patched(*states: str, minimum: float | None = 80, problem: str = "") -> RunResult:
+    """A finished, verdict-clean run whose patch's changed lines ran as ``states`` say."""
+    lines = [ChangedLine("drivers/pci/p2pdma.c", 700 + i, state, "calc_map_type_and_dist",
+                         ["p2p-copy"] if state == EXECUTED else [])
+             for i, state in enumerate(states)]
+    result = finished(rec())
+    result.patch_coverage = PatchCoverage("fix.patch", LINE, lines, problem=problem,
+                                          minimum=minimum)
+    return result
+
+
+def test_patch_coverage_below_the_minimum_marks_the_commit_bad():
+    """`testbed bisect --patch-coverage P --min-patch-coverage N`: verdicts as the oracle
+    says but too few changed lines executed is bad (1), so `git bisect run` finds the commit
+    whose workloads stopped reaching the patch; at or above N it is good (0)."""
+    low = judge(patched(EXECUTED, NOT_EXECUTED), None)
+    assert low.status == BAD, low
+    assert "patch coverage 50% is below --min-patch-coverage 80" in low.reason
+    assert low.differences[0].startswith("1 of 2 changed lines (50%); not executed: "
+                                         "drivers/pci/p2pdma.c:701 (calc_map_type_and_dist())")
+    assert judge(patched(EXECUTED, EXECUTED), None).status == GOOD
+    assert judge(patched(EXECUTED, NOT_EXECUTED, minimum=50), None).status == GOOD
+    # no minimum: patch coverage is reported, never judged
+    assert judge(patched(NOT_EXECUTED, minimum=None), None).status == GOOD
+    # nothing measurable, or a kernel without the patch's lines, is below any minimum
+    assert judge(patched("not-code"), None).status == BAD
+    gone = judge(patched(EXECUTED, problem="drivers/pci/p2pdma.c:700 is not the patch's "
+                                           "line"), None)
+    assert gone.status == BAD and "not the patch's line" in gone.reason
+    # a verdict that differs is reported first, patch coverage or not
+    wrong = patched(EXECUTED, EXECUTED)
+    wrong.workloads = [rec(observed="rejected")]
+    assert "differ from the oracle" in judge(wrong, None).reason
+
+
 # -- the command: bad input stops the bisection, before anything is built or booted --------
 
 def _status(argv, capsys) -> tuple[int, str]:
@@ -122,6 +159,12 @@ def _status(argv, capsys) -> tuple[int, str]:
     (["bisect", "switch-cmb", "--source", "/"], "not a Linux source tree"),
     (["bisect", "switch-cmb", "--kernel", "default", "--baseline", "/no/such.json"],
      "--baseline /no/such.json: cannot read"),
+    (["bisect", "switch-cmb", "--kernel", "default", "--min-patch-coverage", "80"],
+     "give the patch with --patch-coverage"),
+    (["bisect", "switch-cmb", "--kernel", "default", "--patch-coverage", "/no/such.patch"],
+     "--patch-coverage /no/such.patch: neither a patch file nor a git range"),
+    (["bisect", "switch-cmb", "--kernel", "default", "--patch-coverage", "/no/such.patch",
+      "--min-patch-coverage", "120"], "a percentage from 0 to 100, got '120'"),
 ])
 def test_bad_input_aborts_the_bisection(argv, words, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("TESTBED_STATE", str(tmp_path / "state"))
