@@ -41,7 +41,7 @@ from ..qemu.backing import create_backing_files
 from ..qemu.cmdline import BootMedia, build
 from ..qemu.devices import iommu_cmdline
 from ..qemu.machine import QemuMachine
-from ..qemu.probe import probe
+from ..qemu.probe import Capabilities, probe
 from ..qemu.share import Share
 from ..spec.model import Topology
 from ..util.rundir import RunDir
@@ -126,16 +126,17 @@ def _create_overlay(base: Path, overlay: Path) -> None:
         raise BootError(f"qemu-img could not create the overlay: {exc.stderr.strip()}") from None
 
 
-def boot(topo: Topology, image: Image | None = None,
-         options: BootOptions = BootOptions()) -> Guest:
-    """Boot ``topo`` and return a :class:`Guest` with SSH ready and the tree checked."""
+def boot(topo: Topology, image: Image | None = None, options: BootOptions = BootOptions(),
+         caps: Capabilities | None = None) -> Guest:
+    """Boot ``topo`` and return a :class:`Guest` with SSH ready and the tree checked
+    (``caps``: the caller's probe of the topology's QEMU, asked now when not given)."""
     start = time.monotonic()
     phases = Phases()
     with phases.phase("prepare"):
         image = image or ensure_image(profile=topo.profile)
         kernel = prepare(options.kernel, image.initrd, topo.profile) if options.kernel else \
             default_kernel(image)
-        caps = probe(topo.machine.qemu)
+        caps = caps or probe(topo.machine.qemu)
         accel = resolve_accel(options.accel or topo.machine.accel, caps,
                               guest=ProbeGuest(image.kernel, image.initrd, tuple(image.cmdline),
                                                topo.profile))

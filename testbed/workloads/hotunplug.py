@@ -36,7 +36,7 @@ from ..qemu.hotplug import Slot, hotplug_slot, replug, unplug
 from ..spec.model import Topology
 from ..verdicts.observe import observe, pull_dmesg, trouble_verdict
 from ..verdicts.predict import predict
-from .base import Context, Record, Workload, need_bdf
+from .base import Context, Record, PairWorkload, need_bdf
 from .judged import (
     client_device,
     error_record,
@@ -77,10 +77,18 @@ def slot_problems(topo: Topology) -> str | None:
     return "; ".join(why) or "no provider"
 
 
-class HotUnplug(Workload):
+class HotUnplug(PairWorkload):
     name = "hot-unplug"
     judged = True
+    insists = True
     needs_qmp = True
+
+    @classmethod
+    def missing(cls, topo: Topology) -> str | None:
+        problems = super().missing(topo)
+        if problems is None and (why := slot_problems(topo)) is not None:
+            problems = f"no provider in a hot-pluggable slot ({why})"
+        return problems
 
     def run(self, ctx: Context) -> list[Record]:
         records = []

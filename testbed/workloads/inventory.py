@@ -9,6 +9,7 @@ from .base import Context, Record, Workload
 
 class Inventory(Workload):
     name = "inventory"
+    default = True
 
     def run(self, ctx: Context) -> list[Record]:
         data, res = ctx.tool(["inventory"], timeout=60)

@@ -34,6 +34,7 @@ from ..verdicts.isolation import (
     predict_isolation,
     show,
 )
+from ..spec.model import Topology
 from .base import Context, Record, Workload
 
 KERNEL_PROBLEM = "kernel grouping problem (not a QEMU limit)"
@@ -42,6 +43,11 @@ KERNEL_PROBLEM = "kernel grouping problem (not a QEMU limit)"
 class Isolation(Workload):
     name = "isolation"
     judged = True
+    default = True  # cheap: one inventory, no I/O
+
+    @classmethod
+    def missing(cls, topo: Topology) -> str | None:
+        return "no vIOMMU (no IOMMU groups to judge)" if topo.iommu.model == "none" else None
 
     def run(self, ctx: Context) -> list[Record]:
         data, res = ctx.tool(["inventory", "--grouping-symbols"], timeout=120)

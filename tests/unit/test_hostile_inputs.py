@@ -204,7 +204,7 @@ def test_a_crashed_run_is_never_pass(tmp_path, monkeypatch, crash):
     from testbed.run import runner
     topo = load_topology("switch-cmb")
     monkeypatch.setattr(runner, "boot",
-                        lambda topo, options: _FakeGuest(topo, tmp_path / "console.log"))
+                        lambda topo, options, caps=None: _FakeGuest(topo, tmp_path / "console.log"))
 
     def explode(*a, **kw):
         raise crash
