@@ -34,6 +34,7 @@ from ..verdicts.isolation import (
     predict_isolation,
     show,
 )
+from ..guest.protocol import Seen
 from ..spec.model import Topology
 from .base import Context, Record, Workload
 
@@ -56,7 +57,8 @@ class Isolation(Workload):
             return [Record(name=self.name, predicted=expected, observed="error",
                            detail=f"the guest tool gave no inventory: {res.describe()[:500]}",
                            seconds=res.seconds)]
-        ctx.guest.inventory = {**ctx.guest.inventory, **data}  # keep the boot's tracing
+        # keep the boot's tracing
+        ctx.guest.update(Seen({**ctx.guest.inventory, **data}, ctx.guest.names))
         topo = ctx.topology
         kernel = data.get("kernel", {})
         names = complete_names(topo, data, ctx.guest.names)
