@@ -31,12 +31,13 @@ from .errors import GuestError, TestbedError
 from .guest import instances
 from .guest.attach import AttachedGuest
 from .guest.boot import BootOptions, boot
-from .guest.protocol import GuestLike
+from .guest.guest import Guest
+from .guest.protocol import GuestLike, qmp_of
 from .guest.reinventory import reinventory
 from .guest.result import CommandResult
 from .kernel.resolve import KernelSpec, resolve_kernel
 from .qemu.hotplug import UNPLUG_TIMEOUT, hotplug_slot, replug, unplug
-from .qemu.machine import QemuMachine
+from .qemu.machine import QmpLike
 from .qemu.validate import load_checked
 from .run.runner import RunOptions, plan, run_workloads
 from .spec import resolve
@@ -143,30 +144,29 @@ class TestbedGuest:
     # QMP hot-plug (a guest this process booted; the slot a root or downstream port)
     def unplug(self, name: str, timeout: float = UNPLUG_TIMEOUT) -> dict[str, Any]:
         """QMP ``device_del`` of NVMe ``name`` and wait for ``DEVICE_DELETED``; the step."""
-        return unplug(self._machine(), hotplug_slot(self.topology, name), timeout)
+        return unplug(self._qmp(), hotplug_slot(self.topology, name), timeout)
 
     def replug(self, name: str, wait: float = 30.0) -> dict[str, Any]:
         """``device_add`` NVMe ``name`` back (namespace 1 through ``drive=``), wait until the
         guest shows the topology again (p2pmem published) and refresh ``names``; the step,
         with ``tree_differences`` (empty when all is back)."""
-        machine = self._machine()
-        step = replug(machine, hotplug_slot(self.topology, name), machine.run_dir)
+        step = replug(self._qmp(), hotplug_slot(self.topology, name), self._guest.run_path)
         step["tree_differences"] = reinventory(self._guest, wait)
         return step
 
-    def _machine(self) -> QemuMachine:
-        qemu = self._guest.qemu
-        if qemu is None or qemu.monitor is None:
+    def _qmp(self) -> QmpLike:
+        qmp = qmp_of(self._guest)
+        if qmp is None:
             raise GuestError("this guest has no QMP connection here (attached instance)")
-        return qemu
+        return qmp
 
     @property
     def qmp(self) -> Any:
         """The qemu.qmp client of this guest's QEMU (``guest.qmp.cmd("query-pci")``)."""
-        qemu = self._guest.qemu
-        if qemu is None or qemu.monitor is None:
+        monitor = self._guest.machine.monitor if isinstance(self._guest, Guest) else None
+        if monitor is None:
             raise GuestError("this guest has no QMP connection here (attached instance)")
-        return qemu.monitor
+        return monitor
 
     @property
     def names(self) -> dict[str, str]:

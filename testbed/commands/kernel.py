@@ -44,6 +44,7 @@ from ..kernel.build import build_kernel, default_build_dir
 from ..kernel.profile import available, load
 from ..kernel.profile_build import ARCHES, build_profile_kernel
 from ..kernel.source import DEFAULT_PACKAGE, DEFAULT_SUITE, debian_source
+from ..machines import DEFAULT_ARCH
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--profile", "-p", action="append", metavar="NAME", default=[],
                    help="kernel profile (repeat, or NAME+NAME); base is always included; "
                         "see 'testbed kernel profiles'")
-    b.add_argument("--arch", default="x86_64", choices=tuple(ARCHES),
-                   help="architecture of a profile kernel (default x86_64)")
+    b.add_argument("--arch", default=DEFAULT_ARCH, choices=tuple(ARCHES),
+                   help=f"architecture of a profile kernel (default {DEFAULT_ARCH})")
     b.add_argument("--check", action="store_true",
                    help="with --profile: configure and check the options, compile nothing")
     b.add_argument("--output", "-O", type=Path, metavar="DIR",
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                  k.name, k.release, k.tree, k.spec)
         print(k.image)
         return 0
-    if args.check or args.arch != "x86_64":
+    if args.check or args.arch != DEFAULT_ARCH:
         raise UsageError("--check and --arch go with --profile")
     if args.ksrc == "debian":
         raise UsageError("KSRC debian: give --profile (the defconfig build takes a tree path)")

@@ -1,4 +1,5 @@
-"""Boot a topology: run directory, overlay, QEMU, SSH, and the guest-side check.
+"""Boot a topology: run directory, overlay, QEMU, SSH, and the guest-side check; the
+:class:`Guest` is built once, complete, at the end.
 
     >>> with boot(load_topology("switch-cmb")) as guest:     # doctest: +SKIP
     ...     guest.run("cat /sys/bus/pci/devices/*/p2pmem/size").stdout
@@ -13,52 +14,41 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import (
-    BootError,
-    BootFailed,
-    BootTimeout,
-    DriverProbeFailed,
-    GuestError,
-    GuestViewMismatch,
-    PortInUse,
-    QemuStartError,
-    ToolMissing,
-)
+from ..errors import (BootError, BootFailed, BootTimeout, GuestError, GuestViewMismatch,
+                      ToolMissing)
 from ..image.build import ensure_image
 from ..image.model import Image
 from ..kernel.cmdline import merge_words
 from ..kernel.prepare import PreparedKernel, prepare
 from ..kernel.resolve import KernelSpec
-from ..paths import cache_dir
 from ..qemu.accel import ProbeGuest, resolve_accel
 from ..qemu.backing import create_backing_files
-from ..qemu.cmdline import BootMedia, build
 from ..qemu.devices import iommu_cmdline
-from ..qemu.machine import QemuMachine
-from ..qemu.probe import probe
+from ..qemu.probe import Capabilities, probe
 from ..qemu.share import Share
 from ..spec.model import Topology
 from ..util.rundir import RunDir
 from ..util.timing import Phases
-from .guest import Guest
 from .debug import find_vmlinux
-from .ports import reserve_port
+from .guest import Guest
+from .launch import BootLog, Launch, LaunchPlan, Stalled, preserve_logs, start
+from .protocol import Seen
 from .share import mount_shares
 from .tool import install_and_run, package_tar
 from .treecheck import check_tree, inventory_argv, map_names
 
 log = logging.getLogger(__name__)
 
-STALL_SECONDS = 90.0  # no ready line by then: retry the boot once (see _Stalled)
+STALL_SECONDS = 90.0  # no ready line by then: boot once more (see launch.Stalled)
 NVME_IO_TIMEOUT = 10  # seconds; a faulting P2P command must not hang a run for 30 s
-PORT_ATTEMPTS = 3
 INVENTORY_SECONDS = 90.0  # shipping the guest tool and its first inventory, on a slow host
+
+__all__ = ["BootOptions", "boot", "default_kernel", "kernel_cmdline", "preserve_logs"]
 
 
 @dataclass(frozen=True)
@@ -126,203 +116,105 @@ def _create_overlay(base: Path, overlay: Path) -> None:
         raise BootError(f"qemu-img could not create the overlay: {exc.stderr.strip()}") from None
 
 
-def boot(topo: Topology, image: Image | None = None,
-         options: BootOptions = BootOptions()) -> Guest:
-    """Boot ``topo`` and return a :class:`Guest` with SSH ready and the tree checked."""
-    start = time.monotonic()
+def boot(topo: Topology, image: Image | None = None, options: BootOptions = BootOptions(),
+         caps: Capabilities | None = None) -> Guest:
+    """Boot ``topo`` and return a :class:`Guest` with SSH ready and the tree checked
+    (``caps``: the caller's probe of the topology's QEMU, asked now when not given)."""
+    begin = time.monotonic()
     phases = Phases()
     with phases.phase("prepare"):
         image = image or ensure_image(profile=topo.profile)
         kernel = prepare(options.kernel, image.initrd, topo.profile) if options.kernel else \
             default_kernel(image)
-        caps = probe(topo.machine.qemu)
+        caps = caps or probe(topo.machine.qemu)
         accel = resolve_accel(options.accel or topo.machine.accel, caps,
                               guest=ProbeGuest(image.kernel, image.initrd, tuple(image.cmdline),
                                                topo.profile))
         run = RunDir.create(options.label or topo.name, base=options.run_base, keep=options.keep)
-    guest = Guest(topo, image, kernel, run, accel, options.timeout)
-    guest.phases = phases
-    guest.debug = options.gdb
-    guest.shares = options.shares
+    launch: Launch | None = None
     try:
         with phases.phase("prepare"):
             create_backing_files(topo, run.path)
             overlay = run / "boot.qcow2"
             _create_overlay(image.disk, overlay)
-        cmdline = tuple(kernel_cmdline(topo, [*image.cmdline, *kernel.cmdline],
-                                       options.extra_cmdline, debug=options.gdb))
-
-        def launch(stall: float | None = None) -> None:
-            _launch(guest, caps.path, overlay, cmdline, stall)
-
+        plan = LaunchPlan(topo, caps.path, accel.name, run, image, kernel,
+                          tuple(kernel_cmdline(topo, [*image.cmdline, *kernel.cmdline],
+                                               options.extra_cmdline, debug=options.gdb)),
+                          overlay, options.timeout, gdb=options.gdb, shares=options.shares)
+        log.info("starting QEMU (%s: %s)", accel.name, accel.reason)
         try:
-            launch(STALL_SECONDS if options.timeout > STALL_SECONDS else None)
-        except _Stalled:
+            launch = start(plan, phases, STALL_SECONDS if options.timeout > STALL_SECONDS
+                           else None)
+        except Stalled:
             logs = preserve_logs(run, topo.name)
             log.info("no progress after %.0f s (console kept in %s); booting the guest once "
                      "more", STALL_SECONDS, logs)
-            guest.kill()
             overlay.unlink(missing_ok=True)
             _create_overlay(image.disk, overlay)
-            launch()
-        guest.boot_seconds = time.monotonic() - start
-        log.info("SSH ready after %.1f s", guest.boot_seconds)
-
-        def relaunch() -> None:
-            launch()
-            check_guest_view(guest, trace=options.observe)
-            mount_shares(guest, options.shares)
-
-        guest.relaunch = relaunch
+            launch = start(plan, phases)
+        boot_seconds = time.monotonic() - begin
+        log.info("SSH ready after %.1f s", boot_seconds)
+        seen = Seen({}, {})
         if options.check_tree:
             with phases.phase("tree check"):
-                check_guest_view(guest, trace=options.observe)
+                seen = first_inventory(launch, plan, options.observe)
             # the parts the guest timed itself: devices still settling, the probes' set-up
-            for part, seconds in (guest.inventory.get("seconds") or {}).items():
+            for part, seconds in (seen.inventory.get("seconds") or {}).items():
                 if isinstance(seconds, (int, float)):
                     phases.add(f"tree check: {part}", float(seconds))
-        mount_shares(guest, options.shares)
-        if options.gdb:
-            guest.vmlinux = find_vmlinux(options.kernel, kernel.release)
-        return guest
+        mount_shares(launch.ssh, options.shares, launch.argv)
+
+        def relaunch() -> tuple[Launch, Seen]:
+            again = start(plan, Phases())
+            try:
+                seen = first_inventory(again, plan, options.observe)
+                mount_shares(again.ssh, options.shares, again.argv)
+            except BaseException:
+                again.kill()
+                raise
+            return again, seen
+
+        vmlinux = find_vmlinux(options.kernel, kernel.release) if options.gdb else None
+        return Guest(topo, launch, seen, image=image, kernel=kernel, run=run, accel=accel,
+                     boot_seconds=boot_seconds, phases=phases, shares=options.shares,
+                     debug=options.gdb, vmlinux=vmlinux, relaunch=relaunch)
     except BaseException:
-        guest.kill()
+        if launch is not None:
+            launch.kill()
         run.cleanup()
         raise
 
 
-class _Stalled(Exception):
-    """No ready line and no failure on the console within STALL_SECONDS.  Seen now and
-    then on loaded 2-core hosts: a TCG guest that stalls early (RCU stall, empty console)
-    and boots fine when started again."""
-
-
-def _launch(guest: Guest, binary: str, overlay: Path, cmdline: tuple[str, ...],
-            stall: float | None = None) -> None:
-    """Start QEMU for ``guest`` (retrying on a port clash) and wait for SSH."""
-    start = time.monotonic()
-    run = guest.run_dir
-    for attempt in range(PORT_ATTEMPTS):
-        lease = guest.lease = reserve_port()
-        gdb = guest.gdb_lease = reserve_port() if guest.debug else None
-        media = BootMedia(kernel=guest.kernel.kernel, initrd=guest.kernel.initrd,
-                          cmdline=cmdline, disk=overlay, ssh_port=lease.port,
-                          drives=guest.kernel.drives, gdb_port=gdb.port if gdb else None,
-                          shares=guest.shares)
-        guest.machine = QemuMachine(
-            lambda qmp: build(guest.topology, binary, run.path, guest.accel.name, media=media,
-                              qmp=qmp, console=run / "console.log"),
-            run.path, name=f"{guest.topology.name} guest")
-        guest.argv = guest.machine.argv
-        try:
-            with guest.phases.phase("qemu start"):
-                guest.machine.launch()
-            break
-        except PortInUse:
-            lease.release()
-            if gdb is not None:
-                gdb.release()
-            if attempt == PORT_ATTEMPTS - 1:
-                raise _fail(guest, BootFailed, "QEMU could not bind an SSH port "
-                            f"{PORT_ATTEMPTS} times") from None
-        except QemuStartError as exc:
-            lease.release()
-            if gdb is not None:
-                gdb.release()
-            logs = preserve_logs(run, guest.topology.name)
-            raise BootFailed(f"QEMU did not start: {exc}\n(logs: {logs})", logs=logs,
-                             argv=guest.argv) from None
-    log.info("QEMU started (%s: %s); waiting for SSH on port %d", guest.accel.name,
-             guest.accel.reason, guest.port)
-    from .ssh import GuestSSH  # paramiko takes ~0.3 s to import: do it while QEMU boots
-    guest.ssh = GuestSSH("127.0.0.1", guest.port, guest.image.client_key,
-                         guest.image.host_public_key)
-    _wait_for_ssh(guest, start + guest.timeout, start + stall if stall else None)
-
-
-def preserve_logs(run: RunDir, label: str) -> Path:
-    """Copy the console and QEMU logs somewhere that outlives the run directory."""
-    dest = cache_dir() / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}-{run.path.name}"
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("console.log", "qemu.log"):
-        if (run / name).exists():
-            shutil.copy2(run / name, dest / name)
-    return dest
-
-
-def _fail(guest: Guest, cls: type[BootError], what: str, **fields: object) -> BootError:
-    logs = preserve_logs(guest.run_dir, guest.topology.name)
-    detail = (f"\n--- last console lines ---\n{guest.console.tail(25)}\n"
-              f"--- full console log: {logs / 'console.log'}")
-    if cls is BootTimeout:
-        return BootTimeout(guest.topology.name, what, logs=logs, argv=guest.argv, detail=detail)
-    return cls(f"{guest.topology.name}: {what}{detail}", logs=logs, argv=guest.argv,
-               **fields)
-
-
-def _wait_for_ssh(guest: Guest, deadline: float, stall_deadline: float | None = None) -> None:
-    machine = guest.machine
-    assert machine is not None and guest.ssh is not None
-
-    def alive() -> None:
-        if not machine.is_running():
-            status = machine.wait(1)
-            failure = guest.console.failure()
-            stderr = machine.stderr_tail(5)
-            raise _fail(guest, BootFailed, f"QEMU exited (status {status}) before SSH came up"
-                        + (f": {failure.line}" if failure else "")
-                        + (f"\n--- QEMU stderr ---\n{stderr}" if stderr else ""),
-                        line=failure.line if failure else None)
-        failure = guest.console.failure()
-        if failure is not None:
-            cls = DriverProbeFailed if failure.kind == "driver-probe" else BootFailed
-            what = ("a driver failed to probe a device the topology needs"
-                    if failure.kind == "driver-probe" else "the guest failed to boot")
-            raise _fail(guest, cls, f"{what}: {failure.line}", line=failure.line)
-
-    marker = guest.image.ready_marker
-    # Connecting before the guest's network is up stalls in QEMU's user networking:
-    # wait for the guest to say sshd listens, then connect once.
-    waiting = time.monotonic()
-    while marker not in guest.console.text():
-        alive()
-        if stall_deadline is not None and time.monotonic() > stall_deadline:
-            raise _Stalled()
-        if time.monotonic() > deadline:
-            raise _fail(guest, BootTimeout, f"the guest never printed {marker!r} within the "
-                        "boot timeout")
-        time.sleep(0.02)
-    guest.phases.add("kernel to ready", time.monotonic() - waiting)
+def first_inventory(launch: Launch, plan: LaunchPlan, trace: bool = False) -> Seen:
+    """Ship the guest tool, ask for its inventory and check it shows the topology
+    (``trace``: set the kernel's P2P tracing up in the same guest process, which saves an
+    interpreter start)."""
+    topo, blog = plan.topology, plan.log
     try:
-        with guest.phases.phase("ssh connect"):
-            guest.ssh.wait(deadline, alive)
-    except TimeoutError as exc:
-        raise _fail(guest, BootTimeout, f"no SSH within the boot timeout ({exc})") from None
-
-
-def check_guest_view(guest: Guest, trace: bool = False) -> None:
-    """Ask the guest for its inventory and check it shows the topology (``trace``: set the
-    kernel's P2P tracing up in the same guest process, which saves an interpreter start)."""
-    topo = guest.topology
-    # the guest tool is shipped here, in the same command as its first inventory
-    try:
-        res = guest.run(install_and_run(inventory_argv(topo, wait=30)
-                                        + (["--trace"] if trace else [])),
-                        timeout=INVENTORY_SECONDS, stdin=package_tar())
+        res = launch.ssh.run(install_and_run(inventory_argv(topo, wait=30)
+                                             + (["--trace"] if trace else [])),
+                             timeout=INVENTORY_SECONDS, stdin=package_tar())
     except GuestError as exc:
-        raise _fail(guest, BootFailed, f"the guest tool could not be run: {exc}") from None
+        raise _fail(blog, launch, BootFailed, f"the guest tool could not be run: {exc}") \
+            from None
     if res.timed_out:  # a guest too slow (a loaded host): a matrix boots it once more
-        raise _fail(guest, BootTimeout, f"the guest tool's first inventory did not finish "
-                    f"within {INVENTORY_SECONDS:.0f} s")
+        raise _fail(blog, launch, BootTimeout, f"the guest tool's first inventory did not "
+                    f"finish within {INVENTORY_SECONDS:.0f} s")
     if not res.ok:
-        raise _fail(guest, GuestViewMismatch, f"the guest inventory failed: {res.describe()}")
+        raise _fail(blog, launch, GuestViewMismatch,
+                    f"the guest inventory failed: {res.describe()}")
     try:
-        guest.inventory = json.loads(res.stdout)
+        inventory = json.loads(res.stdout)
     except ValueError:
-        raise _fail(guest, GuestViewMismatch, "the guest inventory is not JSON: "
+        raise _fail(blog, launch, GuestViewMismatch, "the guest inventory is not JSON: "
                     f"{res.stdout[:300]!r}") from None
-    diffs = check_tree(topo, guest.inventory)
+    diffs = check_tree(topo, inventory)
     if diffs:
-        raise _fail(guest, GuestViewMismatch, "the guest does not see the topology:\n  "
+        raise _fail(blog, launch, GuestViewMismatch, "the guest does not see the topology:\n  "
                     + "\n  ".join(diffs), diffs=diffs)
-    guest.names = map_names(topo, guest.inventory)[0]
+    return Seen(inventory, map_names(topo, inventory)[0])
+
+
+def _fail(blog: BootLog, launch: Launch, cls: type[BootError], what: str,
+          **fields: object) -> BootError:
+    return blog.fail(cls, what, launch.argv, **fields)

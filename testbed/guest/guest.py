@@ -1,13 +1,14 @@
 """A running guest: commands over SSH, files, dmesg, and (for a guest this process
-booted) its QEMU, its run directory and its shutdown.
+booted) its QEMU, QMP, its run directory and its shutdown.
 
     >>> with boot(load_topology("switch-cmb")) as guest:     # doctest: +SKIP
     ...     guest.run("cat /sys/bus/pci/devices/*/p2pmem/size").stdout
     '67108864\\n67108864\\n'
 
-:class:`SshGuest` holds what every guest offers (it is what
-:class:`~testbed.guest.protocol.GuestLike` describes); :class:`Guest` adds the QEMU
-process and its lifecycle.  Booting is :mod:`testbed.guest.boot`'s job.
+:class:`SshGuest` holds what every guest offers (the protocols of
+:mod:`testbed.guest.protocol`); :class:`Guest` adds the QEMU process, QMP and the
+lifecycle.  Both are built whole: the boot (:mod:`testbed.guest.boot`) or the attach
+gathers everything first and constructs the guest once.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from ..image.model import Image
 from ..kernel.prepare import PreparedKernel
 from ..qemu.accel import Accel
 from ..qemu.cmdline import backing_files, run_dir_files
-from ..qemu.machine import QemuMachine
+from ..qemu.machine import QemuMachine, QmpEvent
 from ..qemu.script import quote, to_script
 from ..qemu.share import Share
 from ..spec.model import Topology
 from ..util.rundir import RunDir
 from ..util.timing import Phases
 from .console import Console
-from .ports import PortLease
+from .launch import Launch
+from .protocol import Seen
 from .result import CommandResult
 
 if TYPE_CHECKING:  # paramiko is slow to import: boot imports it while QEMU starts
@@ -42,19 +44,33 @@ class SshGuest:
     """Commands, files and dmesg of a guest reached over SSH."""
 
     def __init__(self, topology: Topology, ssh: "GuestSSH | None", console: Console,
-                 run_path: Path):
+                 run_path: Path, seen: Seen, *, accel: Accel, boot_seconds: float = 0.0,
+                 kernel_description: str | None = None, phases: Phases | None = None):
         self.topology = topology
-        self.ssh = ssh
+        self._conn = ssh
         self.console = console
         self.run_path = run_path
-        self.boot_seconds: float = 0.0
-        self.inventory: dict[str, Any] = {}
-        self.names: dict[str, str] = {}  # spec name -> guest BDF
-        self.accel = Accel("unknown", "not booted by this process")
-        self.kernel_description: str | None = None
-        self.argv: list[str] = []  # the QEMU command line, when this process started it
-        self.phases = Phases()  # where the boot's time went
+        self.accel = accel
+        self.boot_seconds = boot_seconds
+        self.kernel_description = kernel_description
+        self.phases = phases or Phases()  # where the boot's time went
+        self.inventory: dict[str, Any] = seen.inventory
+        self.names: dict[str, str] = seen.names  # spec name -> guest BDF
         self._dmesg_mark = 0
+
+    @property
+    def ssh(self) -> "GuestSSH | None":
+        return self._conn
+
+    @property
+    def argv(self) -> list[str]:
+        """The QEMU command line, when this process started QEMU."""
+        return []
+
+    def update(self, seen: Seen) -> None:
+        """What a fresh inventory showed (after a hot-plug, a restart)."""
+        self.inventory = seen.inventory
+        self.names = seen.names
 
     # -- commands ------------------------------------------------------------------------
     def _ssh(self) -> "GuestSSH":
@@ -118,48 +134,70 @@ class SshGuest:
         return None
 
     def shutdown(self, graceful: bool = True) -> int | None:
-        if self.ssh is not None:
-            self.ssh.close()
+        if self._conn is not None:
+            self._conn.close()
         return None
 
 
 class Guest(SshGuest):
     """A guest this process booted: use as a context manager or call shutdown()."""
 
-    def __init__(self, topology: Topology, image: Image, kernel: PreparedKernel, run: RunDir,
-                 accel: Accel, timeout: float):
-        super().__init__(topology, None, Console(run / "console.log"), run.path)
+    def __init__(self, topology: Topology, launch: Launch, seen: Seen, *, image: Image,
+                 kernel: PreparedKernel, run: RunDir, accel: Accel, boot_seconds: float,
+                 phases: Phases, shares: tuple[Share, ...] = (), debug: bool = False,
+                 vmlinux: Path | None = None,
+                 relaunch: Callable[[], tuple[Launch, Seen]] | None = None):
+        super().__init__(topology, launch.ssh, Console(run / "console.log"), run.path, seen,
+                         accel=accel, boot_seconds=boot_seconds,
+                         kernel_description=kernel.description, phases=phases)
         self.image = image
         self.kernel = kernel
-        self.kernel_description = kernel.description
         self.run_dir = run
-        self.accel = accel
-        self.timeout = timeout
-        self.machine: QemuMachine | None = None
-        self.lease: PortLease | None = None
-        self.debug = False  # --gdb: QEMU's gdbstub on gdb_port, the kernel with nokaslr
-        self.gdb_lease: PortLease | None = None
-        self.vmlinux: Path | None = None  # the running kernel's symbols, when found
-        self.shares: tuple[Share, ...] = ()
-        # set by the boot: starts QEMU again for this guest (used by restart)
-        self.relaunch: Callable[[], None] | None = None
+        self.shares = shares
+        self.debug = debug  # --gdb: QEMU's gdbstub on gdb_port, the kernel with nokaslr
+        self.vmlinux = vmlinux  # the running kernel's symbols, when found
+        self._launch = launch
+        self._relaunch = relaunch  # starts QEMU again for this guest (restart)
+
+    # -- its QEMU ------------------------------------------------------------------------
+    @property
+    def ssh(self) -> "GuestSSH | None":
+        return self._launch.ssh
+
+    @property
+    def machine(self) -> QemuMachine:
+        return self._launch.machine
+
+    @property
+    def argv(self) -> list[str]:
+        return self._launch.argv
 
     @property
     def port(self) -> int:
-        assert self.lease is not None
-        return self.lease.port
+        return self._launch.port
 
     @property
     def gdb_port(self) -> int | None:
-        return self.gdb_lease.port if self.gdb_lease is not None else None
+        return self._launch.gdb_port
 
     @property
     def qemu(self) -> QemuMachine | None:
-        return self.machine
+        return self._launch.machine
 
     @property
     def can_restart(self) -> bool:
-        return self.relaunch is not None
+        return self._relaunch is not None
+
+    # -- QMP (testbed.guest.protocol.Qmp) --------------------------------------------------
+    def qmp(self, command: str, **args: Any) -> Any:
+        return self._launch.machine.qmp(command, **args)
+
+    def event_wait(self, name: str, timeout: float = 60.0,
+                   match: Callable[[QmpEvent], bool] | None = None) -> QmpEvent | None:
+        return self._launch.machine.event_wait(name, timeout, match)
+
+    def clear_events(self) -> None:
+        self._launch.machine.clear_events()
 
     def ssh_command(self) -> list[str]:
         """An OpenSSH command line that reaches this guest (for people)."""
@@ -177,9 +215,8 @@ class Guest(SshGuest):
             return None
         rd = str(self.run_dir.path)
         prelude = [f"# {self.topology.name}: the guest as testbed booted it", 'mkdir -p "$RUN_DIR"']
-        extra = [self.run_dir / "boot.qcow2", self.run_dir / "console.log"]
-        if self.machine is not None:
-            extra.append(self.machine.qmp_path)
+        extra = [self.run_dir / "boot.qcow2", self.run_dir / "console.log",
+                 self.machine.qmp_path]
         owned = run_dir_files(self.topology, self.run_dir.path, extra)
         for bf in backing_files(self.topology, self.run_dir.path):
             if bf.user_file:
@@ -193,8 +230,7 @@ class Guest(SshGuest):
 
     # -- shutdown ------------------------------------------------------------------------
     def poweroff_in_guest(self) -> None:
-        if self.ssh is not None:
-            self.ssh.fire("sync; busybox poweroff -f || poweroff -f")
+        self._launch.ssh.fire("sync; busybox poweroff -f || poweroff -f")
 
     def keeps_anything(self) -> bool:
         """Does anything the guest writes outlive it?  A file the user named (namespace,
@@ -206,33 +242,24 @@ class Guest(SshGuest):
 
     def stop_qemu(self, graceful: bool = True) -> int | None:
         """Stop QEMU (graceful, then hard) but keep the run directory."""
-        status = None
         try:
-            if self.machine is not None:
-                status = self.machine.shutdown(self.poweroff_in_guest if graceful else None,
-                                               graceful_timeout=10.0)
+            return self.machine.shutdown(self.poweroff_in_guest if graceful else None,
+                                         graceful_timeout=10.0)
         finally:
             self.kill()
-        return status
 
     def kill(self) -> None:
-        if self.machine is not None:
-            self.machine.kill()
-        if self.ssh is not None:
-            self.ssh.close()
-        if self.lease is not None:
-            self.lease.release()
-        if self.gdb_lease is not None:
-            self.gdb_lease.release()
+        self._launch.kill()
 
     def restart(self) -> float:
         """Power the guest off and boot it again from the same run directory (same
         overlay, namespace images and PMR files); returns the boot seconds."""
-        if self.relaunch is None:
+        if self._relaunch is None:
             return super().restart()
         self.stop_qemu()
         start = time.monotonic()
-        self.relaunch()
+        self._launch, seen = self._relaunch()
+        self.update(seen)
         self.reset_dmesg_mark()
         return time.monotonic() - start
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from .protocol import GuestLike
+from .protocol import GuestLike, Seen
 from .tool import GUEST_TOOL
 from .treecheck import check_tree, inventory_argv, map_names
 
@@ -24,10 +24,7 @@ def reinventory(guest: GuestLike, wait: float = 30.0) -> list[str]:
         inv = json.loads(res.stdout)
     except ValueError:
         return [f"the guest inventory failed: {res.describe()[:300]}"]
-    guest.inventory = inv
-    names, _ = map_names(topo, inv)
-    guest.names.clear()
-    guest.names.update(names)
+    guest.update(Seen(inv, map_names(topo, inv)[0]))
     diffs = check_tree(topo, inv)
     if not inv.get("ready"):
         diffs.append(f"not every NVMe and p2pmem provider was live within {wait:.0f} s")

@@ -17,7 +17,7 @@ import shlex
 
 from ..errors import ShareMountFailed
 from ..qemu.share import Share, share_tag
-from .protocol import GuestLike
+from .protocol import Runs
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ def mount_command(share: Share, index: int, first: bool = False) -> str:
             f"{MOUNT_OPTIONS},{'rw' if share.writable else 'ro'} {share_tag(index)} {guest}")
 
 
-def mount_shares(guest: GuestLike, shares: tuple[Share, ...]) -> None:
-    """Mount every share; ShareMountFailed (naming the share) when one does not mount."""
+def mount_shares(guest: Runs, shares: tuple[Share, ...], argv: list[str]) -> None:
+    """Mount every share over ``guest`` (a guest, or its SSH connection); ShareMountFailed
+    (naming the share, with the QEMU ``argv``) when one does not mount."""
     for i, share in enumerate(shares):
         res = guest.run(mount_command(share, i, first=i == 0), timeout=60)
         if not res.ok:
@@ -43,6 +44,6 @@ def mount_shares(guest: GuestLike, shares: tuple[Share, ...]) -> None:
             raise ShareMountFailed(
                 f"--share {share.spec}: the guest could not mount it: {output or res.describe()}"
                 f" (a custom kernel needs {KCONFIG}, or them as modules)",
-                argv=guest.argv or None, share=share.spec, output=output)
+                argv=argv or None, share=share.spec, output=output)
         log.info("shared %s on %s (%s)", share.host, share.guest,
                  "read-write" if share.writable else "read-only")

@@ -4,6 +4,8 @@ import os
 import time
 
 from . import schema
+from .schema import (CORRUPT, P2P_READ, P2P_WRITE, SEED, VERIFY_READ, VERIFY_WRITE, Step,
+                     Transfer)
 from .dio import (
     allocate_p2pmem,
     check_blocks,
@@ -60,48 +62,48 @@ def copy(args):
     return doc
 
 
-def _copy_steps(fd, buf, args, nblocks):
+def _copy_steps(fd, buf, args, nblocks) -> Transfer:
     size, offset, seed = args.size, args.offset, args.seed
     first = offset // BLOCK
     expected = pattern(seed, first, nblocks)
-    steps = {}
+    steps: dict[str, Step] = {}
 
     # a) seed: the pattern into region A and poison into region B, from host memory
     host = host_buffer(2 * size)
     try:
         fill(host, expected)
         memoryview(host)[size:] = bytes([DEVICE_FILL]) * size
-        steps["seed"] = timed_io("write", fd, host, offset)
+        steps[SEED] = timed_io("write", fd, host, offset)
     finally:
         host.close()
 
     # b) corrupt one block of region A behind our back
     if args.corrupt_block is not None:
-        if steps["seed"]["ok"]:
+        if steps[SEED]["ok"]:
             k = args.corrupt_block
             blk = host_buffer(BLOCK)
             try:
                 fill(blk, corrupted(expected[k * BLOCK:(k + 1) * BLOCK]))
-                steps["corrupt"] = timed_io("write", fd, blk, offset + k * BLOCK)
+                steps[CORRUPT] = timed_io("write", fd, blk, offset + k * BLOCK)
             finally:
                 blk.close()
         else:
-            steps["corrupt"] = skipped("seed failed")
+            steps[CORRUPT] = skipped("seed failed")
 
     # c) p2p_read: the client writes region A into the buffer; d) verify it
     fill(buf, bytes([POISON]) * size)  # stale data must not pass verification
-    if steps["seed"]["ok"]:
-        steps["p2p_read"] = timed_io("read", fd, buf, offset)
+    if steps[SEED]["ok"]:
+        steps[P2P_READ] = timed_io("read", fd, buf, offset)
     else:
-        steps["p2p_read"] = skipped("seed failed")
-    if steps["p2p_read"]["ok"]:
+        steps[P2P_READ] = skipped("seed failed")
+    if steps[P2P_READ]["ok"]:
         start = time.monotonic()
         snapshot = buf[:]  # the buffer, copied into host memory
-        steps["verify_read"] = verify_step(snapshot, expected, start)
+        steps[VERIFY_READ] = verify_step(snapshot, expected, start)
     else:
-        steps["verify_read"] = skipped("p2p_read failed", verify=True)
-    if steps["verify_read"]["ok"]:
-        buffer_source = "p2p_read"
+        steps[VERIFY_READ] = skipped("p2p_read failed", verify=True)
+    if steps[VERIFY_READ]["ok"]:
+        buffer_source = P2P_READ
     else:
         # The read direction did not deliver the pattern (an error, or a DMA that went
         # nowhere): observe the write direction anyway, from a buffer the CPU filled.
@@ -110,35 +112,36 @@ def _copy_steps(fd, buf, args, nblocks):
         buffer_source = "host"
 
     # e) p2p_write: the client reads the buffer into region B; f) verify it
-    if steps["seed"]["ok"]:
-        steps["p2p_write"] = timed_io("write", fd, buf, offset + size)
+    if steps[SEED]["ok"]:
+        steps[P2P_WRITE] = timed_io("write", fd, buf, offset + size)
     else:
-        steps["p2p_write"] = skipped("seed failed (region B was not cleared)")
-    if steps["p2p_write"]["ok"]:
+        steps[P2P_WRITE] = skipped("seed failed (region B was not cleared)")
+    if steps[P2P_WRITE]["ok"]:
         back = host_buffer(size)
         try:
             start = time.monotonic()
             rd = timed_io("read", fd, back, offset + size)
             if rd["ok"]:
-                steps["verify_write"] = verify_step(back, snapshot, start)
+                steps[VERIFY_WRITE] = verify_step(back, snapshot, start)
             else:
-                steps["verify_write"] = dict(skipped("read-back failed", verify=True),
-                                             skipped=False, readback=rd)
+                step = skipped("read-back failed", verify=True)
+                step.update(skipped=False, readback=rd)
+                steps[VERIFY_WRITE] = step
         finally:
             back.close()
     else:
-        steps["verify_write"] = skipped("p2p_write failed", verify=True)
+        steps[VERIFY_WRITE] = skipped("p2p_write failed", verify=True)
 
-    vr, vw = steps["verify_read"], steps["verify_write"]
-    return {
-        "steps": steps,
-        "buffer_source": buffer_source,
-        "data_verified": bool(vr["ok"] and vw["ok"]),
-        "mismatched_blocks": sorted(set(vr["mismatched_blocks"]) | set(vw["mismatched_blocks"])),
-        "mb_per_s": {
-            "read": mb_per_s(steps["p2p_read"]["bytes"], steps["p2p_read"]["seconds"])
-            if steps["p2p_read"]["ok"] else None,
-            "write": mb_per_s(steps["p2p_write"]["bytes"], steps["p2p_write"]["seconds"])
-            if steps["p2p_write"]["ok"] else None,
+    vr, vw = steps[VERIFY_READ], steps[VERIFY_WRITE]
+    return Transfer(
+        steps=steps,
+        buffer_source=buffer_source,
+        data_verified=bool(vr["ok"] and vw["ok"]),
+        mismatched_blocks=sorted(set(vr["mismatched_blocks"]) | set(vw["mismatched_blocks"])),
+        mb_per_s={
+            "read": mb_per_s(steps[P2P_READ]["bytes"], steps[P2P_READ]["seconds"])
+            if steps[P2P_READ]["ok"] else None,
+            "write": mb_per_s(steps[P2P_WRITE]["bytes"], steps[P2P_WRITE]["seconds"])
+            if steps[P2P_WRITE]["ok"] else None,
         },
-    }
+    )

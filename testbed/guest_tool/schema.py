@@ -71,13 +71,15 @@ class Step(TypedDict, total=False):
     bytes: int
     reason: str
     mismatched_blocks: List[int]
+    readback: "Step"  # copy's verify_write: the read-back that failed
 
 
 class Transfer(TypedDict, total=False):
-    steps: dict
+    steps: Dict[str, Step]
+    buffer_source: str  # copy: where the write direction's buffer came from (P2P_READ, host)
     data_verified: bool
     mismatched_blocks: List[int]
-    mb_per_s: dict
+    mb_per_s: Dict[str, Optional[float]]
     stage: str
     error: str
     errno: Optional[int]

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import KernelBuildError, UsageError
-from ..machines import PROFILES, MachineProfile
+from ..machines import DEFAULT_ARCH, PROFILES, MachineProfile
 from ..paths import cache_dir
 from ..util.fingerprint import tree_fingerprint
 from .build import LOG, _run, check_build_tools, check_source_tree
@@ -256,7 +256,7 @@ def _result(tree: Path, good: dict, built: bool, start: float, cpu0: float) -> P
 
 
 def build_profile_kernel(ksrc: str | Path, profiles: list[str] | tuple[str, ...],
-                         arch: str = "x86_64", jobs: int | None = None,
+                         arch: str = DEFAULT_ARCH, jobs: int | None = None,
                          output: Path | None = None, check_only: bool = False,
                          rebuild: bool = False) -> ProfileKernel | None:
     """The profile kernel of ``ksrc`` (``debian`` or a tree) with ``profiles`` (``base`` is

@@ -30,7 +30,7 @@ from ..errors import HotplugError, QemuError
 from ..spec.model import Nvme, Topology
 from .cmdline import namespace_path, nvme_device
 from .devices import DEVICES
-from .machine import QemuMachine
+from .machine import QmpLike
 
 UNPLUG_TIMEOUT = 15.0  # acpiphp removes within ~1 s; pciehp would need ~7 s
 
@@ -61,7 +61,7 @@ def hotplug_slot(topo: Topology, name: str) -> Slot:
     return Slot(node, parent.name, kind.label)
 
 
-def unplug(machine: QemuMachine, slot: Slot, timeout: float = UNPLUG_TIMEOUT) -> dict[str, Any]:
+def unplug(machine: QmpLike, slot: Slot, timeout: float = UNPLUG_TIMEOUT) -> dict[str, Any]:
     """``device_del`` and wait for ``DEVICE_DELETED``; the step as data (seconds, event)."""
     name = slot.nvme.name
     machine.clear_events()
@@ -80,7 +80,7 @@ def unplug(machine: QemuMachine, slot: Slot, timeout: float = UNPLUG_TIMEOUT) ->
             "event": event.get("data", {})}
 
 
-def free_node_name(machine: QemuMachine, base: str) -> str:
+def free_node_name(machine: QmpLike, base: str) -> str:
     """``base-rN`` not yet used by a block node (each replug needs a fresh one)."""
     try:
         used = {n.get("node-name") for n in machine.qmp("query-named-block-nodes")}
@@ -92,7 +92,7 @@ def free_node_name(machine: QemuMachine, base: str) -> str:
     return f"{base}-r{n}"
 
 
-def replug(machine: QemuMachine, slot: Slot, run_dir: Path) -> dict[str, Any]:
+def replug(machine: QmpLike, slot: Slot, run_dir: Path) -> dict[str, Any]:
     """``blockdev-add`` namespace 1's image and ``device_add`` the controller again."""
     nvme = slot.nvme
     props: dict[str, Any] = nvme_device(nvme, slot.bus)

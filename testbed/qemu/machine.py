@@ -6,15 +6,19 @@ back to QMP ``quit`` and then SIGKILL.  QEMU never outlives its orchestrator:
 the child asks the kernel for SIGKILL when its parent dies
 (``PR_SET_PDEATHSIG``), and every live machine is shut down on exit.
 
-The command line comes from :mod:`testbed.qemu.cmdline`; the machine only picks
-the QMP socket's path (a short private directory when the run directory's path
-would not fit a unix socket address) and hands it to the builder.
+The command line comes from :mod:`testbed.qemu.cmdline`, built whole before the
+machine: its QMP socket is a :class:`QmpSocket` chosen first (a short private
+directory when the run directory's path would not fit a unix socket address), which
+the machine then owns and removes.  Like QEMUMachine, the machine queues the QMP
+events nobody waited for yet, and subclasses may hook into launch and shutdown
+(:meth:`QemuMachine.pre_launch`, :meth:`post_launch`, :meth:`post_shutdown`).
 
-    >>> vm = QemuMachine(lambda qmp: ["qemu-system-x86_64", "-machine", "q35", "-S",
-    ...                               "-qmp", f"unix:{qmp},server=on,wait=off"],
-    ...                  run_dir=Path("/tmp/r"))                       # doctest: +SKIP
+    >>> sock = QmpSocket.in_dir(Path("/tmp/r"))                        # doctest: +SKIP
+    >>> vm = QemuMachine(["qemu-system-x86_64", "-machine", "q35", "-S",
+    ...                   "-qmp", f"unix:{sock.path},server=on,wait=off"],
+    ...                  Path("/tmp/r"), sock)                         # doctest: +SKIP
     >>> with vm:                                                       # doctest: +SKIP
-    ...     vm.qmp("query-status")["status"]
+    ...     vm.query_status()
     'prelaunch'
 """
 
@@ -32,7 +36,9 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import (TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypedDict, cast,
+                    runtime_checkable)
 
 from ..errors import PortInUse, QemuError, QemuStartError
 
@@ -60,29 +66,79 @@ def _kill_all() -> None:
 atexit.register(_kill_all)
 
 
+class QmpEvent(TypedDict, total=False):
+    """A QMP event as qemu.qmp hands it over."""
+
+    event: str
+    data: dict[str, Any]
+    timestamp: dict[str, int]
+
+
+@runtime_checkable
+class QmpLike(Protocol):
+    """What code that only talks QMP needs of a machine (a QemuMachine, a Guest this
+    process booted, one day an attached guest through its supervisor)."""
+
+    def qmp(self, command: str, **args: Any) -> Any: ...
+
+    def event_wait(self, name: str, timeout: float = 60.0,
+                   match: Callable[[QmpEvent], bool] | None = None) -> QmpEvent | None: ...
+
+    def clear_events(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class QmpSocket:
+    """Where a machine's QMP listens: ``qmp.sock`` in the run directory, or in a private
+    short directory when that path does not fit a unix socket address (108 bytes)."""
+
+    path: Path
+    private_dir: Path | None = None  # made for this socket; removed with it
+
+    @classmethod
+    def in_dir(cls, run_dir: Path) -> "QmpSocket":
+        path = Path(run_dir) / "qmp.sock"
+        if len(str(path).encode()) < UNIX_PATH_MAX:
+            return cls(path)
+        short = Path(tempfile.mkdtemp(prefix="tb-qmp-"))
+        os.chmod(short, 0o700)
+        return cls(short / "qmp.sock", short)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
+
+
 class QemuMachine:
     """A QEMU process driven over QMP (qemu.qmp) on a unix socket.
 
-    ``build(qmp_socket_path) -> argv`` makes the command line (it must serve QMP on
-    that socket: :func:`testbed.qemu.cmdline.build` with ``qmp=``)."""
+    ``argv`` is the whole command line; it serves QMP on ``qmp.path``
+    (:func:`testbed.qemu.cmdline.build` with ``qmp=``)."""
 
-    def __init__(self, build: Callable[[Path], list[str]], run_dir: Path, *,
+    def __init__(self, argv: Sequence[str], run_dir: Path, qmp: QmpSocket, *,
                  name: str = "qemu"):
         self.run_dir = Path(run_dir)
         self.name = name
-        self.qmp_path = self.run_dir / "qmp.sock"
-        self._short_dir: Path | None = None
-        if len(str(self.qmp_path).encode()) >= UNIX_PATH_MAX:
-            # sun_path holds 108 bytes: deep run directories get a private short one
-            self._short_dir = Path(tempfile.mkdtemp(prefix="tb-qmp-"))
-            os.chmod(self._short_dir, 0o700)
-            self.qmp_path = self._short_dir / "qmp.sock"
-        self.argv = list(build(self.qmp_path))
+        self.socket = qmp
+        self.qmp_path = qmp.path
+        self.argv = list(argv)
         self.stderr_log = self.run_dir / "qemu.log"
         self.proc: subprocess.Popen | None = None
         self._qmp: "QEMUMonitorProtocol | None" = None
         self._lock = threading.Lock()
+        self._events: list[QmpEvent] = []  # received, not yet waited for
         self.exitcode: int | None = None
+
+    # -- hooks (QEMUMachine's _pre_launch/_post_launch/_post_shutdown) ----------------------
+    def pre_launch(self) -> None:
+        """Called before QEMU starts (a subclass prepares files, sockets, ...)."""
+
+    def post_launch(self) -> None:
+        """Called once QMP is connected."""
+
+    def post_shutdown(self) -> None:
+        """Called once QEMU is gone and QMP closed (also after a failed launch)."""
 
     # -- launch ---------------------------------------------------------------------------
     def launch(self, timeout: float = 30.0) -> None:
@@ -90,6 +146,7 @@ class QemuMachine:
         if self.proc is not None:
             raise QemuError(f"{self.name}: already launched")
         self.qmp_path.unlink(missing_ok=True)
+        self.pre_launch()
         with open(self.stderr_log, "wb") as err:
             try:
                 self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=err,
@@ -104,6 +161,7 @@ class QemuMachine:
         except BaseException:
             self.kill()
             raise
+        self.post_launch()
 
     def _connect(self, timeout: float) -> None:
         assert self.proc is not None
@@ -154,10 +212,27 @@ class QemuMachine:
         """The qemu.qmp client itself, for callers that need more than commands."""
         return self._qmp
 
+    def query_status(self) -> str:
+        """The run state: ``prelaunch``, ``running``, ``paused``, ..."""
+        return str(self.qmp("query-status")["status"])
+
+    def qom_get(self, path: str, prop: str) -> Any:
+        return self.qmp("qom-get", path=path, property=prop)
+
     def event_wait(self, name: str, timeout: float = 60.0,
-                   match: Callable[[dict], bool] | None = None) -> dict | None:
-        """The next QMP event called ``name`` (and passing ``match``) within ``timeout``
-        seconds, or None (like QEMUMachine.event_wait)."""
+                   match: Callable[[QmpEvent], bool] | None = None) -> QmpEvent | None:
+        """The first QMP event called ``name`` (and passing ``match``), from those received
+        and not yet waited for, else the next to arrive within ``timeout`` seconds; None
+        when none does.  Events that do not match stay queued for a later wait (like
+        QEMUMachine.event_wait)."""
+
+        def wanted(ev: QmpEvent) -> bool:
+            return ev.get("event") == name and (match is None or match(ev))
+
+        with self._lock:
+            for i, ev in enumerate(self._events):
+                if wanted(ev):
+                    return self._events.pop(i)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
@@ -169,13 +244,24 @@ class QemuMachine:
                                                                    time.monotonic())))
                 except (QMPError, OSError, EOFError, TimeoutError):
                     event = None
-            if event and event.get("event") == name and (match is None or match(event)):
-                return event
+                if event is None:
+                    continue
+                queued = cast(QmpEvent, event)
+                if wanted(queued):
+                    return queued
+                self._events.append(queued)
         return None
+
+    def events(self) -> list[QmpEvent]:
+        """The queued events (received, not waited for), oldest first; they are taken."""
+        with self._lock:
+            out, self._events = self._events, []
+        return out
 
     def clear_events(self) -> None:
         """Forget the QMP events received so far (before waiting for a fresh one)."""
         with self._lock:
+            self._events.clear()
             if self._qmp is not None:
                 from qemu.qmp import QMPError  # loaded already: QMP is connected
                 try:
@@ -246,10 +332,11 @@ class QemuMachine:
         if self._qmp is not None:
             _close_quietly(self._qmp)
             self._qmp = None
-        self.qmp_path.unlink(missing_ok=True)
-        if self._short_dir is not None:
-            shutil.rmtree(self._short_dir, ignore_errors=True)
+        self.socket.remove()
+        was_live = self in _LIVE
         _LIVE.discard(self)
+        if was_live:
+            self.post_shutdown()
 
     def __enter__(self) -> "QemuMachine":
         self.launch()

@@ -24,7 +24,7 @@ from ..machines import PROFILES, X86_64, CpuRule, profile_for_binary
 from ..paths import cache_dir
 from ..util.files import JsonCache
 from .cmdline import bare_argv
-from .machine import QemuMachine
+from .machine import QemuMachine, QmpSocket
 
 PROBE_TIMEOUT = 30
 _FORMAT = 3
@@ -167,7 +167,8 @@ def cpu_info(caps: Capabilities, model: str, rule: CpuRule = X86_64.cpu) -> CpuI
     except (KeyError, TypeError):
         pass
     with tempfile.TemporaryDirectory(prefix="cpu-probe-") as tmp:
-        vm = QemuMachine(lambda qmp: bare_argv(caps.path, qmp), Path(tmp), name="cpu probe")
+        sock = QmpSocket.in_dir(Path(tmp))
+        vm = QemuMachine(bare_argv(caps.path, sock.path), Path(tmp), sock, name="cpu probe")
         vm.launch()
         try:
             props = vm.qmp(rule.query, type="full", model={"name": model})["model"]["props"]

@@ -26,7 +26,7 @@ from .addresses import addresses
 from .backing import create_backing_files
 from .cmdline import build
 from .devices import DEVICES, DISABLE_ACS
-from .machine import QemuMachine
+from .machine import QemuMachine, QmpSocket
 from .probe import probe
 
 ENUMERATION_TIMEOUT = 30.0
@@ -44,8 +44,9 @@ def verify(topo: Topology, binary: str | None = None) -> list[str]:
     caps = probe(binary or topo.machine.qemu)
     with RunDir.create(f"verify-{topo.name}") as run:
         create_backing_files(topo, run.path)
-        vm = QemuMachine(lambda qmp: build(topo, caps.path, run.path, "tcg", qmp=qmp,
-                                           paused=True), run.path, name=f"verify {topo.name}")
+        sock = QmpSocket.in_dir(run.path)
+        vm = QemuMachine(build(topo, caps.path, run.path, "tcg", qmp=sock.path, paused=True),
+                         run.path, sock, name=f"verify {topo.name}")
         vm.launch()
         try:
             diffs = _check_qom(vm, topo)
@@ -61,8 +62,8 @@ def _check_qom(vm: QemuMachine, topo: Topology) -> list[str]:
     for node in topo.nodes():
         path = f"/machine/peripheral/{node.name}"
         try:
-            qtype = vm.qmp("qom-get", path=path, property="type")
-            bus = vm.qmp("qom-get", path=path, property="parent_bus")
+            qtype = vm.qom_get(path, "type")
+            bus = vm.qom_get(path, "parent_bus")
         except Exception as exc:
             diffs.append(f"{node.name}: not found in QEMU ({exc})")
             continue
@@ -76,7 +77,7 @@ def _check_qom(vm: QemuMachine, topo: Topology) -> list[str]:
         if got_parent != parent:
             diffs.append(f"{node.name}: plugged into {got_parent}, the spec says {parent}")
         if isinstance(node, RootPort) and qtype == want_type:
-            off = vm.qmp("qom-get", path=path, property=DISABLE_ACS)
+            off = vm.qom_get(path, DISABLE_ACS)
             if off != (not node.acs):
                 diffs.append(f"{node.name}: QEMU has {DISABLE_ACS}={'on' if off else 'off'}, "
                              f"the spec says acs: {str(node.acs).lower()}")

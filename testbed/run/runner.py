@@ -29,7 +29,7 @@ from ..guest.protocol import GuestLike
 from ..kernel.prepare import PreparedKernel
 from ..kernel.resolve import KernelSpec, resolve_kernel
 from ..qemu.accel import requested_accel
-from ..qemu.probe import cpu_info, probe
+from ..qemu.probe import Capabilities, cpu_info, probe
 from ..qemu.share import Share
 from ..qemu.script import to_script
 from ..results.model import RunResult
@@ -38,32 +38,33 @@ from ..spec.model import Topology
 from ..util.files import check_out_dir
 from ..util.timing import Phases, process_age
 from ..verdicts.record import Record
-from ..workloads import OBSERVED, WORKLOADS, default_workloads
-from ..workloads.base import Context
-from .checks import check_newer
+from ..workloads import WORKLOADS, default_workloads, observed
+from ..workloads.base import Context, WorkloadOptions
+from .checks import check_workloads
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RunOptions:
+class RunOptions(WorkloadOptions):
+    """How to run: the workloads' options (size, seed, timeout, kernel, execs, pairs,
+    fio_args, inject, copy_extra: this object is the workloads' Context.options) and the
+    run's own."""
+
     workloads: tuple[str, ...] = ()  # empty: the default set for the topology
     pushes: tuple[tuple[str, str], ...] = ()
-    execs: tuple[str, ...] = ()
-    kernel: KernelSpec | None = None
     accel: str | None = None
-    size: int = 1 << 20
-    seed: int = 1
-    timeout: float = 120.0
     guest_name: str | None = None
     out: Path | None = None
     keep: bool = False
-    pairs: tuple[tuple[str, str], ...] = ()  # (provider, client) to run; empty: every pair
-    copy_extra: tuple[str, ...] = field(default=())  # extra args for p2p-copy (tests)
-    fio_args: tuple[str, ...] = ()  # --fio-arg: fio options or a job file in the guest
-    inject: tuple[str, ...] = ()  # self-checks: "corrupt" (fio, mixed-iovec), "warning"
     shares: tuple[Share, ...] = ()  # host directories mounted in a guest this run boots
     coverage: CoverageRequest | None = None  # --coverage: which kernel code ran
+
+    def boot_options(self, label: str, observe: bool) -> BootOptions:
+        """How a run boots its guest (``observe``: set the P2P tracing up with the first
+        inventory)."""
+        return BootOptions(kernel=self.kernel, accel=self.accel, keep=self.keep, label=label,
+                           observe=observe, shares=self.shares)
 
 
 def plan(topo: Topology, opts: RunOptions) -> list[str]:
@@ -73,8 +74,6 @@ def plan(topo: Topology, opts: RunOptions) -> list[str]:
         if n not in WORKLOADS:
             raise UsageError(f"--workload {n!r}: unknown{did_you_mean(n, WORKLOADS)}; "
                              f"known: {', '.join(WORKLOADS)}")
-    if "pmr" in opts.workloads and not any(n.pmr for n in topo.nvmes()):
-        raise UsageError(f"--workload pmr: topology {topo.name} has no NVMe with a PMR")
     if opts.execs and "exec" not in names:
         names.append("exec")
     endpoints = {n.name: n for n in topo.endpoints()}
@@ -92,7 +91,7 @@ def plan(topo: Topology, opts: RunOptions) -> list[str]:
             raise UsageError(f"--pair {provider}:{client}: {client} is a "
                              f"{endpoints[client].kind}, which the P2P workloads do not use "
                              f"as a client (clients: {', '.join(sorted(clients))})")
-    check_newer(topo, names, opts)
+    check_workloads(topo, names, opts)
     for local, _ in opts.pushes:
         p = Path(local)
         if p.is_dir():
@@ -140,22 +139,21 @@ def coverage_kernel(opts: RunOptions) -> KernelSpec | None:
     return booted
 
 
-def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: RunOptions,
-                  phases: Phases | None = None, coverage: CoverageSession | None = None
-                  ) -> tuple[list[Record], Context]:
-    caps = probe(topo.machine.qemu)
-    ctx = Context(guest=guest, topology=topo, cpu=cpu_info(caps, topo.machine.cpu, topo.profile.cpu),
-                  kernel=opts.kernel, timeout=opts.timeout, size=opts.size, seed=opts.seed,
-                  execs=list(opts.execs),
-                  fio_args=list(opts.fio_args), inject=tuple(opts.inject),
-                  pairs=list(opts.pairs), coverage=coverage)
+def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: WorkloadOptions,
+                  phases: Phases | None = None, coverage: CoverageSession | None = None,
+                  caps: Capabilities | None = None) -> tuple[list[Record], Context]:
+    """Run ``names`` in order on ``guest``; ``caps``: the run's probe of its QEMU (asked now
+    when not given), for the CPU model's vendor and family."""
+    caps = caps or probe(topo.machine.qemu)
+    ctx = Context(guest=guest, topology=topo, options=opts, coverage=coverage,
+                  cpu=cpu_info(caps, topo.machine.cpu, topo.profile.cpu))
     records: list[Record] = []
     try:
         guest.dmesg_delta()  # deltas start now, not at boot
     except TestbedError:
         pass
     phases = phases or Phases()
-    if OBSERVED & set(names):
+    if observed(names):
         with phases.phase("trace setup"):
             ctx.start_observing()  # before the first P2P I/O: the kernel decides once per pair
     for name in names:
@@ -164,10 +162,7 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: RunO
         workload = WORKLOADS[name]()
         ctx.workload = name
         try:
-            if name == "p2p-copy" and opts.copy_extra:
-                new = workload.run(ctx, extra=list(opts.copy_extra))  # type: ignore[call-arg]
-            else:
-                new = workload.run(ctx)
+            new = workload.run(ctx)
         except TestbedError as exc:
             new = [Record(name=name, observed="error" if workload.judged else None,
                           predicted="ok" if workload.judged else None,
@@ -212,10 +207,8 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
             if opts.guest_name:
                 guest = AttachedGuest(get_ready(opts.guest_name), topo)
             else:
-                guest = boot(topo, options=BootOptions(kernel=opts.kernel, accel=opts.accel,
-                                                       keep=opts.keep, label=topo.name,
-                                                       observe=bool(OBSERVED & set(names)),
-                                                       shares=opts.shares))
+                guest = boot(topo, options=opts.boot_options(topo.name, observed(names)),
+                             caps=caps)
         for name, seconds in guest.phases.to_json().items():
             phases.add(f"boot: {name}", seconds)
         console = guest.console.path
@@ -236,7 +229,8 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
             coverage = CoverageSession(guest, cov_plan)
             with phases.phase("coverage setup"):
                 coverage.start()
-        result.workloads, ctx = run_workloads(guest, topo, names, opts, phases, coverage)
+        result.workloads, ctx = run_workloads(guest, topo, names, opts, phases, coverage,
+                                              caps)
         if ctx.tracing:
             result.kernel["tracing"] = ctx.tracing
         result.finished = True

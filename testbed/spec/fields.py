@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Sequence, TypeVar
 
 from ..errors import Problem, did_you_mean
 from .units import parse_size
 from .files import check_backing_file
 from .yamlsource import Sourced
+
+C = TypeVar("C", bound=str)  # a choice among strings (Literal values keep their type)
 
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")  # always fullmatch
 TOPOLOGY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -123,18 +126,20 @@ class FieldReader:
             self.problem(node, path, str(exc))
             return None
 
-    def choice(self, node: Sourced, path: str, choices) -> str | None:
+    def choice(self, node: Sourced, path: str, choices: Sequence[C]) -> C | None:
+        """One of ``choices`` (typed as they are: a tuple of Literal values gives one)."""
         v = node.value
         if v is None and "none" in choices:  # YAML: "none" is a string, but "null"/"~" are not
             v = "none"
         if isinstance(v, bool) or not isinstance(v, str):  # yes/no/on/off/true/false are booleans
             self.problem(node, path, f"must be one of {', '.join(choices)}, got {describe(v)}")
             return None
-        if v not in choices:
-            self.problem(node, path, f"must be one of {', '.join(choices)}, got {v!r}"
-                         + did_you_mean(v, choices))
-            return None
-        return v
+        for c in choices:
+            if c == v:
+                return c
+        self.problem(node, path, f"must be one of {', '.join(choices)}, got {v!r}"
+                     + did_you_mean(v, choices))
+        return None
 
     def path_value(self, node: Sourced, path: str) -> Path | None:
         s = self.string(node, path)

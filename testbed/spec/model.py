@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Union
+from typing import Iterator, Literal, Mapping, Union, get_args
 
 from ..machines import (DEFAULT_ARCH, IOMMU_MODELS, IOMMU_MODES, PROFILES, X86_64,
                         MachineProfile, machine_profile)
@@ -25,8 +25,11 @@ from .units import MiB
 
 ARCHS = tuple(PROFILES)
 ACCELS = ("auto", "kvm", "tcg")
-VERDICTS = ("ok", "rejected", "iommu-fault", "unsupported", "error")
-MAP_TYPES = ("bus-address", "host-bridge", "not-supported")
+# What the kernel does with a P2P pair, and how it maps it (enum pci_p2pdma_map_type)
+Verdict = Literal["ok", "rejected", "iommu-fault", "unsupported", "error"]
+MapType = Literal["bus-address", "host-bridge", "not-supported"]
+VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
+MAP_TYPES: tuple[MapType, ...] = get_args(MapType)
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,9 @@ class Expectation:
 
     provider: str
     client: str
-    verdict: str
+    verdict: Verdict
     reason: str = "stated in the topology file"
-    map_type: str | None = None  # bus-address | host-bridge | not-supported, when stated
+    map_type: MapType | None = None  # when stated
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,6 @@ def walk(nodes) -> Iterator[Node]:
         yield from walk(n.children)
 
 
-__all__ = ["ARCHS", "IOMMU_MODELS", "IOMMU_MODES", "MachineProfile", "MiB", "Namespace", "Pmr",
+__all__ = ["ARCHS", "MAP_TYPES", "MapType", "VERDICTS", "Verdict", "IOMMU_MODELS", "IOMMU_MODES", "MachineProfile", "MiB", "Namespace", "Pmr",
            "Nvme", "Igb", "Endpoint", "DownstreamPort", "Switch", "RootPort", "HostBridge",
            "Machine", "Iommu", "Expectation", "Topology", "walk", "Device", "Node"]

@@ -29,10 +29,11 @@ The prediction is computed from the topology tree alone, following
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from ..qemu.devices import DEVICES
 from ..qemu.probe import CpuInfo
-from ..spec.model import Endpoint, HostBridge, Node, Topology
+from ..spec.model import Endpoint, HostBridge, MapType, Node, Topology, Verdict
 from . import acs
 from .cmdline import KernelView, kernel_view
 
@@ -40,8 +41,8 @@ from .cmdline import KernelView, kernel_view
 class Prediction:
     provider: str
     client: str
-    verdict: str  # ok | rejected | iommu-fault | unsupported
-    map_type: str  # bus-address | host-bridge | not-supported | none
+    verdict: Verdict  # never "error": that is only observed
+    map_type: MapType | Literal["none"]  # none: no mapping was asked for
     reason: str
     qemu_limit: bool = False  # the verdict follows from how QEMU models DMA, not from Linux
     distance: int = 0

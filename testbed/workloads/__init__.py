@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from ..spec.model import Topology
-from ..verdicts.predict import pairs
-from .base import Context, Record, Workload
+from .base import Context, Record, Workload, WorkloadOptions
 from .concurrent import Concurrent
 from .copy import HostBaseline, P2PCopy
 from .exec import Exec
@@ -27,32 +28,26 @@ from .pool import Pool
 from .vfio import VfioDmabuf, VfioPfnmap, VfioType1
 from .vfiorevoke import VfioP2P, VfioRevoke
 
-WORKLOADS: dict[str, type[Workload]] = {
-    w.name: w for w in (Inventory, Isolation, P2PCopy, HostBaseline, Passthru, Pmr, Exec)
-}
-# the paths merged since 6.2: run when named (-w), never by default
-WORKLOADS.update({w.name: w for w in (Fio, MixedIovec, Split, Concurrent, Pool, HotUnplug)})
-# the kernel's in-kernel P2P user's configuration (nvmet): run when named
-WORKLOADS["nvmet-p2pmem"] = NvmetP2pmem
-# P2P to a BAR without struct page: VFIO type1 and iommufd (run when named)
+# In the order a run runs them; the facts about each (default, observed, what it needs)
+# are its class attributes.  The paths merged since 6.2 (fio ... hot-unplug), nvmet's
+# in-kernel P2P user, the VFIO family (P2P to a BAR without struct page) and the HMM
+# mapping paths (a test module of the project's own) run when named (-w), never by
+# default.
 VFIO = (VfioType1, VfioPfnmap, VfioDmabuf, VfioRevoke, VfioP2P)
-WORKLOADS.update({w.name: w for w in VFIO})
-# workloads whose records carry the kernel's P2P mechanism (tracing is set up for them)
-OBSERVED: frozenset[str] = frozenset({"p2p-copy", "passthru", *(w.name for w in VFIO)})
-# the kernel's mapping paths without a transfer (a test module of the project's own)
-WORKLOADS.update({w.name: w for w in (HmmP2P,)})
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (
+    Inventory, Isolation, P2PCopy, HostBaseline, Passthru, Pmr, Exec,
+    Fio, MixedIovec, Split, Concurrent, Pool, HotUnplug, NvmetP2pmem, *VFIO, HmmP2P)}
 
 
 def default_workloads(topo: Topology) -> list[str]:
     """The default set, minus workloads the topology has nothing for."""
-    out = ["inventory"]
-    if topo.iommu.model != "none":
-        out.append("isolation")  # cheap: one inventory, no I/O
-    if pairs(topo):  # a provider and a client
-        out += ["p2p-copy", "host-baseline", "passthru"]
-    if any(n.pmr for n in topo.nvmes()):
-        out.append("pmr")
-    return out
+    return [n for n, w in WORKLOADS.items() if w.default and w.missing(topo) is None]
 
 
-__all__ = ["WORKLOADS", "OBSERVED", "default_workloads", "Context", "Record", "Workload"]
+def observed(names: Iterable[str]) -> bool:
+    """Do any of these workloads record the kernel's P2P mechanism (tracing first)?"""
+    return any(WORKLOADS[n].observed for n in names if n in WORKLOADS)
+
+
+__all__ = ["WORKLOADS", "default_workloads", "observed", "Context", "Record", "Workload",
+           "WorkloadOptions"]

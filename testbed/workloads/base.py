@@ -25,26 +25,39 @@ from ..guest_tool import schema
 from ..kernel.resolve import KernelSpec
 from ..verdicts.mechanism import JUDGED_MAP_TYPES, judge, observe_mechanism
 from ..verdicts.observe import FAULT_QUIET_SECONDS, refusals
-from ..verdicts.predict import Prediction
+from ..verdicts.predict import Prediction, pairs
 from ..verdicts.record import Record
 
 DEFAULT_TIMEOUT = 120.0
 
+@dataclass(frozen=True)
+class WorkloadOptions:
+    """What a run tells its workloads (a run's own options are these and more:
+    :class:`testbed.run.runner.RunOptions` is one, handed to the Context as it is)."""
+
+    size: int = 1 << 20
+    seed: int = 1
+    timeout: float = DEFAULT_TIMEOUT
+    kernel: KernelSpec | None = None  # the kernel under test (None: the image's)
+    execs: tuple[str, ...] = ()
+    pairs: tuple[tuple[str, str], ...] = ()  # (provider, client) to run; empty: every pair
+    copy_extra: tuple[str, ...] = ()  # extra args for p2p-copy (tests)
+    fio_args: tuple[str, ...] = ()  # --fio-arg: fio options or a job file in the guest
+    inject: tuple[str, ...] = ()  # self-checks: "corrupt" (fio, mixed-iovec), "warning"
+
+
+INJECTIONS = ("corrupt", "warning")
+
+
 @dataclass
 class Context:
-    """Everything a workload may use."""
+    """Everything a workload may use: the guest, the topology, the CPU model, the run's
+    options, and what the workloads of one run share (dmesg deltas, the tracing)."""
 
     guest: GuestLike
     topology: Topology
     cpu: CpuInfo
-    kernel: KernelSpec | None = None  # the kernel under test (None: the image's)
-    timeout: float = DEFAULT_TIMEOUT
-    size: int = 1 << 20
-    seed: int = 1
-    execs: list[str] = field(default_factory=list)
-    pairs: list[tuple[str, str]] = field(default_factory=list)  # empty: every pair
-    fio_args: list[str] = field(default_factory=list)  # --fio-arg: replaces fio's default jobs
-    inject: tuple[str, ...] = ()  # self-checks: "corrupt" (fio, mixed-iovec), "warning"
+    options: WorkloadOptions = WorkloadOptions()
     dmesg_log: list[str] = field(default_factory=list)  # every delta, for dmesg.txt
     last_transfer: float = 0.0  # monotonic end of the previous transfer
     # the kernel's own tracing of its P2P decisions (see observe_mechanism below)
@@ -63,6 +76,38 @@ class Context:
         if self.coverage is not None:
             self.coverage.resume()
         return seconds
+
+    @property
+    def kernel(self) -> KernelSpec | None:
+        return self.options.kernel
+
+    @property
+    def size(self) -> int:
+        return self.options.size
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
+
+    @property
+    def timeout(self) -> float:
+        return self.options.timeout
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return self.options.pairs
+
+    @property
+    def execs(self) -> tuple[str, ...]:
+        return self.options.execs
+
+    @property
+    def fio_args(self) -> tuple[str, ...]:
+        return self.options.fio_args
+
+    @property
+    def inject(self) -> tuple[str, ...]:
+        return self.options.inject
 
     def start_observing(self) -> None:
         """Set up the guest kernel's P2P tracing once (about a second under TCG)."""
@@ -164,18 +209,42 @@ class Context:
 
 
 class Workload:
-    """Subclasses set ``name`` and implement :meth:`run`."""
+    """Subclasses set ``name`` and the facts below, and implement :meth:`run`.
+
+    What a workload is lives on its class: whether its records are judged, whether they
+    carry the kernel's P2P mechanism (``observed``: the run sets up the kernel's tracing
+    before it), whether it is in the default set, what a topology must have for it
+    (:meth:`missing`), and whether naming it for a topology that lacks that is bad input
+    (``insists``) or merely runs nothing."""
 
     name: ClassVar[str] = ""
     judged: ClassVar[bool] = False
+    observed: ClassVar[bool] = False  # records carry the mechanism: tracing is set up first
+    default: ClassVar[bool] = False  # in the default set (when the topology has its things)
+    insists: ClassVar[bool] = False  # -w NAME on a topology without its things: bad input
     # it drives QEMU's monitor (QMP): only a guest whose QMP this process can reach
     needs_qmp: ClassVar[bool] = False
+
+    @classmethod
+    def missing(cls, topo: Topology) -> str | None:
+        """What ``topo`` lacks for this workload ("no NVMe with a PMR"); None: nothing."""
+        return None
 
     def run(self, ctx: Context) -> list[Record]:  # pragma: no cover - interface
         raise NotImplementedError
 
 
-__all__ = ["Context", "Record", "Workload", "need_bdf", "GUEST_TOOL"]
+class PairWorkload(Workload):
+    """A workload over (provider, client) pairs: the topology needs one."""
+
+    @classmethod
+    def missing(cls, topo: Topology) -> str | None:
+        return None if pairs(topo) else ("no (provider, client) pair: it needs an NVMe with a "
+                                         "CMB and another NVMe")
+
+
+__all__ = ["Context", "Record", "Workload", "PairWorkload", "WorkloadOptions", "need_bdf",
+           "GUEST_TOOL"]
 
 
 def need_bdf(ctx: Context, name: str) -> str:

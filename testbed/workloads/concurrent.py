@@ -6,7 +6,7 @@ from another thread names its seed and block) and the refusals that name it."""
 from __future__ import annotations
 
 from ..guest_tool import schema
-from .base import Context, Record, Workload, need_bdf
+from .base import Context, Record, PairWorkload, need_bdf
 from .judged import judge, pair_dmesg, pair_targets, tool_step
 
 THREADS = 3
@@ -16,9 +16,10 @@ BUDGET = 8 << 20  # bytes per iteration over all threads (fabric-large has 42 pa
 MAX_THREADS = 48
 
 
-class Concurrent(Workload):
+class Concurrent(PairWorkload):
     name = "concurrent"
     judged = True
+    insists = True
 
     def run(self, ctx: Context) -> list[Record]:
         records: list[Record] = []

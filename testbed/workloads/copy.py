@@ -16,7 +16,7 @@ from ..guest.result import CommandResult
 from ..guest_tool import schema
 from ..verdicts.observe import observe, pull_dmesg
 from ..verdicts.predict import pairs, predict
-from .base import Context, Record, Workload, need_bdf
+from .base import Context, PairWorkload, Record, need_bdf
 
 
 def _mb_per_s(result: dict | None) -> float | None:
@@ -25,9 +25,11 @@ def _mb_per_s(result: dict | None) -> float | None:
     return round(sum(vals) / len(vals), 2) if vals else None
 
 
-class P2PCopy(Workload):
+class P2PCopy(PairWorkload):
     name = "p2p-copy"
     judged = True
+    observed = True
+    default = True
     buffer = "p2pmem"
 
     def transfer(self, ctx: Context, provider: str, client: str, devices: dict[str, Any],
@@ -46,18 +48,18 @@ class P2PCopy(Workload):
         ctx.last_transfer = time.monotonic()
         return data, res, pull_dmesg(ctx.dmesg_delta())
 
-    def run(self, ctx: Context, only: tuple[str, str] | None = None,
-            extra: Sequence[str] = ()) -> list[Record]:
+    def run(self, ctx: Context) -> list[Record]:
         devices = ctx.block_devices()
+        extra = list(ctx.options.copy_extra)  # the tests' extra guest-tool arguments
         records = []
-        for provider, client in [only] if only else ctx.pairs or pairs(ctx.topology):
+        for provider, client in ctx.pairs or pairs(ctx.topology):
             pred = predict(ctx.topology, provider, client, ctx.cpu, ctx.kernel_p2pdma)
             rec = Record(name=self.name, provider=provider, client=client,
                          predicted=pred.verdict if self.judged else None,
                          reason=pred.reason if self.judged else None,
                          qemu_limit=pred.qemu_limit if self.judged else False)
             try:
-                data, res, dmesg = self.transfer(ctx, provider, client, devices, list(extra))
+                data, res, dmesg = self.transfer(ctx, provider, client, devices, extra)
             except LookupError as exc:
                 rec.observed, rec.detail = ("error", str(exc)) if self.judged else (None, str(exc))
                 records.append(rec)
@@ -83,4 +85,5 @@ class HostBaseline(P2PCopy):
 
     name = "host-baseline"
     judged = False
+    observed = False
     buffer = "host"

@@ -16,10 +16,10 @@ the kernel's refusal and IOMMU lines, kernel trouble in dmesg.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from ..guest_tool import schema
-from .base import Context, Record, Workload, need_bdf
+from .base import Context, Record, PairWorkload, need_bdf
 from .judged import judge, pair_targets, tool_step
 
 DEFAULT_JOBS: tuple[tuple[str, ...], ...] = (
@@ -51,7 +51,7 @@ def normalize(arg: str) -> str:
     return "--" + arg
 
 
-def fio_args(user: list[str]) -> list[str]:
+def fio_args(user: Sequence[str]) -> list[str]:
     """The fio arguments of one run: the default jobs, or the user's on top of a base."""
     if not user:
         return [*DEFAULT_GLOBALS, *(a for job in DEFAULT_JOBS for a in job)]
@@ -60,9 +60,10 @@ def fio_args(user: list[str]) -> list[str]:
     return [*USER_BASE, *args, *([] if has_job else ["--name=user"])]
 
 
-class Fio(Workload):
+class Fio(PairWorkload):
     name = "fio"
     judged = True
+    insists = True
 
     def run(self, ctx: Context) -> list[Record]:
         args = fio_args(ctx.fio_args)

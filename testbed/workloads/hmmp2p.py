@@ -24,7 +24,7 @@ from ..verdicts.cmdline import kernel_view
 from ..verdicts.hmm import MAP_TYPE_VERDICT, judge_hmm
 from ..verdicts.observe import trouble_verdict
 from ..verdicts.predict import predict
-from .base import Context, Record, Workload, need_bdf
+from .base import Context, PairWorkload, Record, need_bdf
 from .judged import error_record, pair_dmesg, selected_pairs, tool_step
 
 REMOTE_KO = "/tmp/hmm_p2p_test.ko"
@@ -39,9 +39,10 @@ def unsupported_record(why: str) -> Record:
     return Record(name=HmmP2P.name, detail=f"unsupported ({why})")
 
 
-class HmmP2P(Workload):
+class HmmP2P(PairWorkload):
     name = "hmm-p2p"
     judged = True
+    insists = True
 
     def run(self, ctx: Context) -> list[Record]:
         release = ctx.guest.inventory.get("kernel", {}).get("release") or "?"

@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from ..errors import HotplugError, TestbedError
+from ..guest.protocol import qmp_of
 from ..guest.reinventory import reinventory
 from ..guest.tool import GUEST_TOOL
 from ..guest_tool import schema
@@ -36,7 +37,7 @@ from ..qemu.hotplug import Slot, hotplug_slot, replug, unplug
 from ..spec.model import Topology
 from ..verdicts.observe import observe, pull_dmesg, trouble_verdict
 from ..verdicts.predict import predict
-from .base import Context, Record, Workload, need_bdf
+from .base import Context, Record, PairWorkload, need_bdf
 from .judged import (
     client_device,
     error_record,
@@ -77,10 +78,18 @@ def slot_problems(topo: Topology) -> str | None:
     return "; ".join(why) or "no provider"
 
 
-class HotUnplug(Workload):
+class HotUnplug(PairWorkload):
     name = "hot-unplug"
     judged = True
+    insists = True
     needs_qmp = True
+
+    @classmethod
+    def missing(cls, topo: Topology) -> str | None:
+        problems = super().missing(topo)
+        if problems is None and (why := slot_problems(topo)) is not None:
+            problems = f"no provider in a hot-pluggable slot ({why})"
+        return problems
 
     def run(self, ctx: Context) -> list[Record]:
         records = []
@@ -93,8 +102,7 @@ class HotUnplug(Workload):
                 rec.detail = f"skipped: {exc}"
                 records.append(rec)
                 continue
-            qemu = ctx.guest.qemu
-            if qemu is None or not qemu.is_running():
+            if qmp_of(ctx.guest) is None:
                 records.append(error_record(rec, (
                     "hot-unplug needs the QMP monitor of a guest this process booted; this "
                     "guest is attached (a detached instance's supervisor holds its QMP): run "
@@ -182,11 +190,11 @@ class Cycle:
         if not pid:
             raise HotplugError(f"the P2P loop did not start: {events[-3:]}", self.provider,
                                "transfer")
-        qemu = ctx.guest.qemu
-        assert qemu is not None
-        self.note("device_del", **unplug(qemu, self.slot))
+        qmp = qmp_of(ctx.guest)
+        assert qmp is not None
+        self.note("device_del", **unplug(qmp, self.slot))
         self.after_removal(pid)
-        self.note("device_add", **replug(qemu, self.slot, qemu.run_dir))
+        self.note("device_add", **replug(qmp, self.slot, ctx.guest.run_path))
         self.after_replug()
 
     def wait_for(self, done: Any, seconds: float) -> list[dict[str, Any]]:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import re
 
+from ..guest.protocol import Seen
 from .base import Context, Record, Workload
 
 
 class Inventory(Workload):
     name = "inventory"
+    default = True
 
     def run(self, ctx: Context) -> list[Record]:
         data, res = ctx.tool(["inventory"], timeout=60)
         if data:
-            ctx.guest.inventory = data
+            ctx.guest.update(Seen(data, ctx.guest.names))
         inv = ctx.guest.inventory
         providers = {bdf: d["p2pmem"] for bdf, d in inv.get("pci", {}).items() if "p2pmem" in d}
         regs = {}

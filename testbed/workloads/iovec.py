@@ -20,7 +20,7 @@ import math
 from typing import Any
 
 from ..guest_tool import schema
-from .base import Context, Record, Workload, need_bdf
+from .base import Context, Record, PairWorkload, need_bdf
 from .judged import judge, pair_targets, tool_step
 
 MIXED_CASES = ("p2p:64K,host:64K", "host:64K,p2p:64K", "host:4K,p2p:8K,host:4K,p2p:4K",
@@ -64,9 +64,10 @@ def route(case: dict[str, Any]) -> str:
             f"call(s); read {r.get('requests')} request(s) in {r.get('calls')} call(s), {how}")
 
 
-class MixedIovec(Workload):
+class MixedIovec(PairWorkload):
     name = "mixed-iovec"
     judged = True
+    insists = True
 
     def cases(self, ctx: Context, dev: str) -> list[tuple[str, int]]:
         return [(c, 1) for c in MIXED_CASES]

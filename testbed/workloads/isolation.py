@@ -34,6 +34,8 @@ from ..verdicts.isolation import (
     predict_isolation,
     show,
 )
+from ..guest.protocol import Seen
+from ..spec.model import Topology
 from .base import Context, Record, Workload
 
 KERNEL_PROBLEM = "kernel grouping problem (not a QEMU limit)"
@@ -42,6 +44,11 @@ KERNEL_PROBLEM = "kernel grouping problem (not a QEMU limit)"
 class Isolation(Workload):
     name = "isolation"
     judged = True
+    default = True  # cheap: one inventory, no I/O
+
+    @classmethod
+    def missing(cls, topo: Topology) -> str | None:
+        return "no vIOMMU (no IOMMU groups to judge)" if topo.iommu.model == "none" else None
 
     def run(self, ctx: Context) -> list[Record]:
         data, res = ctx.tool(["inventory", "--grouping-symbols"], timeout=120)
@@ -50,7 +57,8 @@ class Isolation(Workload):
             return [Record(name=self.name, predicted=expected, observed="error",
                            detail=f"the guest tool gave no inventory: {res.describe()[:500]}",
                            seconds=res.seconds)]
-        ctx.guest.inventory = {**ctx.guest.inventory, **data}  # keep the boot's tracing
+        # keep the boot's tracing
+        ctx.guest.update(Seen({**ctx.guest.inventory, **data}, ctx.guest.names))
         topo = ctx.topology
         kernel = data.get("kernel", {})
         names = complete_names(topo, data, ctx.guest.names)

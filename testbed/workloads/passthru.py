@@ -8,12 +8,14 @@ import time
 from ..verdicts.observe import observe, pull_dmesg
 from ..verdicts.predict import pairs, predict
 from ..guest_tool import schema
-from .base import Context, Record, Workload, need_bdf
+from .base import Context, PairWorkload, Record, need_bdf
 
 
-class Passthru(Workload):
+class Passthru(PairWorkload):
     name = "passthru"
     judged = True
+    observed = True
+    default = True
 
     def run(self, ctx: Context) -> list[Record]:
         devices = ctx.block_devices()

@@ -3,12 +3,19 @@ the same backing file, and read it back."""
 
 from __future__ import annotations
 
+from ..spec.model import Topology
 from .base import Context, Record, Workload, need_bdf
 
 
 class Pmr(Workload):
     name = "pmr"
     judged = True
+    default = True
+    insists = True
+
+    @classmethod
+    def missing(cls, topo: Topology) -> str | None:
+        return None if any(n.pmr for n in topo.nvmes()) else "no NVMe with a PMR"
 
     def run(self, ctx: Context) -> list[Record]:
         records = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ..guest_tool import schema
 from ..verdicts.observe import trouble_verdict
 from ..verdicts.predict import predict
+from ..spec.model import Topology
 from .base import Context, Record, Workload, need_bdf
 from .judged import client_device, selected_pairs, tool_step
 
@@ -19,6 +20,11 @@ REASON = ("the p2pmem pool is a genalloc of the CMB: mmap of p2pmem/allocate fai
 class Pool(Workload):
     name = "pool"
     judged = True
+    insists = True
+
+    @classmethod
+    def missing(cls, topo: Topology) -> str | None:
+        return None if topo.providers() else "no NVMe with a CMB"
 
     def run(self, ctx: Context) -> list[Record]:
         devices = ctx.block_devices()

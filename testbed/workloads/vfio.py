@@ -69,6 +69,7 @@ class VfioWorkload(Workload):
     """Runs ``methods`` per pair in one hand-over of the two functions."""
 
     judged = True
+    observed = True
     methods: ClassVar[tuple[str, ...]] = METHODS
 
     def __init__(self) -> None:

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from ..errors import HotplugError, TestbedError
+from ..guest.protocol import qmp_of
 from ..guest.reinventory import reinventory
 from ..guest.tool import GUEST_TOOL
 from ..guest_tool import schema
@@ -113,13 +114,13 @@ class VfioRevoke(VfioWorkload):
             self.judge_revoke(rec, "unplug", step.data or {}, None, step.dmesg,
                               step.result.timed_out, pbdf)
             return
-        qemu = ctx.guest.qemu
+        qmp = qmp_of(ctx.guest)
         try:
             slot = hotplug_slot(ctx.topology, provider)
         except HotplugError as exc:
             error_record(rec, f"{provider} cannot be hot-unplugged: {exc}")
             return
-        if qemu is None or not qemu.is_running():
+        if qmp is None:
             error_record(rec, "the unplug trigger needs the QMP monitor of a guest this "
                               "process booted (this guest is attached)")
             return
@@ -136,9 +137,9 @@ class VfioRevoke(VfioWorkload):
             events = self.wait(ctx, control, "ready", WAIT["ready"])
             if "ready" not in events:
                 raise TestbedError(f"the guest tool never got ready: {events.get('done')}")
-            steps["device_del"] = unplug(qemu, slot)
+            steps["device_del"] = unplug(qmp, slot)
             events = self.wait(ctx, control, "attempted", WAIT["attempted"])
-            steps["device_add"] = replug(qemu, slot, qemu.run_dir)
+            steps["device_add"] = replug(qmp, slot, ctx.guest.run_path)
             events = self.wait(ctx, control, "done", WAIT["done"])
             doc = (events.get("done") or {}).get("doc") or {}
         except TestbedError as exc:

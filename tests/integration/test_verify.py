@@ -20,7 +20,7 @@ from testbed.paths import topologies_dir
 from testbed.qemu.backing import create_backing_files
 from testbed.qemu.cmdline import BootMedia, Drive, build
 from testbed.qemu.devices import free_root_slots
-from testbed.qemu.machine import QemuMachine
+from testbed.qemu.machine import QemuMachine, QmpSocket
 from testbed.qemu.probe import probe
 from testbed.qemu.validate import load_checked
 from testbed.qemu.verify import _check_bars, _check_qom, verify
@@ -85,8 +85,9 @@ def verify_claim(real: Topology, claimed: Topology, bars: bool = True) -> list[s
     caps = probe(real.machine.qemu)
     with RunDir.create(f"verify-claim-{real.name}") as run:
         create_backing_files(real, run.path)
-        vm = QemuMachine(lambda qmp: build(real, caps.path, run.path, "tcg", qmp=qmp,
-                                           paused=True), run.path, name=f"verify {real.name}")
+        sock = QmpSocket.in_dir(run.path)
+        vm = QemuMachine(build(real, caps.path, run.path, "tcg", qmp=sock.path, paused=True),
+                         run.path, sock, name=f"verify {real.name}")
         vm.launch()
         try:
             diffs = _check_qom(vm, claimed)
@@ -205,9 +206,10 @@ def test_root_complex_limit_is_real(real_qemu, tmp_path, iommu, image):
         media = BootMedia(kernel=image.kernel, initrd=image.initrd, cmdline=(), disk=disk,
                           ssh_port=1,
                           drives=(Drive(run.path / "modules.img", "tb-modules", "tb-modules"),))
-        with QemuMachine(lambda qmp: build(topo, caps.path, run.path, "tcg", media=media, qmp=qmp,
-                                           paused=True), run.path, name="root-full") as vm:
-            assert vm.qmp("query-status")["status"] == "prelaunch"
+        sock = QmpSocket.in_dir(run.path)
+        with QemuMachine(build(topo, caps.path, run.path, "tcg", media=media, qmp=sock.path,
+                               paused=True), run.path, sock, name="root-full") as vm:
+            assert vm.query_status() == "prelaunch"
     spec.write_text("\n".join(lines + ["  - {root_port: rpx, device: {nvme: nx}}"]) + "\n")
     from testbed.spec import SpecError
     with pytest.raises(SpecError, match="too many devices on the root complex"):

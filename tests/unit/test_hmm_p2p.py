@@ -24,7 +24,7 @@ from testbed.qemu.probe import CpuInfo
 from testbed.results.ktap import record_test, render
 from testbed.spec import load_topology
 from testbed.verdicts.hmm import judge_hmm
-from testbed.workloads.base import Context
+from testbed.workloads.base import Context, WorkloadOptions
 from testbed.workloads.hmmp2p import HmmP2P
 
 DATA = Path(__file__).parent / "data" / "hmm-p2p"
@@ -241,7 +241,8 @@ def test_the_workload_reports_an_unsupported_kernel_without_building(tmp_path):
     guest = SimpleNamespace(names={}, inventory={"kernel": {"release": "7.3.0-tb",
                                                             "p2pdma": True}})
     ctx = Context(guest=guest, topology=load_topology("switch-cmb"),
-                  cpu=CpuInfo("qemu64", "AuthenticAMD", 15), kernel=spec_of(tree, "7.3.0-tb"))
+                  cpu=CpuInfo("qemu64", "AuthenticAMD", 15),
+                  options=WorkloadOptions(kernel=spec_of(tree, "7.3.0-tb")))
     (rec,) = HmmP2P().run(ctx)
     assert rec.detail == "unsupported (CONFIG_HMM_MIRROR is not set)"
     assert not rec.judged and rec.passed

@@ -204,7 +204,7 @@ def test_a_crashed_run_is_never_pass(tmp_path, monkeypatch, crash):
     from testbed.run import runner
     topo = load_topology("switch-cmb")
     monkeypatch.setattr(runner, "boot",
-                        lambda topo, options: _FakeGuest(topo, tmp_path / "console.log"))
+                        lambda topo, options, caps=None: _FakeGuest(topo, tmp_path / "console.log"))
 
     def explode(*a, **kw):
         raise crash
@@ -277,9 +277,9 @@ def test_the_contract_holds_for_generated_values(case, sandbox, capsys):
 
 
 def test_the_sandbox_refuses_to_start_qemu(sandbox):
-    from testbed.qemu.machine import QemuMachine
+    from testbed.qemu.machine import QemuMachine, QmpSocket
     with pytest.raises(AssertionError, match="QEMU was started"):
-        QemuMachine(lambda qmp: ["qemu-system-x86_64"], sandbox).launch()
+        QemuMachine(["qemu-system-x86_64"], sandbox, QmpSocket.in_dir(sandbox)).launch()
 
 
 def test_generated_sizes_in_topologies(tmp_path):

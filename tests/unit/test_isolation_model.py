@@ -229,6 +229,9 @@ class RecordedGuest:
         self.inventory = dict(self.recorded, kernel={})
         self.names, _ = map_names(self.topology, self.recorded)
 
+    def update(self, seen):
+        self.inventory, self.names = seen.inventory, seen.names
+
     def run(self, command, timeout=60.0, stdin=None):
         assert "--grouping-symbols" in command
         return CommandResult(command, 0, json.dumps(self.recorded), "", 1.5)

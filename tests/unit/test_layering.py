@@ -8,7 +8,8 @@ foundation every stage may use; the guest tool
 (``testbed/guest_tool``) runs inside the guest and imports nothing from the rest of the
 testbed, nor anything outside the standard library.  Imports inside functions are allowed
 only with a one-line reason on the same line (they exist to keep a command's start-up
-fast), never to dodge an import cycle.
+fast), never to dodge an import cycle; and no module imports one that imports it back
+(test_no_import_cycle, TYPE_CHECKING imports included).
 """
 
 from __future__ import annotations
@@ -113,3 +114,65 @@ def test_imports_inside_functions_say_why(path):
 def test_the_stages_cover_every_package():
     stages = {stage_of(module_name(p)) for p in MODULES} - {"guest_tool"}
     assert stages <= set(RANK), stages - set(RANK)
+
+
+def module_graph() -> dict[str, set[str]]:
+    """testbed module -> the testbed modules it imports at module level (TYPE_CHECKING
+    blocks included: a cycle there is a cycle of ideas, the one issue 19 removed)."""
+    mods = {module_name(p): p for p in MODULES}
+
+    def resolve(target: str) -> str:  # a name imported from a module -> that module
+        while target and target not in mods:
+            target = target.rsplit(".", 1)[0] if "." in target else ""
+        return target
+
+    return {m: {r for _, t, inside in imports(p)
+                if not inside and t.startswith("testbed") and (r := resolve(t)) and r != m}
+            for m, p in mods.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            v, edges = work[-1]
+            w = next(edges, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    work.append((w, iter(sorted(graph.get(w, ())))))
+                elif w in stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                group = []
+                while True:
+                    w = stack.pop()
+                    group.append(w)
+                    if w == v:
+                        break
+                if len(group) > 1:
+                    out.append(sorted(group))
+    return out
+
+
+def test_no_import_cycle():
+    assert not cycles(module_graph()), cycles(module_graph())
+
+
+def test_a_cycle_is_caught():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

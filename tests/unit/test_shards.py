@@ -135,7 +135,7 @@ def test_a_run_that_crashes_is_an_error_cell_and_its_shard_merges(tmp_path, monk
     matrix.json with an error cell for the planned workload, and the pair merges."""
     from testbed.run import runner
 
-    def crash(topo, options):
+    def crash(topo, options, caps=None):
         raise TimeoutError()  # as paramiko's chan.sendall raised it
 
     monkeypatch.setenv("TESTBED_STATE", str(tmp_path / "state"))

@@ -162,7 +162,7 @@ def test_run_boots_its_guest_with_the_shares(src, tmp_path, monkeypatch):
     from testbed.spec import load_topology
     seen = []
 
-    def fake_boot(topo, options):
+    def fake_boot(topo, options, caps=None):
         seen.append(options)
         raise BootFailed("stop here")
 

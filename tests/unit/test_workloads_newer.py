@@ -17,7 +17,7 @@ from testbed.run.runner import RunOptions, plan
 from testbed.spec import load_topology
 from testbed.spec.parse import parse
 from testbed.spec.yamlsource import load
-from testbed.workloads.base import Context
+from testbed.workloads.base import Context, WorkloadOptions
 from testbed.workloads.fio import DEFAULT_JOBS, fio_args
 from testbed.workloads.hotunplug import HotUnplug
 from testbed.workloads.iovec import split_cases
@@ -136,7 +136,7 @@ def test_hot_unplug_on_an_attached_guest_is_a_clear_error_record():
     guest = SimpleNamespace(qemu=None, names={"nvme0": "0000:03:00.0"},
                             inventory={"kernel": {"p2pdma": True}})
     ctx = Context(guest=guest, topology=load_topology("switch-cmb"), cpu=QEMU64,
-                  pairs=[("nvme0", "nvme1")])
+                  options=WorkloadOptions(pairs=(("nvme0", "nvme1"),)))
     (rec,) = HotUnplug().run(ctx)
     assert (rec.predicted, rec.observed) == ("ok", "error")
     assert "attached" in rec.detail and "QMP" in rec.detail
