@@ -1,4 +1,4 @@
-"""What README "Where new things go" promises for an endpoint kind, checked on a copy of
+"""What README "Where new things go" promises for an endpoint kind and a machine, checked on a copy of
 the package: ONE new module in spec/endpoints/ and ONE row in ENDPOINTS, and every stage
 follows (the parser and its errors, the command line, the QEMU check, the addresses, the
 guest check's driver, the oracle, the picture).  The toy kind is QEMU's e1000e (Intel
@@ -116,3 +116,60 @@ def test_a_new_endpoint_kind_is_one_module_and_one_row(tmp_path):
     assert seen["address"] == [8, 0, 16, 0]  # rp0 at 01.0, sw0 up 00.0, its 3rd port 02.0
     assert seen["driver"] == "e1000e" and seen["drawn"]
     assert len(seen["bad"]) == 1 and "2:pcie[0].cmb: unknown key 'cmb'" in seen["bad"][0]
+
+
+MACHINE = '''
+import dataclasses
+
+from .x86_64 import X86_64
+
+# a machine that is x86's in all but its names (what is new for a real one: its own data)
+TOY64 = dataclasses.replace(X86_64, arch="toy64", qemu_binary="qemu-system-toy64",
+                            machine_type="toyboard", default_cpu="toycpu", console="ttyTOY0")
+'''
+
+MACHINE_PROBE = r'''
+import json, sys
+from pathlib import Path
+import testbed
+from testbed.errors import SpecError
+from testbed.kernel.prepare import base_cmdline
+from testbed.qemu.cmdline import machine_argv
+from testbed.spec import load_topology
+topo = load_topology(sys.argv[1])
+try:
+    load_topology(sys.argv[2])
+    bad = []
+except SpecError as exc:
+    bad = [f"{p.line}:{p.path}: {p.message}" for p in exc.problems]
+print(json.dumps({"package": testbed.__file__,
+                  "argv": machine_argv(topo, topo.machine.qemu, Path("/run/x"), "tcg")[:7],
+                  "console": [w for w in base_cmdline(topo.profile) if w.startswith("console=")],
+                  "bad": bad}))
+'''
+
+
+def test_a_new_machine_is_one_module_and_one_row(tmp_path):
+    copy = tmp_path / "testbed"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    machines = copy / "machines"
+    (machines / "toy64.py").write_text(MACHINE)
+    init = machines / "__init__.py"
+    text = init.read_text()
+    row = "for p in (X86_64,)})"
+    assert text.count(row) == 1, "PROFILES is no longer one row per machine: update this test"
+    init.write_text(text.replace(row, "for p in (X86_64, TOY64)})").replace(
+        "from .x86_64 import X86_64", "from .x86_64 import X86_64\nfrom .toy64 import TOY64"))
+    (tmp_path / "toy.yaml").write_text("machine: {arch: toy64}\npcie: [{nvme: n0}]\n")
+    (tmp_path / "bad.yaml").write_text("machine: {arch: toy65}\npcie: [{nvme: n0}]\n")
+    res = subprocess.run([sys.executable, "-c", MACHINE_PROBE, str(tmp_path / "toy.yaml"),
+                          str(tmp_path / "bad.yaml")], capture_output=True, text=True,
+                         cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin",
+                                            "HOME": str(tmp_path)}, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    seen = json.loads(res.stdout)
+    assert seen["package"].startswith(str(copy)), seen["package"]
+    assert seen["argv"] == ["qemu-system-toy64", "-machine", "toyboard", "-accel", "tcg",
+                            "-cpu", "toycpu"]
+    assert seen["console"] == ["console=ttyTOY0"]
+    assert len(seen["bad"]) == 1 and "toy64" in seen["bad"][0] and "x86_64" in seen["bad"][0]
