@@ -29,7 +29,7 @@ import pytest
 
 from .errors import GuestError, TestbedError
 from .guest import instances
-from .guest.attach import AttachedGuest
+from .guest.attach import AttachedGuest, attach
 from .guest.boot import BootOptions, boot
 from .guest.guest import Guest
 from .guest.protocol import GuestLike, qmp_of
@@ -249,7 +249,7 @@ def _boot_detached(topo: Topology, kernel: str | None, accel: str | None) -> Att
     res = subprocess.run(argv, capture_output=True, text=True)
     if res.returncode != 0:
         raise GuestError(f"detached boot failed: {res.stderr.strip()}")
-    return AttachedGuest(instances.get_ready(name), topo)
+    return attach(instances.get_ready(name), topo)
 
 
 @pytest.fixture(scope="module")

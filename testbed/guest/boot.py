@@ -66,6 +66,7 @@ class BootOptions:
     label: str | None = None
     gdb: bool = False  # QEMU's gdbstub on a locked free port; the kernel gets nokaslr
     shares: tuple[Share, ...] = ()  # host directories mounted in the guest (virtio-9p)
+    monitor_dir: Path | None = None  # a second QMP monitor here, for later commands (detached)
 
 
 # A vIOMMU that remaps interrupts (the profile's ``remaps_x2apic``: intel) routes the timer
@@ -140,7 +141,8 @@ def boot(topo: Topology, image: Image | None = None, options: BootOptions = Boot
         plan = LaunchPlan(topo, caps.path, accel.name, run, image, kernel,
                           tuple(kernel_cmdline(topo, [*image.cmdline, *kernel.cmdline],
                                                options.extra_cmdline, debug=options.gdb)),
-                          overlay, options.timeout, gdb=options.gdb, shares=options.shares)
+                          overlay, options.timeout, gdb=options.gdb, shares=options.shares,
+                          monitor_dir=options.monitor_dir)
         log.info("starting QEMU (%s: %s)", accel.name, accel.reason)
         try:
             launch = start(plan, phases, STALL_SECONDS if options.timeout > STALL_SECONDS

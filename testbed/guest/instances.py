@@ -76,10 +76,16 @@ class Instance:
     default_kernel: bool = True  # the image's own kernel (for the gdb symbols hint)
     kernel_spec: str = ""  # the --kernel it booted ("" for the image's): what runs map onto
     shares: list[str] = field(default_factory=list)  # --share values, canonical
+    monitor: str = ""  # a second QMP monitor's socket, for later commands ("": none)
 
     @property
     def directory(self) -> Path:
         return instances_dir() / check_name(self.name)
+
+    @property
+    def monitor_lock(self) -> Path:
+        """Held by the one command connected to :attr:`monitor` (QEMU serves one client)."""
+        return self.directory / "monitor.lock"
 
     @property
     def supervisor_pid(self) -> int:
@@ -115,7 +121,7 @@ def _from_json(name: str, data: Any) -> Instance:
     for attr, kind in (("port", int), ("boot_seconds", (int, float)), ("started", (int, float)),
                        ("run_dir", str), ("key", str), ("status", str), ("error", str),
                        ("gdb_port", int), ("vmlinux", str), ("kernel_release", str),
-                       ("default_kernel", bool), ("kernel_spec", str)):
+                       ("default_kernel", bool), ("kernel_spec", str), ("monitor", str)):
         if not isinstance(getattr(inst, attr), kind):
             raise ValueError(f"{attr} has the wrong type")
     for attr in ("ssh", "shares"):
@@ -226,5 +232,16 @@ def stop(inst: Instance, timeout: float = 30.0) -> str:
     signal_if_same(inst.qemu, signal.SIGKILL)  # QEMU dies with its supervisor; make sure
     if inst.run_dir:
         remove_owned_run_dir(inst.run_dir)
+    if inst.monitor:  # normally removed with QEMU by the supervisor; not after a SIGKILL
+        _remove_monitor(Path(inst.monitor))
     remove(inst.name)
     return how
+
+
+def _remove_monitor(sock: Path) -> None:
+    """The second monitor's socket, and the private short directory it may have needed
+    (:meth:`testbed.qemu.machine.QmpSocket.in_dir`)."""
+    if sock.is_socket():
+        sock.unlink(missing_ok=True)
+    if sock.parent.name.startswith("tb-qmp-") and sock.parent != instances_dir():
+        shutil.rmtree(sock.parent, ignore_errors=True)

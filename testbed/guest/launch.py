@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # paramiko is slow to import: a launch imports it while QEMU 
 log = logging.getLogger(__name__)
 
 PORT_ATTEMPTS = 3
+MONITOR_SOCKET = "monitor.sock"  # LaunchPlan.monitor_dir's second QMP monitor
 
 
 class Stalled(Exception):
@@ -88,6 +89,7 @@ class LaunchPlan:
     timeout: float       # seconds from QEMU start to SSH
     gdb: bool = False    # QEMU's gdbstub on a locked free port
     shares: tuple[Share, ...] = ()
+    monitor_dir: Path | None = None  # a second QMP monitor's directory (later commands)
 
     @property
     def log(self) -> BootLog:
@@ -137,9 +139,12 @@ def start(plan: LaunchPlan, phases: Phases, stall: float | None = None) -> Launc
                           drives=plan.kernel.drives, gdb_port=gdb.port if gdb else None,
                           shares=plan.shares)
         sock = QmpSocket.in_dir(run.path)
+        second = (QmpSocket.in_dir(plan.monitor_dir, MONITOR_SOCKET)
+                  if plan.monitor_dir is not None else None)
         machine = QemuMachine(build(topo, plan.binary, run.path, plan.accel, media=media,
-                                    qmp=sock.path, console=run / "console.log"),
-                              run.path, sock, name=f"{topo.name} guest")
+                                    qmp=sock.path, console=run / "console.log",
+                                    monitor=second.path if second else None),
+                              run.path, sock, name=f"{topo.name} guest", monitor=second)
         try:
             with phases.phase("qemu start"):
                 machine.launch()

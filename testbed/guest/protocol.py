@@ -6,8 +6,9 @@ labgrid's manner, so a piece of code asks only for what it uses.
 - :class:`Logs`: the serial console, dmesg;
 - :class:`Power`: restart, shut down;
 - :class:`Qmp`: QEMU's monitor (``qmp(cmd, **args)``, ``event_wait(...)``): a guest this
-  process booted has it; an attached one does not yet (its supervisor holds QEMU), so
-  code that needs it asks :func:`qmp_of` and says what it cannot do without it.
+  process booted has it, and so does an attached one whose supervisor's QEMU serves a
+  second monitor (:class:`testbed.guest.attach.QmpAttachedGuest`); code that needs it
+  asks :func:`qmp_of` and says what it cannot do without it.
 
 :class:`GuestLike` is all but QMP: what both :class:`testbed.guest.guest.Guest` (booted
 by this process) and :class:`testbed.guest.attach.AttachedGuest` (a detached instance)
@@ -20,6 +21,9 @@ offer.
     True
     >>> [m for m in ("qmp", "event_wait") if hasattr(Guest, m) and not hasattr(AttachedGuest, m)]
     ['qmp', 'event_wait']
+    >>> from testbed.guest.attach import QmpAttachedGuest
+    >>> all(hasattr(QmpAttachedGuest, m) for m in dir(Qmp) if not m.startswith("_"))
+    True
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 It boots the guest, records the instance as ready, then waits: SIGTERM (from
 ``testbed stop``) shuts the guest down gracefully; if QEMU dies on its own the
 instance is marked failed.  QEMU is this process's child with a parent-death
-signal, so it never outlives the supervisor.
+signal, so it never outlives the supervisor.  QEMU serves a second QMP monitor in the
+instance's directory (``Instance.monitor``) for later commands: ``testbed run --guest``'s
+QMP workloads (:class:`testbed.guest.attach.AttachedGuest`).
 
 Run as ``python -m testbed.guest.supervisor NAME TOPOLOGY [--kernel K] [--accel A] [--gdb]
 [--share SPEC ...]``.
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         shares = tuple(parse_share(s) for s in args.share)  # checked by `testbed boot`
         guest = boot(topo, options=BootOptions(kernel=kernel, accel=args.accel,
                                                timeout=args.timeout, label=name,
-                                               gdb=args.gdb, shares=shares))
+                                               gdb=args.gdb, shares=shares,
+                                               monitor_dir=inst.directory))
     except Exception as exc:  # every failure is recorded for `testbed boot` to report
         inst.status = "failed"
         inst.error = str(exc) if isinstance(exc, TestbedError) else traceback.format_exc()
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         inst.kernel_spec = "" if kernel is None else \
             kernel.spec if kernel.kind == "profile" else str(kernel.path)
         inst.shares = [s.spec for s in shares]
+        monitor = guest.machine.second_monitor  # removed with QEMU (guest.shutdown)
+        inst.monitor = str(monitor.path) if monitor is not None else ""
         inst.save()
         while not stopping and guest.machine.is_running():
             time.sleep(0.2)

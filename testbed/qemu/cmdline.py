@@ -224,11 +224,15 @@ def share_argv(share: Share, index: int, bus: str = X86_64.root_bus.name) -> lis
             "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag},id={tag}-dev,bus={bus}"]
 
 
-def plumbing_argv(qmp: Path | None, console: Path | None, paused: bool = False) -> list[str]:
-    """How the orchestrator reaches QEMU: QMP socket, console log file, start paused."""
+def plumbing_argv(qmp: Path | None, console: Path | None, paused: bool = False,
+                  monitor: Path | None = None) -> list[str]:
+    """How the orchestrator reaches QEMU: QMP socket, console log file, start paused; and
+    ``monitor``, a second QMP monitor for other processes (a detached guest's later
+    commands: QEMU events go to every monitor, a monitor serves one client at a time)."""
     argv: list[str] = []
-    if qmp is not None:
-        argv += ["-qmp", f"unix:{qmp},server=on,wait=off"]
+    for sock in (qmp, monitor):
+        if sock is not None:
+            argv += ["-qmp", f"unix:{sock},server=on,wait=off"]
     if console is not None:
         argv += ["-serial", f"file:{console}"]
     if paused:
@@ -238,13 +242,13 @@ def plumbing_argv(qmp: Path | None, console: Path | None, paused: bool = False) 
 
 def build(topo: Topology, binary: str, run_dir: Path, accel: str, *,
           media: BootMedia | None = None, qmp: Path | None = None,
-          console: Path | None = None, paused: bool = False,
+          console: Path | None = None, paused: bool = False, monitor: Path | None = None,
           extra: Sequence[str] = ()) -> list[str]:
     """The whole command line: machine, boot (when ``media``), plumbing, ``extra``."""
     argv = machine_argv(topo, binary, run_dir, accel)
     if media is not None:
         argv += boot_argv(media, binary, topo)
-    return argv + plumbing_argv(qmp, console, paused) + list(extra)
+    return argv + plumbing_argv(qmp, console, paused, monitor) + list(extra)
 
 
 def probe_argv(binary: str, accel: str, kernel: Path, initrd: Path | None,

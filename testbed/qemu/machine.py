@@ -32,18 +32,19 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 import weakref
 from pathlib import Path
 from dataclasses import dataclass
-from typing import (TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypedDict, cast,
-                    runtime_checkable)
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 from ..errors import PortInUse, QemuError, QemuStartError
+from .monitor import Monitor, QmpEvent
 
 if TYPE_CHECKING:  # qemu.qmp (asyncio) takes ~0.1 s to import: done while QEMU starts
     from qemu.qmp.legacy import QEMUMonitorProtocol
+
+__all__ = ["QemuMachine", "QmpEvent", "QmpLike", "QmpSocket"]
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,6 @@ def _kill_all() -> None:
 
 
 atexit.register(_kill_all)
-
-
-class QmpEvent(TypedDict, total=False):
-    """A QMP event as qemu.qmp hands it over."""
-
-    event: str
-    data: dict[str, Any]
-    timestamp: dict[str, int]
 
 
 @runtime_checkable
@@ -96,8 +89,8 @@ class QmpSocket:
     private_dir: Path | None = None  # made for this socket; removed with it
 
     @classmethod
-    def in_dir(cls, run_dir: Path) -> "QmpSocket":
-        path = Path(run_dir) / "qmp.sock"
+    def in_dir(cls, run_dir: Path, name: str = "qmp.sock") -> "QmpSocket":
+        path = Path(run_dir) / name
         if len(str(path).encode()) < UNIX_PATH_MAX:
             return cls(path)
         short = Path(tempfile.mkdtemp(prefix="tb-qmp-"))
@@ -114,20 +107,21 @@ class QemuMachine:
     """A QEMU process driven over QMP (qemu.qmp) on a unix socket.
 
     ``argv`` is the whole command line; it serves QMP on ``qmp.path``
-    (:func:`testbed.qemu.cmdline.build` with ``qmp=``)."""
+    (:func:`testbed.qemu.cmdline.build` with ``qmp=``) and, when ``monitor`` is given, a
+    second QMP monitor there for other processes (``monitor=``: a detached guest's later
+    commands); the machine removes both sockets when QEMU is gone."""
 
     def __init__(self, argv: Sequence[str], run_dir: Path, qmp: QmpSocket, *,
-                 name: str = "qemu"):
+                 name: str = "qemu", monitor: QmpSocket | None = None):
         self.run_dir = Path(run_dir)
         self.name = name
         self.socket = qmp
         self.qmp_path = qmp.path
+        self.second_monitor = monitor
         self.argv = list(argv)
         self.stderr_log = self.run_dir / "qemu.log"
         self.proc: subprocess.Popen | None = None
-        self._qmp: "QEMUMonitorProtocol | None" = None
-        self._lock = threading.Lock()
-        self._events: list[QmpEvent] = []  # received, not yet waited for
+        self._mon: Monitor | None = None
         self.exitcode: int | None = None
 
     # -- hooks (QEMUMachine's _pre_launch/_post_launch/_post_shutdown) ----------------------
@@ -181,36 +175,30 @@ class QemuMachine:
                 raise QemuStartError(message, stderr, code)
             if self.qmp_path.exists():
                 from qemu.qmp import QMPError  # asyncio: imported while QEMU starts
-                from qemu.qmp.legacy import QEMUMonitorProtocol  # (the same)
-                qmp = QEMUMonitorProtocol(str(self.qmp_path))
                 try:
-                    qmp.connect()
-                    qmp.settimeout(60)
-                    self._qmp = qmp
+                    self._mon = Monitor.connect(self.qmp_path, self.name)
                     return
                 except (QMPError, OSError):
-                    _close_quietly(qmp)
+                    pass
             if time.monotonic() > deadline:
                 raise QemuError(f"{self.name}: no QMP greeting within {timeout:.0f} s:\n"
                                 f"{self.stderr_tail()}")
             time.sleep(0.02)
 
     # -- use ------------------------------------------------------------------------------
+    def _connected(self) -> Monitor:
+        if self._mon is None:
+            raise QemuError(f"{self.name}: QMP is not connected")
+        return self._mon
+
     def qmp(self, command: str, **args: Any) -> Any:
         """Run one QMP command and return its result (QemuError on failure)."""
-        with self._lock:
-            if self._qmp is None:
-                raise QemuError(f"{self.name}: QMP is not connected")
-            from qemu.qmp import QMPError  # imported already: QMP is connected
-            try:
-                return self._qmp.cmd(command, **args)
-            except (QMPError, OSError, EOFError) as exc:
-                raise QemuError(f"{self.name}: QMP {command} failed: {exc}") from None
+        return self._connected().qmp(command, **args)
 
     @property
     def monitor(self) -> "QEMUMonitorProtocol | None":
         """The qemu.qmp client itself, for callers that need more than commands."""
-        return self._qmp
+        return self._mon.client if self._mon is not None else None
 
     def query_status(self) -> str:
         """The run state: ``prelaunch``, ``running``, ``paused``, ..."""
@@ -225,50 +213,16 @@ class QemuMachine:
         and not yet waited for, else the next to arrive within ``timeout`` seconds; None
         when none does.  Events that do not match stay queued for a later wait (like
         QEMUMachine.event_wait)."""
-
-        def wanted(ev: QmpEvent) -> bool:
-            return ev.get("event") == name and (match is None or match(ev))
-
-        with self._lock:
-            for i, ev in enumerate(self._events):
-                if wanted(ev):
-                    return self._events.pop(i)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self._qmp is None:
-                    raise QemuError(f"{self.name}: QMP is not connected")
-                from qemu.qmp import QMPError  # loaded already: QMP is connected
-                try:
-                    event = self._qmp.pull_event(wait=min(1.0, max(0.01, deadline -
-                                                                   time.monotonic())))
-                except (QMPError, OSError, EOFError, TimeoutError):
-                    event = None
-                if event is None:
-                    continue
-                queued = cast(QmpEvent, event)
-                if wanted(queued):
-                    return queued
-                self._events.append(queued)
-        return None
+        return self._connected().event_wait(name, timeout, match)
 
     def events(self) -> list[QmpEvent]:
         """The queued events (received, not waited for), oldest first; they are taken."""
-        with self._lock:
-            out, self._events = self._events, []
-        return out
+        return self._mon.events() if self._mon is not None else []
 
     def clear_events(self) -> None:
         """Forget the QMP events received so far (before waiting for a fresh one)."""
-        with self._lock:
-            self._events.clear()
-            if self._qmp is not None:
-                from qemu.qmp import QMPError  # loaded already: QMP is connected
-                try:
-                    self._qmp.get_events(wait=False)
-                    self._qmp.clear_events()
-                except (QMPError, OSError, EOFError):
-                    pass
+        if self._mon is not None:
+            self._mon.clear_events()
 
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -329,10 +283,12 @@ class QemuMachine:
                 pass
         if self.proc is not None:
             self.exitcode = self.proc.returncode
-        if self._qmp is not None:
-            _close_quietly(self._qmp)
-            self._qmp = None
+        if self._mon is not None:
+            self._mon.close()
+            self._mon = None
         self.socket.remove()
+        if self.second_monitor is not None:
+            self.second_monitor.remove()
         was_live = self in _LIVE
         _LIVE.discard(self)
         if was_live:
@@ -344,10 +300,3 @@ class QemuMachine:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
-
-
-def _close_quietly(qmp: "QEMUMonitorProtocol") -> None:
-    try:
-        qmp.close()
-    except Exception:
-        pass

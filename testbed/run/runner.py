@@ -22,7 +22,7 @@ from pathlib import Path
 from ..coverage.session import (CoveragePlan, CoverageRequest, CoverageSession, judge_patch,
                                 plan_coverage)
 from ..errors import BootError, TestbedError, UsageError, did_you_mean
-from ..guest.attach import AttachedGuest
+from ..guest.attach import attach
 from ..guest.boot import BootOptions, boot
 from ..guest.instances import check_name, get_ready
 from ..guest.protocol import GuestLike
@@ -113,13 +113,14 @@ def check_inputs(topo: Topology, opts: RunOptions) -> list[str]:
                          "shares with a detached guest)")
     if opts.guest_name is not None:
         check_name(opts.guest_name)
+        inst = get_ready(opts.guest_name)  # an unknown or stale instance is bad input: exit 2
         qmp = [n for n in names if WORKLOADS[n].needs_qmp]
-        if qmp:  # refused up front: never run, then judged a mismatch
+        if qmp and not inst.monitor:  # refused up front: never run, then judged a mismatch
             raise UsageError(f"--workload {qmp[0]}: needs the QMP monitor of the guest's QEMU, "
                              f"and detached guest {opts.guest_name!r} offers none to later "
-                             f"commands (its supervisor holds it); run without --guest to "
-                             "boot a guest for it")
-        get_ready(opts.guest_name)  # an unknown or stale instance is bad input: exit 2
+                             f"commands (booted by an older testbed: testbed stop "
+                             f"{opts.guest_name}, then boot it again); or run without --guest "
+                             "to boot a guest for it")
     requested_accel(opts.accel or topo.machine.accel)
     return names
 
@@ -205,7 +206,7 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
     try:
         with phases.phase("boot"):
             if opts.guest_name:
-                guest = AttachedGuest(get_ready(opts.guest_name), topo)
+                guest = attach(get_ready(opts.guest_name), topo)
             else:
                 guest = boot(topo, options=opts.boot_options(topo.name, observed(names)),
                              caps=caps)

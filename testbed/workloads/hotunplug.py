@@ -104,9 +104,9 @@ class HotUnplug(PairWorkload):
                 continue
             if qmp_of(ctx.guest) is None:
                 records.append(error_record(rec, (
-                    "hot-unplug needs the QMP monitor of a guest this process booted; this "
-                    "guest is attached (a detached instance's supervisor holds its QMP): run "
-                    "without --guest, or use the pytest plugin's guest")))
+                    "hot-unplug needs the QEMU's QMP monitor, and this attached guest offers "
+                    "none (its instance has no second monitor): boot it again, or run "
+                    "without --guest")))
                 continue
             start = time.monotonic()
             cycle = Cycle(ctx, rec, slot)

@@ -148,10 +148,36 @@ def test_two_detached_guests_in_parallel(real_qemu, tmp_path):
         status = run_cli("ssh", "left", "--", "exit 7", state=state, check=False)
         assert status.returncode == 7
         check_ssh_stdin("left", env)
+        monitor = check_hot_unplug_through_the_monitor("left", state, tmp_path)
     finally:
         run_cli("stop", "left", "right", state=state, check=False)
     assert not (state / "instances" / "left").exists()
     assert "no detached guests" in run_cli("ps", state=state).stdout
+    assert not monitor.exists() and not qemu_pids(state)  # torn down, socket and all
+
+
+def check_hot_unplug_through_the_monitor(name: str, state: Path, tmp_path: Path) -> Path:
+    """The detached guest's QEMU serves a second QMP monitor for later commands:
+    hot-unplug (device_del / DEVICE_DELETED / device_add) runs with `run --guest` and is
+    judged as on a guest the run boots; the monitor is free again afterwards."""
+    inst = json.loads((state / "instances" / name / "instance.json").read_text())
+    monitor = Path(inst["monitor"])
+    assert monitor.is_socket(), inst
+    out = tmp_path / "unplug"
+    res = run_cli("run", "switch-cmb", "--guest", name, "-w", "hot-unplug", "--pair",
+                  "nvme0:nvme1", "--size", "256K", "--out", str(out), state=state, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads((out / "results.json").read_text())
+    (rec,) = [r for r in doc["workloads"] if r["name"] == "hot-unplug"]
+    assert (rec["predicted"], rec["observed"]) == ("ok", "ok"), rec["detail"]
+    assert rec["data_verified"] is True and "kernel healthy" in rec["detail"]
+    steps = {s["step"]: s for s in rec["data"]["steps"]}
+    assert steps["device_del"]["event"]["device"] == rec["provider"], steps  # DEVICE_DELETED
+    assert "device_add" in steps and "problem" not in steps, steps
+    # the guest is back as booted, and the monitor serves the next command
+    res = run_cli("ssh", name, "--", "cat /sys/bus/pci/devices/*/p2pmem/published", state=state)
+    assert res.stdout.split() == ["1", "1"]
+    return monitor
 
 
 def check_ssh_stdin(name: str, env: dict[str, str]) -> None:

@@ -20,7 +20,10 @@ from hypothesis import strategies as st
 
 from testbed import cli
 from testbed.errors import TestbedError
+from testbed.guest import instances
 from testbed.guest.instances import NAME_RE
+from testbed.run.runner import RunOptions, check_inputs
+from testbed.util.process import identify
 from testbed.spec import load_topology
 
 
@@ -301,10 +304,31 @@ def test_generated_sizes_in_topologies(tmp_path):
     assert stat.S_ISDIR(tmp_path.stat().st_mode)
 
 
+def _ready_instance(name: str, monitor: str) -> None:
+    """A ready instance whose 'supervisor' and 'QEMU' are this process (alive, ours)."""
+    inst = instances.create(name)
+    inst.status = "ready"
+    inst.supervisor = inst.qemu = identify(os.getpid())
+    inst.monitor = monitor
+    inst.save()
+
+
 def test_a_workload_a_detached_guest_cannot_run_is_refused_before_the_run(sandbox, capsys):
-    """hot-unplug drives QEMU's QMP, which a detached guest's supervisor holds: the run is
-    refused up front with the reason (exit 2), not run and judged a mismatch."""
+    """hot-unplug drives QEMU's QMP: a detached guest whose QEMU offers no second monitor
+    (booted by an older testbed) is refused up front with the reason (exit 2), not run and
+    judged a mismatch; an unknown guest is refused too."""
+    _ready_instance("g", monitor="")
     status, err = run_cli(["run", "rootports-cmb-zen", "--guest", "g", "-w", "hot-unplug"],
                           capsys)
     assert status == 2 and "hot-unplug" in err and "QMP" in err and "--guest" in err, err
     assert list(sandbox.iterdir()) == []
+    status, err = run_cli(["run", "rootports-cmb-zen", "--guest", "nobody", "-w",
+                           "hot-unplug"], capsys)
+    assert status == 2 and "no instance named 'nobody'" in err, err
+
+
+def test_a_qmp_workload_passes_the_checks_on_a_guest_with_a_monitor(sandbox):
+    _ready_instance("g", monitor=str(sandbox / "monitor.sock"))
+    topo = load_topology(Path(__file__).parents[2] / "topologies" / "rootports-cmb-zen.yaml")
+    assert check_inputs(topo, RunOptions(workloads=("hot-unplug",), guest_name="g")) == \
+        ["hot-unplug"]

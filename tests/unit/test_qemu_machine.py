@@ -11,6 +11,7 @@ import pytest
 
 from testbed.errors import QemuStartError
 from testbed.qemu.machine import UNIX_PATH_MAX, QemuMachine, QmpSocket
+from testbed.qemu.monitor import Monitor
 
 
 class FakeMonitor:
@@ -38,7 +39,7 @@ class FakeMonitor:
 def machine(tmp_path: Path, events) -> tuple[QemuMachine, FakeMonitor]:
     vm = QemuMachine(["true"], tmp_path, QmpSocket.in_dir(tmp_path))
     monitor = FakeMonitor(events)
-    setattr(vm, "_qmp", monitor)  # a stand-in for qemu.qmp's client
+    setattr(vm, "_mon", Monitor(monitor, "qemu"))  # a stand-in for qemu.qmp's client
     return vm, monitor
 
 
