@@ -42,20 +42,24 @@ verify: $(STAMP)
 # loadgroup: pytest 9.2 ignores the group xdist 3.8 writes into item._nodeid; budget
 # <= 8 min on a fresh machine); the tests
 # that need a profile kernel (issue 20), an installed QEMU (issue 21) or arm64 (issue 25)
-# follow as steps of their own.  --durations names the slowest tests of each step.
+# follow as steps of their own.  --durations names the slowest tests of each step.  A step
+# that fails does not stop the others (scripts/step.sh --log); the last line lists every
+# step with its time and fails when one did.
 # A --junitxml=F.xml in PYTEST_ARGS becomes F-unit.xml, F.xml (image kernel),
 # F-profile-kernel.xml, F-qemu-install.xml and F-arm64.xml.
 INTEGRATION_WORKERS ?= 2
 DURATIONS ?= 25
 OTHER_KERNELS := profile_kernel or qemu_install or arm64
-STEP   := sh scripts/step.sh
+STEP_LOG := runs/make-test-steps.tsv
+STEP   := sh scripts/step.sh --log $(STEP_LOG)
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 junit   = $(patsubst --junitxml=%.xml,--junitxml=%-$(1).xml,$(PYTEST_ARGS))
 
 test: $(TEST_STAMP)
+	@mkdir -p $(dir $(STEP_LOG)) && rm -f $(STEP_LOG)
 	@$(STEP) typecheck -- $(PY) -m mypy
 	@$(STEP) "guest image" -- $(PY) -m testbed image build
-	@$(STEP) unit -- $(PYTEST) -n auto tests/unit $(call junit,unit)
+	@$(STEP) unit -- $(PYTEST) -n auto --durations=10 tests/unit $(call junit,unit)
 	@$(STEP) "integration, image kernel" -- $(PYTEST) -n $(INTEGRATION_WORKERS) \
 		--dist loadscope --durations=$(DURATIONS) -m "not ($(OTHER_KERNELS))" \
 		tests/integration $(PYTEST_ARGS)
@@ -66,6 +70,7 @@ test: $(TEST_STAMP)
 		--durations=$(DURATIONS) -m qemu_install tests/integration $(call junit,qemu-install)
 	@$(STEP) --may-be-empty "integration, arm64" -- $(PYTEST) \
 		--durations=$(DURATIONS) -m arm64 tests/integration $(call junit,arm64)
+	@sh scripts/step.sh --summary $(STEP_LOG)
 
 typecheck: $(TEST_STAMP)
 	$(PY) -m mypy

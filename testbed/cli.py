@@ -40,12 +40,18 @@ def _verbosity() -> _Parser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line.  ``only``: the command about to run; only its module is
+    imported (the others are bare choices): importing every command's module (the
+    runner, the workloads, jinja2, ...) cost each command 0.3-1 s of start-up."""
     parser = _Parser(prog="testbed", description="PCIe peer-to-peer DMA testbeds on QEMU")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_Parser)
     common = _verbosity()
     for name in COMMANDS:
+        if only is not None and name != only:
+            sub.add_parser(name, add_help=False)  # not the one that runs: not imported
+            continue
         module = importlib.import_module(f".commands.{name}", __package__)
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
                            parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,10 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs (the first word, testbed itself takes only -h); None for
+    anything else (``testbed --help``, a typo), which gets the whole parser.
+
+    >>> command_of(["boot", "switch-cmb", "-c", "true"]), command_of(["-h"])
+    ('boot', None)
+    """
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS and argv[0] == first else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     install_signal_handlers()
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(command_of(argv))
     rest = None
     if "--" in argv:  # `testbed ssh NAME [options] -- CMD ...`: CMD is never parsed
         i = argv.index("--")
