@@ -6,6 +6,8 @@ three vIOMMU topologies, one guest each (this module boots them one after anothe
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from testbed.guest.boot import BootOptions, boot
@@ -29,6 +31,19 @@ def guest(request, profile_kernel):
         yield TestbedGuest(booted, topo)
     finally:
         booted.shutdown()
+
+
+def test_userspace_nvme_driver_over_iommufd(guest):
+    """The driver's queues mapped through an iommufd IOAS and a device cdev."""
+    bdf = guest.names["nvme1"]
+    args = ["p2pdma-guest", "vfio-nvme", "--bdf", bdf, "--iommu", "iommufd", "--size", "128K"]
+    if guest.topology.iommu.model == "virtio":  # no interrupt remapping (see verdicts.vfio)
+        args.append("--allow-unsafe-interrupts")
+    res = guest.run(args, timeout=180)
+    doc = json.loads(res.stdout)
+    assert "stage" not in doc, doc.get("error")
+    assert doc["identify"]["serial"] == doc["kernel_view"]["serial"]
+    assert doc["data_verified"] is True and doc["steps"]["verify_kernel"]["ok"]
 
 
 def test_vfio_p2p_on_the_profile_kernel(guest):
