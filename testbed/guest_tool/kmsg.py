@@ -6,6 +6,7 @@ parsing): :func:`mark` before a step, :func:`since` after it gives the lines it 
 """
 
 import os
+import time
 
 MAX_LINES = 200
 
@@ -44,6 +45,17 @@ class Kmsg:
             rec = parse_record(raw)
             if rec:
                 out.append(f"[{rec[1]:12.6f}] {rec[2]}")
+        return out
+
+    def lines_until(self, needle, seconds):
+        """:meth:`lines`, polled until one contains ``needle`` (case-insensitive) or
+        ``seconds`` passed: an IOMMU fault is printed from its interrupt, after the DMA."""
+        out = self.lines()
+        deadline = time.monotonic() + seconds
+        while not any(needle in ln.lower() for ln in out) and time.monotonic() < deadline \
+                and len(out) < MAX_LINES:
+            time.sleep(0.1)
+            out += self.lines()
         return out
 
     def close(self):

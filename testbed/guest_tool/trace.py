@@ -172,7 +172,10 @@ def teardown():
         except OSError:
             pass
     removed = []
-    for name in PROBES:
+    group_dir = f"{TRACEFS}/events/{GROUP}"
+    names = sorted(e for e in (os.listdir(group_dir) if os.path.isdir(group_dir) else ())
+                   if os.path.isdir(f"{group_dir}/{e}"))  # ours and vfiotrace's
+    for name in names or PROBES:
         try:
             _write(f"{TRACEFS}/dynamic_events", f"-:{GROUP}/{name}\n", append=True)
             removed.append(name)

@@ -19,12 +19,15 @@ safety net (``p2pdma-guest vfio-restore``).  Every wait is bounded.
 
 import json
 import os
+import signal
 import subprocess
 import time
 
 SYS_PCI = "/sys/bus/pci/devices"
 IOMMU_GROUPS = "/sys/kernel/iommu_groups"
 STATE = "/run/p2pdma-guest-vfio.json"
+SYS_MODULE = "/sys/module"
+LIB_MODULES = "/lib/modules"
 VFIO_DRIVER = "vfio-pci"
 # drivers that may stay bound in a group handed to VFIO (driver_managed_dma)
 HARMLESS = ("vfio-pci", "pcieport", "pci-stub")
@@ -87,16 +90,43 @@ def groups(bdfs):
     return out
 
 
+def builtin(name):
+    """True when the kernel has ``name`` built in: its /sys/module entry (modules with
+    parameters) or its line in modules.builtin."""
+    name = name.replace("-", "_")
+    if os.path.isdir(f"{SYS_MODULE}/{name}"):
+        return True
+    lines = _read(f"{LIB_MODULES}/{os.uname().release}/modules.builtin") or ""
+    return any(os.path.basename(line).removesuffix(".ko").replace("-", "_") == name
+               for line in lines.splitlines())
+
+
 def modprobe(name, timeout=30):
-    """None when the module is loaded (or built in), else why not."""
-    if os.path.isdir(f"/sys/module/{name.replace('-', '_')}"):
-        return None  # loaded, or built in (a kernel without /lib/modules has no modprobe data)
+    """None when the module is loaded or built in, else why not.  A kernel without a
+    modules directory (everything built in) is never asked to load one: a module that is
+    not there is not in the kernel."""
+    if builtin(name):
+        return None
+    if not os.path.isdir(f"{LIB_MODULES}/{os.uname().release}"):
+        return (f"{name} is not in this kernel (not built in, and the kernel has no "
+                f"{LIB_MODULES}/{os.uname().release} to load it from)")
     try:
         res = subprocess.run(["modprobe", name], capture_output=True, text=True,
                              timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"modprobe {name}: {exc}"
     return None if res.returncode == 0 else f"modprobe {name}: {res.stderr.strip()[-200:]}"
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def exit_on_signals():
+    """SIGTERM and SIGHUP (the host ending a call, an SSH connection dropped) unwind the
+    stack like an exception, so every ``finally`` that gives devices back runs."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminated)
 
 
 def _load_state():

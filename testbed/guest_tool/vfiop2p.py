@@ -39,7 +39,8 @@ MAX_SIZE = 4 << 20
 METHODS = ("type1", "pfnmap", "dmabuf")
 CONFIG_KEYS = ("CONFIG_VFIO", "CONFIG_VFIO_CONTAINER", "CONFIG_VFIO_IOMMU_TYPE1",
                "CONFIG_VFIO_DEVICE_CDEV", "CONFIG_IOMMUFD", "CONFIG_VFIO_PCI_DMABUF",
-               "CONFIG_DMA_SHARED_BUFFER", "CONFIG_PCI_P2PDMA", "CONFIG_IRQ_REMAP")
+               "CONFIG_DMA_SHARED_BUFFER", "CONFIG_PCI_P2PDMA", "CONFIG_IRQ_REMAP",
+               "CONFIG_HOTPLUG_PCI_ACPI", "CONFIG_HOTPLUG_PCI_PCIE")
 
 
 def kernel_config(keys=CONFIG_KEYS):
@@ -56,6 +57,38 @@ def kernel_config(keys=CONFIG_KEYS):
         found = dict(re.findall(r"^(CONFIG_\w+)=(.*)$", text, re.M))
         return {"source": path, "values": {k: found.get(k, "n") for k in keys}}
     return None
+
+
+def unsupported(kind):
+    """Why this kernel cannot give a DMA space of ``kind`` (None: it can, or no config
+    says otherwise and the attempt will tell)."""
+    cfg = (kernel_config() or {}).get("values", {})
+    if kind == "type1":
+        missing = [k for k in ("CONFIG_VFIO_CONTAINER", "CONFIG_VFIO_IOMMU_TYPE1")
+                   if cfg.get(k) == "n"]
+        if missing and not os.path.exists("/dev/vfio/vfio"):
+            return (f"no VFIO type1 container in this kernel's config ({', '.join(missing)} "
+                    "not set)")
+        return None
+    if cfg.get("CONFIG_IOMMUFD") == "n" and not os.path.exists("/dev/iommu"):
+        return "no IOMMUFD in this kernel's config"
+    return None
+
+
+def hotplug_slot(bdf):
+    """None when the guest kernel drives a hot-plug slot for ``bdf`` (a
+    /sys/bus/pci/slots entry at its address, pciehp's or acpiphp's), else why not."""
+    addr = bdf.rsplit(".", 1)[0]
+    base = "/sys/bus/pci/slots"
+    for slot in os.listdir(base) if os.path.isdir(base) else ():
+        if (read(f"{base}/{slot}/address") or "").strip() == addr:
+            return None
+    cfg = (kernel_config() or {}).get("values", {})
+    if cfg.get("CONFIG_HOTPLUG_PCI_ACPI") == "n":
+        return (f"no hot-plug slot drives {bdf} in this guest: the kernel has no ACPI PCI "
+                "hot-plug (CONFIG_HOTPLUG_PCI_ACPI not set) and q35 gives its slots' "
+                "hot-plug to ACPI (no native pciehp slot), so a device_del never reaches it")
+    return None  # acpiphp may still see it (its slots are not always listed)
 
 
 def bar_range(bdf, bar):
@@ -137,10 +170,9 @@ def _client(session, bdf, size):
 def run_method(method, args, doc, window):
     """One method in its own DMA space; fills ``doc`` (steps, refusal, mechanism)."""
     kind = "type1" if method == "type1" else "iommufd"
-    if method != "type1":
-        cfg = (kernel_config() or {}).get("values", {})
-        if cfg.get("CONFIG_IOMMUFD") == "n" and not os.path.exists("/dev/iommu"):
-            raise Refused("unsupported", "no IOMMUFD in this kernel's config")
+    why = unsupported(kind)
+    if why:
+        raise Refused("unsupported", why)
     s = Session(kind, [args.provider, args.client], args.allow_unsafe_interrupts,
                 restore=False)
     doc["session"] = s.report  # also when the session is refused (groups, modules)
@@ -179,6 +211,7 @@ def run_method(method, args, doc, window):
 
 
 def vfio_p2p(args):
+    vfiobind.exit_on_signals()
     if args.probe:
         return probe(args)
     if not args.provider or not args.client or not args.method:

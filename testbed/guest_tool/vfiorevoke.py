@@ -34,12 +34,13 @@ from .unvme import Controller, NvmeError, NvmeTimeout
 from .usage import UsageError
 from .vfio import PCI_COMMAND_MEMORY, errno_name
 from .vfionvme import kernel_view, not_nvme
-from .vfiop2p import CMB_BAR, bar_range, kernel_config, seed_namespace
+from .vfiop2p import CMB_BAR, bar_range, hotplug_slot, seed_namespace, unsupported
 from .vfiosession import BAR_IOVA, Refused, Session
 
 TRIGGERS = ("decoding", "reset", "close", "unplug")
 ATTEMPT_TIMEOUT = 5.0  # the client's read into a revoked IOVA
 FAULT_QUIET = 5.5  # the IOMMU fault printk is rate limited (5 s): space the attempts
+FAULT_WAIT = 2.0  # the fault is printed from the IOMMU's interrupt, after the attempt
 WAIT_REQUEST = 90.0  # unplug: the kernel's request for the device
 WAIT_GONE = 60.0
 WAIT_BACK = 120.0  # unplug: the host's device_add and nvme's probe
@@ -158,7 +159,7 @@ def revoke_cycle(trigger, ex, ctrl, lba, size, expected, kmsg, state, bars, obse
         ex.cmb[:size] = sentinel
     doc["attempt"] = _attempt(ctrl, lba, size)
     state["last_attempt"] = time.monotonic()
-    doc["kernel_log"] = kmsg.lines()
+    doc["kernel_log"] = kmsg.lines_until("fault", FAULT_WAIT)
     if observe:
         doc["mechanism"] = trace.read(extra_bars=bars)
     doc["restore"] = _restore_exporter(trigger, ex)
@@ -232,6 +233,7 @@ def unplug_cycle(ex, ctrl, lba, size, expected, kmsg, control, bars, observe):
 
 
 def vfio_revoke(args):
+    vfiobind.exit_on_signals()
     doc = _revoke(args)
     if args.control:  # the host waits for this line (unplug)
         _say(args.control, "done", doc=doc)
@@ -254,10 +256,8 @@ def _revoke(args):
         doc.update(stage="provider", error=f"{args.provider} has no BAR{CMB_BAR} of "
                    f"{window} bytes (a CMB)", errno=None)
         return doc
-    cfg = (kernel_config() or {}).get("values", {})
-    why = not_nvme(args.client)
-    if why is None and cfg.get("CONFIG_IOMMUFD") == "n" and not os.path.exists("/dev/iommu"):
-        why = "no IOMMUFD in this kernel's config"
+    why = not_nvme(args.client) or unsupported("iommufd") or \
+        (hotplug_slot(args.provider) if "unplug" in args.trigger else None)
     if why:
         doc.update(stage="unsupported", error=why, errno=None)
         return doc

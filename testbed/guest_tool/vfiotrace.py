@@ -22,13 +22,16 @@ PROBES = {"dmabuf_iommufd_map": ("vfio_pci_dma_buf_iommufd_map", "%return ret=$r
           "dmabuf_move": ("vfio_pci_dma_buf_move", " revoked=revoked:u8"),
           "dmabuf_cleanup": ("vfio_pci_dma_buf_cleanup", ""),
           "iommufd_revoke": ("iopt_revoke_notify", "")}
+# Without BTF the argument by position (vfio_pci_dma_buf_move(vdev, bool revoked))
+RAW_ARGS = {"dmabuf_move": " revoked=$arg2:u8"}
 
 
 def _define(name, func, args):
     """Define one probe: with BTF arguments, else without, else a kprobe; (mode, error)."""
     ret = args.startswith("%return")
+    raw = RAW_ARGS.get(name, "")
     tries = [("btf", f"f:{trace.GROUP}/{name} {func}{args}"),
-             ("plain", f"f:{trace.GROUP}/{name} {func}{'%return' if ret else ''}"),
+             ("plain", f"f:{trace.GROUP}/{name} {func}{'%return' if ret else ''}{raw}"),
              ("kprobe", f"{'r' if ret else 'p'}:{trace.GROUP}/{name} {func}")]
     err = None
     for mode, text in tries:

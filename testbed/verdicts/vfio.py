@@ -92,6 +92,11 @@ class VfioKernel:
         return self.has("CONFIG_VFIO_DEVICE_CDEV", "vfio_cdev")
 
     @property
+    def acpi_hotplug(self) -> bool:
+        """acpiphp: what sees a q35 slot's device_del (True without a config: assume so)."""
+        return self.config.get("CONFIG_HOTPLUG_PCI_ACPI", "y") != "n"
+
+    @property
     def dmabuf(self) -> bool:
         return self.has("CONFIG_VFIO_PCI_DMABUF", "dev_iommu")
 
@@ -194,6 +199,12 @@ def predict_vfio(topo: Topology, provider: str, client: str, method: str,
         return VfioPrediction(method, "ok", IOMMU_MMIO,
                               f"{export}; QEMU translates {client}'s DMA to the CMB{unsafe}",
                               **common)
+    if method == "revoke-unplug" and not kernel.acpi_hotplug:
+        # seam: issue 19 (the machine profile could say who owns hot-plug: ACPI on q35)
+        return _unsupported(method, f"{where} has no ACPI PCI hot-plug (CONFIG_HOTPLUG_PCI_"
+                                    "ACPI not set) and QEMU's q35 gives its slots' hot-plug to "
+                                    "ACPI (native pciehp is off there): the guest never sees "
+                                    f"the device_del of {provider}, so it cannot be unplugged")
     if method in REVOKE:
         how = {"revoke-decoding": "clearing memory decoding in the provider's command "
                                   "register (vfio_pci_config: vfio_pci_dma_buf_move)",

@@ -129,8 +129,10 @@ class VfioRevoke(VfioWorkload):
         ctx.quiet_gap()
         ctx.dmesg_delta()
         argv = [GUEST_TOOL, "vfio-revoke", *base, "--trigger", "unplug", "--control", control]
-        ctx.guest.run(f"rm -f {control}; setsid sh -c {shlex.quote(shlex.join(argv))} "
-                      "</dev/null >/dev/null 2>&1 &", timeout=30)
+        started = ctx.guest.run(f"rm -f {control}; setsid sh -c "
+                                f"{shlex.quote(shlex.join(argv))} </dev/null >/dev/null 2>&1 "
+                                "& echo $!", timeout=30)
+        pid = started.stdout.strip()
         steps: dict[str, Any] = {}
         doc: dict[str, Any] = {}
         try:
@@ -144,22 +146,36 @@ class VfioRevoke(VfioWorkload):
             doc = (events.get("done") or {}).get("doc") or {}
         except TestbedError as exc:
             steps["problem"] = str(exc)
+        if not doc and pid.isdigit():  # it may still hold the devices: end it first
+            steps["stopped"] = self.stop(ctx, int(pid))
         delta = ctx.dmesg_delta()
         ctx.last_transfer = time.monotonic()
-        steps["tree_differences"] = reinventory(ctx.guest, 30)
         if not doc:
             steps["safety_net"] = restore(ctx)
+        steps["tree_differences"] = reinventory(ctx.guest, 30)
         dmesg = pull_dmesg(delta)
         tdoc = (doc.get("triggers") or {}).get("unplug")
         self.judge_revoke(rec, "unplug", doc, tdoc, dmesg, not doc, pbdf)
         rec.data["qmp"] = steps
-        if steps.get("problem") and rec.observed != "error":
+        if steps.get("problem"):  # what went wrong on this side says more than a timeout
             rec.observed, rec.detail = "error", f"unplug: {steps['problem']}"
         if steps["tree_differences"] and rec.observed != "error":
             rec.observed, rec.detail = "error", (
                 "the re-plugged provider is not back as it was: "
                 + "; ".join(steps["tree_differences"][:3]))
         rec.seconds = round(time.monotonic() - start, 3)
+
+    @staticmethod
+    def stop(ctx: Context, pid: int, seconds: float = 60.0) -> str:
+        """End the background guest tool (its process group): SIGTERM lets it close its
+        devices and give them back (its finally blocks run), SIGKILL after ``seconds``."""
+        script = (f"kill -TERM -- -{pid} 2>/dev/null || {{ echo gone; exit 0; }}; "
+                  f"i=0; while kill -0 -- -{pid} 2>/dev/null; do "
+                  f"i=$((i+1)); [ $i -gt {int(seconds * 2)} ] && "
+                  f"{{ kill -KILL -- -{pid}; echo killed; exit 0; }}; sleep 0.5; done; "
+                  "echo terminated")
+        res = ctx.guest.run(script, timeout=seconds + 30)
+        return res.stdout.strip() or res.describe()[:200]
 
     @staticmethod
     def wait(ctx: Context, control: str, event: str, seconds: float) -> dict[str, Any]:

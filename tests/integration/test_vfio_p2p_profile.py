@@ -1,10 +1,14 @@
 """P2P to a BAR without struct page on the CI profile kernel (base+vfio-iommufd+coverage:
-IOMMUFD, VFIO device cdevs, vfio-pci's dma-buf export; no VFIO container): iommufd
-refuses the VM_PFNMAP mmap, the dma-buf of the CMB maps and carries DMA both ways, and
-every revocation (decoding, reset, close, QMP unplug) takes the mapping away, on the
+IOMMUFD, VFIO device cdevs, vfio-pci's dma-buf export, everything built in; no VFIO
+container, no ACPI PCI hot-plug): type1 is not there, iommufd refuses the VM_PFNMAP mmap,
+the dma-buf of the CMB maps and carries DMA both ways, and every revocation this kernel
+can see (decoding, reset, close) takes the mapping away; the QMP unplug is predicted and
+observed unsupported (q35 gives hot-plug to ACPI, and the kernel has no acpiphp).  On the
 three vIOMMU topologies, one guest each (this module boots them one after another)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -17,7 +21,7 @@ pytestmark = pytest.mark.profile_kernel
 
 TOPOLOGIES = ("switch-cmb-intel-iommu", "switch-cmb-iommu-pt", "switch-cmb-virtio-iommu")
 PAIR = ("nvme0", "nvme1")
-TRIGGERS = ("decoding", "reset", "close", "unplug")
+TRIGGERS = ("decoding", "reset", "close")  # unplug: unsupported on this kernel (above)
 
 
 @pytest.fixture(scope="module", params=TOPOLOGIES)
@@ -31,9 +35,22 @@ def guest(request, profile_kernel):
         booted.shutdown()
 
 
+def test_userspace_nvme_driver_over_iommufd(guest):
+    """The driver's queues mapped through an iommufd IOAS and a device cdev."""
+    bdf = guest.names["nvme1"]
+    args = ["p2pdma-guest", "vfio-nvme", "--bdf", bdf, "--iommu", "iommufd", "--size", "128K"]
+    if guest.topology.iommu.model == "virtio":  # no interrupt remapping (see verdicts.vfio)
+        args.append("--allow-unsafe-interrupts")
+    res = guest.run(args, timeout=180)
+    doc = json.loads(res.stdout)
+    assert "stage" not in doc, doc.get("error")
+    assert doc["identify"]["serial"] == doc["kernel_view"]["serial"]
+    assert doc["data_verified"] is True and doc["steps"]["verify_kernel"]["ok"]
+
+
 def test_vfio_p2p_on_the_profile_kernel(guest):
     records = {r["name"]: r for r in guest.workload("vfio-p2p", pairs=(PAIR,), size=256 << 10)}
-    assert set(records) == {"vfio-type1", "vfio-pfnmap", "vfio-dmabuf",
+    assert set(records) == {"vfio-type1", "vfio-pfnmap", "vfio-dmabuf", "vfio-revoke-unplug",
                             *(f"vfio-revoke-{t}" for t in TRIGGERS)}
     for r in records.values():
         assert r["passed"], (r["name"], r.get("mismatch"), r["detail"])
@@ -53,11 +70,17 @@ def test_vfio_p2p_on_the_profile_kernel(guest):
     for t in TRIGGERS:
         r = records[f"vfio-revoke-{t}"]
         assert (r["observed"], r["data_verified"]) == ("revoked", True), (t, r["detail"])
-        attempt = r["data"]["attempt"]
-        assert attempt.get("timeout") or attempt.get("status"), (t, attempt)
-        if t != "unplug":
-            assert r["data"]["cmb_untouched"] is True
+        # the client's read was tried within its bound; it fails, times out, or QEMU's
+        # NVMe completes it although its DMA faulted (a model limit): the CMB is not written
+        assert r["data"]["attempt"]["seconds"] < 15, (t, r["data"]["attempt"])
+        assert r["data"]["cmb_untouched"] is True
         assert r["mechanism"]["revocation_unmapped_iova"] is True, (t, r["mechanism"])
+        assert any(e["event"] == "iommufd_revoke"
+                   for e in r["mechanism"]["revocation_events"]), (t, r["mechanism"])
+    # the guest cannot see a device_del: the oracle and the guest tool both say so
+    un = records["vfio-revoke-unplug"]
+    assert (un["predicted"], un["observed"]) == ("unsupported", "unsupported"), un["detail"]
+    assert "CONFIG_HOTPLUG_PCI_ACPI" in un["detail"], un["detail"]
 
 
 def test_devices_are_back_on_nvme(guest):

@@ -30,6 +30,12 @@ PROFILE = VfioKernel.from_probe({"release": "7.3.4", "config": {"values": {
     "CONFIG_VFIO": "y", "CONFIG_VFIO_CONTAINER": "y", "CONFIG_VFIO_IOMMU_TYPE1": "y",
     "CONFIG_VFIO_DEVICE_CDEV": "y", "CONFIG_IOMMUFD": "y", "CONFIG_VFIO_PCI_DMABUF": "y"}}})
 
+# the CI profile kernel base+vfio-iommufd+coverage as its guest reads it
+CI_PROFILE = VfioKernel.from_probe({"release": "7.3.4", "config": {"values": {
+    "CONFIG_VFIO": "y", "CONFIG_VFIO_CONTAINER": "n", "CONFIG_VFIO_IOMMU_TYPE1": "n",
+    "CONFIG_VFIO_DEVICE_CDEV": "y", "CONFIG_IOMMUFD": "y", "CONFIG_VFIO_PCI_DMABUF": "y",
+    "CONFIG_HOTPLUG_PCI_ACPI": "n", "CONFIG_HOTPLUG_PCI_PCIE": "y"}}})
+
 
 # -- the NVMe driver's encodings ----------------------------------------------------------------
 @pytest.mark.parametrize("iova,length,prp2,entries", [
@@ -219,6 +225,31 @@ def test_profile_kernel_predictions():
     assert got["revoke-reset"].verdict == "revoked" and "VFIO_DEVICE_RESET" in \
         got["revoke-reset"].reason
     assert all(p.unsafe_interrupts for p in got.values())  # virtio-iommu: no IR
+
+
+def test_ci_profile_kernel_has_no_type1_and_cannot_see_an_unplug():
+    topo = load_topology("switch-cmb-intel-iommu")
+    got = {m: predict_vfio(topo, "nvme0", "nvme1", m, CI_PROFILE)
+           for m in ("type1", "dmabuf", "revoke-close", "revoke-unplug")}
+    assert got["type1"].verdict == "unsupported" and "type1 container" in got["type1"].reason
+    assert (got["dmabuf"].verdict, got["revoke-close"].verdict) == ("ok", "revoked")
+    assert got["revoke-unplug"].verdict == "unsupported"
+    assert "CONFIG_HOTPLUG_PCI_ACPI" in got["revoke-unplug"].reason
+    assert predict_vfio(topo, "nvme0", "nvme1", "revoke-unplug", PROFILE).verdict == "revoked"
+
+
+def test_a_built_in_module_is_never_modprobed(tmp_path, monkeypatch):
+    release = os.uname().release
+    monkeypatch.setattr(vfiobind, "SYS_MODULE", str(tmp_path / "sys"))
+    monkeypatch.setattr(vfiobind, "LIB_MODULES", str(tmp_path / "lib"))
+    (tmp_path / "sys" / "iommufd").mkdir(parents=True)
+    assert vfiobind.modprobe("iommufd") is None  # /sys/module: built in (or loaded)
+    why = vfiobind.modprobe("vfio_iommu_type1")  # no modules directory: not in the kernel
+    assert why and "not in this kernel" in why and "modprobe" not in why
+    (tmp_path / "lib" / release).mkdir(parents=True)
+    (tmp_path / "lib" / release / "modules.builtin").write_text(
+        "kernel/drivers/vfio/pci/vfio-pci.ko\n")
+    assert vfiobind.modprobe("vfio-pci") is None  # modules.builtin, dashes or not
 
 
 def test_no_viommu_and_no_viable_group_are_unsupported():
