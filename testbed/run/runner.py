@@ -22,7 +22,6 @@ from pathlib import Path
 from ..coverage.session import (CoveragePlan, CoverageRequest, CoverageSession, judge_patch,
                                 plan_coverage)
 from ..errors import BootError, TestbedError, UsageError, did_you_mean
-from ..guest.attach import attach
 from ..guest.boot import BootOptions, boot
 from ..guest.instances import check_name, get_ready
 from ..guest.protocol import GuestLike
@@ -206,6 +205,7 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
     try:
         with phases.phase("boot"):
             if opts.guest_name:
+                from ..guest.attach import attach  # paramiko: imported while QEMU starts
                 guest = attach(get_ready(opts.guest_name), topo)
             else:
                 guest = boot(topo, options=opts.boot_options(topo.name, observed(names)),
