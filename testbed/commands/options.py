@@ -45,6 +45,28 @@ def kernel(text: str) -> str:
     return text
 
 
+def qemu(text: str) -> str:
+    """--qemu: host, an installed QEMU's name or version, or a path (resolved where it is
+    used, so the error names the QEMU's problem)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value: give host, an installed QEMU's "
+                                         "name or version, or a path")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("a NUL byte in the value")
+    return text
+
+
+def percent(text: str) -> float:
+    """A percentage from 0 to 99."""
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage from 0 to 99, got {text!r}")
+    return value
+
+
 def transfer_size(text: str) -> int:
     """--size: a multiple of 4K between 4K and 64M."""
     try:
