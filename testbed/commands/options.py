@@ -45,6 +45,10 @@ def kernel(text: str) -> str:
     return text
 
 
+QEMU_HELP = ("the QEMU to run instead of the topology's machine.qemu: host, an installed "
+             "QEMU's name or version (testbed qemu list), or a path")
+
+
 def qemu(text: str) -> str:
     """--qemu: host, an installed QEMU's name or version, or a path (resolved where it is
     used, so the error names the QEMU's problem)."""

@@ -138,7 +138,7 @@ def boot(topo: Topology, image: Image | None = None, options: BootOptions = Boot
             create_backing_files(topo, run.path)
             overlay = run / "boot.qcow2"
             _create_overlay(image.disk, overlay)
-        plan = LaunchPlan(topo, caps.path, accel.name, run, image, kernel,
+        plan = LaunchPlan(topo, caps.runner, accel.name, run, image, kernel,
                           tuple(kernel_cmdline(topo, [*image.cmdline, *kernel.cmdline],
                                                options.extra_cmdline, debug=options.gdb)),
                           overlay, options.timeout, gdb=options.gdb, shares=options.shares,

@@ -221,7 +221,9 @@ def from_path(text: str, program: str = DEFAULT_PROGRAM) -> Qemu:
     if root is not None:
         return from_root(root, text, path.name)
     if not path.exists():
-        raise QemuNotFound(f"QEMU {text!r}: no such file or directory")
+        raise QemuNotFound(f"QEMU binary {text!r} not found or not executable (no such file "
+                           "or directory)")
     if not _executable(str(path)):
-        raise QemuNotFound(f"QEMU {text!r} is not an executable program")
+        raise QemuNotFound(f"QEMU binary {text!r} not found or not executable (not an "
+                           "executable program)")
     return Qemu(text, os.path.realpath(path))

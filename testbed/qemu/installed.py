@@ -19,7 +19,7 @@ Debian mirror); this module only reads and removes.
     >>> resolve_qemu("/nonexistent/qemu-system-x86_64")
     Traceback (most recent call last):
     ...
-    testbed.errors.QemuNotFound: QEMU '/nonexistent/qemu-system-x86_64': no such file or directory
+    testbed.errors.QemuNotFound: QEMU binary '/nonexistent/qemu-system-x86_64' not found or not executable (no such file or directory)
 """
 
 from __future__ import annotations

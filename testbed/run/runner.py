@@ -196,7 +196,8 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
             cov_plan = plan_coverage(opts.coverage, coverage_kernel(opts))
         out = make_out_dir(opts.out, topo.name)
     result = RunResult(topology=topo.name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    result.qemu = {"version": caps.version_str, "binary": caps.path}
+    result.qemu = {"version": caps.version_str, "binary": caps.path, "name": caps.runner.name,
+                   **({"root": caps.runner.root} if caps.runner.root else {})}
     start = time.monotonic()
     guest: GuestLike | None = None
     ctx: Context | None = None

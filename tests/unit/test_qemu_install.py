@@ -116,9 +116,9 @@ def test_paths(tmp_path):
     assert from_path(str(root)).program == "qemu-system-x86_64"
     plain = tmp_path / "not-exec"
     plain.write_text("x")
-    with pytest.raises(QemuNotFound, match="is not an executable program"):
+    with pytest.raises(QemuNotFound, match="not found or not executable .not an executable program"):
         from_path(str(plain))
-    with pytest.raises(QemuNotFound, match="no such file or directory"):
+    with pytest.raises(QemuNotFound, match="not found or not executable .no such file"):
         from_path(str(tmp_path / "nothing"))
     host_like = _exe(tmp_path / "bin/qemu-system-x86_64", "#!/bin/sh\n")
     assert from_path(str(host_like)) == Qemu(str(host_like), str(host_like))
@@ -285,3 +285,50 @@ def test_host_is_the_program_on_path(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "none"))
     with pytest.raises(QemuNotFound, match="the host has no qemu-system-x86_64"):
         binary.host()
+
+
+# -- choosing a QEMU on the command line (bad input: exit 2, nothing started) ----------------
+
+def _cli(*argv: str) -> int:
+    from testbed.cli import main
+    return main(list(argv))
+
+
+def test_bad_qemu_options_exit_2_naming_the_option(cache, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    plain.write_text("not a program")
+    broken = fake_root(tmp_path / "broken", loader=False)
+    for spec, why in ((str(plain), "not an executable program"),
+                      (str(broken), "dynamic loader /lib64/ld-linux-x86-64.so.2 is missing"),
+                      ("trixie-backports", "no QEMU 'trixie-backports'"),
+                      (str(tmp_path / "nothing"), "no such file")):
+        for command in (["validate"], ["boot", "-c", "true"], ["run", "-w", "p2p-copy"],
+                        ["render"], ["verify"]):
+            assert _cli(command[0], "--qemu", spec, *command[1:], "switch-cmb") == 2, \
+                (command, spec)
+            err = capsys.readouterr().err
+            assert f"--qemu {spec}: " in err and why in err, (command, err)
+    assert _cli("matrix", "-t", "switch-cmb", "-k", "default", "-q", "host", "-q",
+                str(plain)) == 2
+    assert f"--qemu {plain}: " in capsys.readouterr().err
+
+
+def test_matrix_takes_q_for_qemu_and_keeps_quiet(capsys):
+    from testbed.cli import build_parser
+    args = build_parser().parse_args(["matrix", "-t", "switch-cmb", "-k", "default",
+                                      "-q", "host", "-q", "11.1", "--quiet"])
+    assert args.qemu == ["host", "11.1"] and args.verbosity == -1
+    assert build_parser().parse_args(["run", "-q", "switch-cmb"]).verbosity == -1
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["matrix", "-t", "x", "-k", "default",
+                                   "--mbps-tolerance", "150"])
+    assert exc.value.code == 2
+
+
+def test_a_topology_on_another_qemu(tmp_path):
+    from testbed.qemu.validate import load_checked
+    root = fake_root(tmp_path / "r")
+    topo = load_checked("switch-cmb", probe_qemu=False, qemu=str(root))
+    assert topo.machine.qemu == str(root)
+    assert load_checked("switch-cmb", probe_qemu=False, qemu="11.1").machine.qemu == "11.1"
+    assert load_checked("switch-cmb", probe_qemu=False).machine.qemu == "qemu-system-x86_64"
