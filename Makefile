@@ -66,6 +66,8 @@ test: $(TEST_STAMP)
 	@$(STEP) --may-be-empty "integration, profile kernel" -- $(PYTEST) \
 		--durations=$(DURATIONS) -m profile_kernel tests/integration \
 		$(call junit,profile-kernel)
+	@$(STEP) "QEMU 11.1 (trixie-backports, private root)" -- \
+		$(PY) -m testbed qemu install trixie-backports
 	@$(STEP) --may-be-empty "integration, installed QEMU" -- $(PYTEST) \
 		--durations=$(DURATIONS) -m qemu_install tests/integration $(call junit,qemu-install)
 	@$(STEP) --may-be-empty "integration, arm64" -- $(PYTEST) \
