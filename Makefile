@@ -30,9 +30,11 @@ image: $(STAMP)
 	$(PY) -m testbed image build
 
 validate: $(STAMP)
+	$(PY) -m testbed qemu install trixie-backports  # the AMD vIOMMU topologies name it
 	$(PY) -m testbed validate topologies/*.yaml
 
 verify: $(STAMP)
+	$(PY) -m testbed qemu install trixie-backports  # the AMD vIOMMU topologies name it
 	$(PY) -m testbed verify topologies/*.yaml
 
 # `make test`, in timed steps (each prints its wall time): typecheck, the guest image,

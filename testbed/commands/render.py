@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..qemu.accel import resolve_accel
 from ..qemu.cmdline import BootMedia, backing_files, build, machine_argv, run_dir_files
-from ..qemu.probe import probe
+from ..qemu.probe import probe_for
 from ..qemu.script import quote, to_script
 from ..qemu.probe import cpu_info
 from ..qemu.validate import load_checked
@@ -88,7 +88,7 @@ def check_output(path: Path) -> None:
 def drawing(file: str, fmt: str, qemu: str | None = None) -> str:
     """The topology with the oracle's predicted path for every pair, as SVG or DOT."""
     topo = load_checked(file, qemu=qemu)
-    cpu = cpu_info(probe(topo.machine.qemu), topo.machine.cpu, topo.profile.cpu)
+    cpu = cpu_info(probe_for(topo), topo.machine.cpu, topo.profile.cpu)
     dot = topology_dot(topo, predicted_records(topo, cpu),
                        title=f"{topo.name}: predicted P2P paths"
                              + (f" ({topo.description})" if topo.description else ""))
@@ -102,7 +102,7 @@ def command_line(args: argparse.Namespace, fmt: str) -> str:
     if not run_dir.is_absolute():
         run_dir = Path.cwd() / run_dir
     topo = load_checked(args.file, qemu=args.qemu)
-    caps = probe(topo.machine.qemu)
+    caps = probe_for(topo)
     accel = resolve_accel(topo.machine.accel, caps, allow_probe=False)
     if args.boot:
         from ..guest.boot import (  # only --boot needs these

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..errors import QemuNotFound
 from ..machines import PROFILES, X86_64, CpuRule, profile_for_binary
 from ..paths import cache_dir
+from ..spec.model import Topology
 from ..util.files import JsonCache
 from .binary import Qemu
 from .cmdline import bare_argv
@@ -132,7 +133,6 @@ def _version(m: re.Match[str]) -> tuple[int, int, int]:
 def probe(name: str | Qemu = X86_64.qemu_binary, program: str | None = None) -> Capabilities:
     """Capabilities of the QEMU ``name`` (a :class:`Qemu`, or what names one; ``program``:
     which of an installation's programs, default the x86 one), cached per identity."""
-    # seam: issue 25 -- an aarch64 topology passes program=topo.profile.qemu_binary
     q = name if isinstance(name, Qemu) else \
         resolve_qemu(name, program or X86_64.qemu_binary)
     key = hashlib.sha256(f"{_FORMAT}:{q.identity()}".encode()).hexdigest()
@@ -159,6 +159,12 @@ def probe(name: str | Qemu = X86_64.qemu_binary, program: str | None = None) -> 
     data["device_props"] = {k: sorted(v) for k, v in caps.device_props.items()}
     cache.store(data)
     return caps
+
+
+def probe_for(topo: Topology) -> Capabilities:
+    """The capabilities of the QEMU a topology runs on: its ``machine.qemu``, and of an
+    installation the program of its machine profile (qemu-system-aarch64 for arm64)."""
+    return probe(topo.machine.qemu, topo.profile.qemu_binary)
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ def _unique(problems: list[Problem]) -> list[Problem]:
     return out
 
 
-Probe = Callable[[str], Capabilities]
+Probe = Callable[[str, str], Capabilities]  # (QEMU spec, the machine's QEMU program)
 
 
 def _machine_value(root: Sourced, key: str) -> Sourced | None:
@@ -213,7 +213,7 @@ def check_document(root: Sourced, filename: str, base_dir: Path,
     settings are bad, so a missing QEMU is reported with everything else."""
     if qemu is not None and probe is not None:
         try:
-            probe(qemu)
+            probe(qemu, _default_binary(root))
         except QemuError as err:
             raise UsageError(f"--qemu {qemu}: {err}") from None
     try:
@@ -227,7 +227,7 @@ def check_document(root: Sourced, filename: str, base_dir: Path,
             raise SpecError(problems) from None  # the --qemu QEMU was asked about above
         if probe is not None and not any(p.path == "machine.qemu" for p in problems):
             try:
-                probe(binary)
+                probe(binary, _default_binary(root))
             except QemuError as err:
                 line, col = (node.line, node.col) if node is not None else (1, 1)
                 problems.append(Problem(filename, line, col, "machine.qemu", str(err)))
@@ -237,7 +237,7 @@ def check_document(root: Sourced, filename: str, base_dir: Path,
     problems = constraints(topo)
     if probe is not None:
         try:
-            caps = probe(topo.machine.qemu)
+            caps = probe(topo.machine.qemu, topo.profile.qemu_binary)
         except QemuError as exc:
             problems.append(_problem(topo, "machine.qemu", str(exc)))
         else:

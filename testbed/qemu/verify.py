@@ -27,7 +27,7 @@ from .backing import create_backing_files
 from .cmdline import build
 from .devices import DEVICES, DISABLE_ACS
 from .machine import QemuMachine, QmpSocket
-from .probe import probe
+from .probe import probe, probe_for
 
 ENUMERATION_TIMEOUT = 30.0
 
@@ -41,7 +41,7 @@ def expected_parents(topo: Topology) -> dict[str, str]:
 
 def verify(topo: Topology, binary: str | None = None) -> list[str]:
     """Start the topology's QEMU and return the differences (empty list: a match)."""
-    caps = probe(binary or topo.machine.qemu)
+    caps = probe(binary, topo.profile.qemu_binary) if binary else probe_for(topo)
     with RunDir.create(f"verify-{topo.name}") as run:
         create_backing_files(topo, run.path)
         sock = QmpSocket.in_dir(run.path)
