@@ -60,17 +60,6 @@ def qemu(text: str) -> str:
     return text
 
 
-def percent(text: str) -> float:
-    """A percentage from 0 to 99."""
-    try:
-        value = float(text.rstrip("%"))
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"expected a percentage from 0 to 99, got {text!r}")
-    return value
-
-
 def transfer_size(text: str) -> int:
     """--size: a multiple of 4K between 4K and 64M."""
     try:

@@ -135,8 +135,8 @@ def plan_matrix(topologies: Sequence[str], kernels: Sequence[str],
     if not kernels:
         raise UsageError("--kernel: give at least one kernel (the first is the baseline; "
                          "'default' is the image's)")
-    if not 0 <= mbps_tolerance < 1:
-        raise UsageError("--mbps-tolerance: a percentage from 0 to 99")
+    if not 0 <= mbps_tolerance <= 1:
+        raise UsageError("--mbps-tolerance: a percentage from 0 to 100")
     qemu_entries = _qemus(qemus)
     topos: list[Topology] = []
     on_qemu: dict[tuple[str, str], Topology] = {}
