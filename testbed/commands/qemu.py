@@ -9,7 +9,7 @@ qemu-system-arm, their firmware) from SOURCE (trixie-backports: QEMU 11.1; trixi
 sid) with mmdebstrap, from the host's own Debian mirror; its QEMU runs on this host
 through the root's own dynamic loader.  Nothing is installed on the host.  An
 installed name is reused as it is (--update asks the archive again; the same package
-versions reuse the same root).  About 20 s and 300 MB.
+versions reuse the same root).  About 25 s on a quiet machine, 260 MB.
 
 A QEMU is then chosen by ``machine.qemu`` in a topology or ``--qemu`` on boot, run and
 matrix (``--testbed-qemu`` for pytest): ``host`` (the host's qemu-system-x86_64), an

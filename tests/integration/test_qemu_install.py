@@ -110,9 +110,10 @@ def test_amd_strict_groups_as_predicted(guest):
     assert all(p["observed"] == p["predicted"] for p in pairs), pairs
 
 
-@pytest.mark.topology("switch-cmb-amd-iommu-pt")
+@pytest.mark.topology("switch-cmb-amd-iommu-pt", qemu="11.1")  # the marker chooses a QEMU
 def test_amd_passthrough_maps_by_bus_address(installed_qemu, guest):
     """iommu=pt: identity domains, so the switch pair's bus-address DMA reaches the CMB."""
+    assert guest.topology.machine.qemu == "11.1"
     (r,) = guest.workload("p2p-copy", size=SIZE, pairs=(("nvme0", "nvme1"),))
     assert (r["predicted"], r["observed"], r["data_verified"], r["passed"]) == \
         ("ok", "ok", True, True), r
