@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ImageError, QemuNotFound, UsageError
+from ..machines import PROFILES
 from ..qemu import installed
 from ..qemu.binary import DEFAULT_PROGRAM, from_root
 from ..qemu.installed import Installation, check_name, locked, point, roots_dir
@@ -35,10 +36,14 @@ from .tree import dpkg_versions, tree_bytes
 
 log = logging.getLogger(__name__)
 
-# what a root holds: QEMU for x86 and arm (qemu-system-aarch64: the arm64 guests need
-# 11.1's user-creatable arm-smmuv3), its firmware and option ROMs
-PACKAGES = ("qemu-system-x86", "qemu-system-arm", "qemu-system-data", "ipxe-qemu", "seabios")
-PROGRAMS = ("qemu-system-x86_64", "qemu-system-aarch64")
+# what a root holds: the QEMU of every machine profile, and qemu-system-arm's
+# qemu-system-aarch64 (the arm64 guests need 11.1's user-creatable arm-smmuv3; seam: issue
+# 25 -- once machines/aarch64.py exists its profile row names them and these go), with
+# QEMU's firmware and option ROMs
+_ARM64 = ("qemu-system-arm", "qemu-system-aarch64")
+PACKAGES = tuple(dict.fromkeys((*(p.qemu_package for p in PROFILES.values()), _ARM64[0],
+                                "qemu-system-data", "ipxe-qemu", "seabios")))
+PROGRAMS = tuple(dict.fromkeys((*(p.qemu_binary for p in PROFILES.values()), _ARM64[1])))
 # documentation, manual pages and translations are never read: leave them out
 PATH_EXCLUDE = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*",
                 "/usr/share/info/*", "/usr/share/lintian/*")

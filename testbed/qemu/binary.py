@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import QemuNotFound
+from ..machines import X86_64, profile_for_binary
 
-# seam: issue 19 -- the machine profile names the QEMU program of each architecture
-DEFAULT_PROGRAM = "qemu-system-x86_64"
+# the QEMU program when nothing names one: the default machine profile's
+DEFAULT_PROGRAM = X86_64.qemu_binary
 
-# Where things are inside a Debian root (amd64): the dynamic loader, the library
+# Where things are inside a Debian root for this host (amd64; the guest's architecture is
+# the program's business, not the root's): the dynamic loader, the library
 # directories it must search, QEMU's firmware and data directories, its modules.
 LOADER = "lib64/ld-linux-x86-64.so.2"
 LIBRARY_DIRS = ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu")
@@ -204,9 +206,8 @@ def host(program: str = DEFAULT_PROGRAM) -> Qemu:
     """The host's own QEMU: ``program`` on PATH."""
     found = shutil.which(program)
     if not found or not _executable(found):
-        pkg = " (Debian package qemu-system-x86)" if "x86" in program else \
-            " (Debian package qemu-system-arm)" if "aarch64" in program or "arm" in program \
-            else ""
+        profile = profile_for_binary(program)
+        pkg = f" (Debian package {profile.qemu_package})" if profile is not None else ""
         raise QemuNotFound(f"the host has no {program}{pkg}")
     return Qemu("host", os.path.realpath(found))
 
