@@ -28,17 +28,37 @@ with the baseline QEMU's, and each difference is a **QEMU regression**:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .regressions import Regression, worse
+from .regressions import CellLike, Regression, worse
 
-if TYPE_CHECKING:
-    from .cells import Cell, Matrix
+
+class RunLike(Protocol):
+    error: str
+
+
+class MatrixLike(Protocol):
+    """What the QEMU axis reads of a matrix (:class:`testbed.run.cells.Matrix`)."""
+
+    topologies: list[str]
+    mbps_tolerance: float
+
+    @property
+    def labels(self) -> list[str]: ...
+
+    @property
+    def qemu_labels(self) -> list[str]: ...
+
+    def rows(self) -> list[tuple[str, str, str, str]]: ...
+
+    def run(self, topology: str, kernel: str, qemu: str = "") -> RunLike | None: ...
+
+    def cell(self, row: tuple, kernel: str, qemu: str = "") -> CellLike | None: ...
 
 DEFAULT_MBPS_TOLERANCE = 0.5
 
 
-def _throughput(base: "Cell", later: "Cell", tolerance: float) -> str | None:
+def _throughput(base: CellLike, later: CellLike, tolerance: float) -> str | None:
     if not (base.verdict == later.verdict == "ok" and base.data_verified and
             later.data_verified and base.mb_per_s and later.mb_per_s is not None):
         return None
@@ -49,7 +69,7 @@ def _throughput(base: "Cell", later: "Cell", tolerance: float) -> str | None:
     return None
 
 
-def qemu_regressions(m: "Matrix") -> list[Regression]:
+def qemu_regressions(m: MatrixLike) -> list[Regression]:
     """Every difference between a later QEMU and the first one, kernel by kernel."""
     qemus = m.qemu_labels
     if len(qemus) < 2:
@@ -82,8 +102,8 @@ def qemu_regressions(m: "Matrix") -> list[Regression]:
     return out
 
 
-def _differences(row: tuple[str, str, str, str], kernel: str, base_q: str, base: "Cell",
-                 q: str, later: "Cell", tolerance: float) -> list[Regression]:
+def _differences(row: tuple[str, str, str, str], kernel: str, base_q: str, base: CellLike,
+                 q: str, later: CellLike, tolerance: float) -> list[Regression]:
     def reg(was: str, now: str, why: str, kind: str) -> Regression:
         return Regression(row[0], row[1], row[2] or None, row[3] or None, kernel, kernel,
                           was, now, why, kind=kind, qemu=q, baseline_qemu=base_q, axis="qemu")

@@ -15,10 +15,20 @@ way: which cell, what the baseline showed, what the later one shows, why it is w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .cells import Cell
+
+class CellLike(Protocol):
+    """What a comparison reads of a matrix cell (:class:`testbed.run.cells.Cell`)."""
+
+    observed: str | None
+    data_verified: bool | None
+    mb_per_s: float | None
+    detail: str
+    observed_map_type: str | None
+
+    @property
+    def verdict(self) -> str: ...
 
 
 def column_label(kernel: str, qemu: str = "") -> str:
@@ -59,7 +69,7 @@ class Regression:
                 f"({self.reason})")
 
 
-def worse(base: "Cell", later: "Cell") -> str | None:
+def worse(base: CellLike, later: CellLike) -> str | None:
     """Why ``later`` is a regression against ``base`` (None: it is not): the baseline was
     ``ok`` and the later cell is not, or its data was verified and the later's is not."""
     detail = f": {later.detail.splitlines()[0]}" if later.detail else ""
