@@ -30,9 +30,11 @@ image: $(STAMP)
 	$(PY) -m testbed image build
 
 validate: $(STAMP)
+	$(PY) -m testbed qemu install trixie-backports  # the AMD vIOMMU topologies name it
 	$(PY) -m testbed validate topologies/*.yaml
 
 verify: $(STAMP)
+	$(PY) -m testbed qemu install trixie-backports  # the AMD vIOMMU topologies name it
 	$(PY) -m testbed verify topologies/*.yaml
 
 # `make test`, in timed steps (each prints its wall time): typecheck, the guest image,
@@ -66,6 +68,8 @@ test: $(TEST_STAMP)
 	@$(STEP) --may-be-empty "integration, profile kernel" -- $(PYTEST) \
 		--durations=$(DURATIONS) -m profile_kernel tests/integration \
 		$(call junit,profile-kernel)
+	@$(STEP) "QEMU 11.1 (trixie-backports, private root)" -- \
+		$(PY) -m testbed qemu install trixie-backports
 	@$(STEP) --may-be-empty "integration, installed QEMU" -- $(PYTEST) \
 		--durations=$(DURATIONS) -m qemu_install tests/integration $(call junit,qemu-install)
 	@$(STEP) --may-be-empty "integration, arm64" -- $(PYTEST) \

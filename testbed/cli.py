@@ -17,7 +17,7 @@ from .util.log import setup as setup_logging
 from .util.signals import install_signal_handlers
 
 COMMANDS = ("validate", "render", "verify", "image", "boot", "ssh", "ps", "stop", "run",
-            "matrix", "kernel", "bisect", "coverage")
+            "matrix", "kernel", "bisect", "coverage", "qemu")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,13 +30,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(self.get_default("usage_status") or 2, f"{self.prog}: error: {message}\n")
 
 
-def _verbosity() -> _Parser:
+def _verbosity(short_quiet: bool = True) -> _Parser:
+    """-v/-q for every command; a command whose own ``-q`` means something else
+    (``matrix -q QEMU``) keeps only ``--quiet``."""
     common = _Parser(add_help=False)
     group = common.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_const", const=1, dest="verbosity",
                        default=0, help="more progress output (debug)")
-    group.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity",
-                       help="only warnings and errors")
+    group.add_argument(*(("-q",) if short_quiet else ()), "--quiet", action="store_const",
+                       const=-1, dest="verbosity", help="only warnings and errors")
     return common
 
 
@@ -47,12 +49,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="testbed", description="PCIe peer-to-peer DMA testbeds on QEMU")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_Parser)
-    common = _verbosity()
     for name in COMMANDS:
         if only is not None and name != only:
             sub.add_parser(name, add_help=False)  # not the one that runs: not imported
             continue
         module = importlib.import_module(f".commands.{name}", __package__)
+        common = _verbosity(getattr(module, "SHORT_QUIET", True))
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
                            parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)

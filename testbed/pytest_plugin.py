@@ -11,8 +11,10 @@ needs nothing but the marker and the fixture::
 
 Guests are shared by every test of a module that asks for the same topology and
 shut down at the end of the module.  Options: ``--testbed-kernel=PATH``,
-``--testbed-keep`` (leave guests running, print how to reach them) and
-``--testbed-accel``.  A failing test gets the console tail and the dmesg delta
+``--testbed-keep`` (leave guests running, print how to reach them),
+``--testbed-accel`` and ``--testbed-qemu=NAME|PATH`` (the QEMU every guest runs on, as
+``--qemu`` does for ``testbed run``); ``@pytest.mark.topology("switch-cmb", qemu="11.1")``
+chooses the QEMU of one topology's guests.  A failing test gets the console tail and the dmesg delta
 in its report (and so in ``--junitxml``).
 """
 
@@ -56,16 +58,23 @@ def pytest_addoption(parser) -> None:
                     help="leave guests running after the session and print how to ssh in")
     group.addoption("--testbed-accel", choices=("auto", "kvm", "tcg"), default=None,
                     help="override the topologies' accelerator")
+    group.addoption("--testbed-qemu", metavar="NAME|PATH", default=None,
+                    help="run every guest on this QEMU: host, an installed QEMU's name or "
+                         "version (testbed qemu list), or a path")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "topology(name): the topology (library name or path) "
-                                       "the `guest` fixture boots")
+    config.addinivalue_line("markers", "topology(name, qemu=None): the topology (library name "
+                                       "or path) the `guest` fixture boots, and on which QEMU")
 
 
 def _topology_of(item: pytest.Item) -> str | None:
+    """The guest a test needs: its topology, and ``@QEMU`` when the marker names one."""
     marker = item.get_closest_marker("topology")
-    return str(marker.args[0]) if marker is not None and marker.args else None
+    if marker is None or not marker.args:
+        return None
+    qemu = marker.kwargs.get("qemu")
+    return str(marker.args[0]) + (f"@{qemu}" if qemu else "")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -196,13 +205,19 @@ class _ModuleGuests:
         self.guests: dict[str, TestbedGuest] = {}
         self.failed: dict[str, str] = {}
 
-    def get(self, spec: str) -> TestbedGuest:
-        key = str(resolve(spec).resolve())
+    def _key(self, spec: str, qemu: str | None) -> str:
+        return str(resolve(spec).resolve()) + (f"@{qemu}" if qemu else "")
+
+    def get(self, spec: str, qemu: str | None = None) -> TestbedGuest:
+        """The guest of topology ``spec``, on ``qemu`` (the marker's, else --testbed-qemu,
+        else the topology's own)."""
+        qemu = qemu or self.config.getoption("--testbed-qemu")
+        key = self._key(spec, qemu)
         if key in self.failed:
             pytest.fail(f"topology {spec}: an earlier boot in this module failed:\n"
                         f"{self.failed[key]}", pytrace=False)
         if key not in self.guests:
-            topo = load_checked(spec)
+            topo = load_checked(spec, qemu=qemu)
             opt = self.config.getoption
             kernel = resolve_kernel(opt("--testbed-kernel")) if opt("--testbed-kernel") else None
             try:
@@ -218,9 +233,10 @@ class _ModuleGuests:
             return _boot_detached(topo, opt("--testbed-kernel"), opt("--testbed-accel"))
         return boot(topo, options=BootOptions(kernel=kernel, accel=opt("--testbed-accel")))
 
-    def release(self, spec: str) -> None:
+    def release(self, spec: str, qemu: str | None = None) -> None:
         """The module's last test of this topology is done: shut its guest down now."""
-        g = self.guests.pop(str(resolve(spec).resolve()), None)
+        g = self.guests.pop(self._key(spec, qemu or self.config.getoption("--testbed-qemu")),
+                            None)
         if g is not None:
             self._close_one(g)
 
@@ -241,7 +257,8 @@ class _ModuleGuests:
 def _boot_detached(topo: Topology, kernel: str | None, accel: str | None) -> AttachedGuest:
     """--testbed-keep: the guest runs under a supervisor and outlives the session."""
     name = instances.free_name(f"pytest-{topo.name}")
-    argv = [sys.executable, "-m", "testbed", "boot", str(topo.source), "--detach", "--name", name]
+    argv = [sys.executable, "-m", "testbed", "boot", str(topo.source), "--detach", "--name", name,
+            "--qemu", topo.machine.qemu]
     if kernel:
         argv += ["--kernel", kernel]
     if accel:
@@ -270,12 +287,13 @@ def guest(request: pytest.FixtureRequest, _testbed_module_guests: _ModuleGuests)
     if isinstance(spec, (str, os.PathLike)) and not Path(spec).is_absolute() and \
             str(spec).endswith((".yaml", ".yml")) and not Path(spec).exists():
         spec = Path(request.node.fspath).parent / spec
-    g = _testbed_module_guests.get(str(spec))
+    qemu = marker.kwargs.get("qemu")
+    g = _testbed_module_guests.get(str(spec), qemu)
     g._start_test()
     request.node.stash[_GUEST_KEY] = g
-    key = (request.node.nodeid.split("::")[0], str(marker.args[0]))
+    key = (request.node.nodeid.split("::")[0], _topology_of(request.node) or "")
     if request.config.stash.get(_LAST_USE, {}).get(key) == request.node.nodeid:
-        request.addfinalizer(lambda: _testbed_module_guests.release(str(spec)))
+        request.addfinalizer(lambda: _testbed_module_guests.release(str(spec), qemu))
     return g
 
 

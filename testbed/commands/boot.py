@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="custom kernel: profile:NAME[+NAME][@SRC] (built from SRC, default "
                         "debian), bzImage, build tree or unpacked package")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="override the topology")
+    p.add_argument("--qemu", type=options.qemu, metavar="NAME|PATH", help=options.QEMU_HELP)
     p.add_argument("--timeout", type=options.seconds, default=180.0,
                    help="seconds to wait for SSH")
     p.add_argument("--keep", action="store_true", help="keep the run directory afterwards")
@@ -57,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    topo = load_checked(args.topology)  # bad input fails here, before anything starts
+    topo = load_checked(args.topology, qemu=args.qemu)  # bad input fails here, at once
     kernel = resolve_kernel(args.kernel) if args.kernel else None
     if kernel is not None and kernel.profiles:
         print(profile_lines(kernel), file=sys.stderr, flush=True)
@@ -129,6 +130,8 @@ def _detach(args: argparse.Namespace, topo: Topology) -> int:
                  else "default"]
     if args.accel:
         argv += ["--accel", args.accel]
+    if args.qemu:
+        argv += ["--qemu", topo.machine.qemu]  # resolved against our working directory
     if args.gdb:
         argv.append("--gdb")
     for share in args.share:

@@ -1,7 +1,7 @@
 """Run workloads on every topology with every kernel and compare the kernels.
 
     testbed matrix [run] -t switch-cmb -t rootports-cmb-zen -k default -k ~/linux-build \
-                   [-w p2p-copy] [--out DIR] [--shard K/N] [--jobs N]
+                   [-q host -q 11.1] [-w p2p-copy] [--out DIR] [--shard K/N] [--jobs N]
     testbed matrix plan -t ... -k ... [-w ...] --json [--shards N]
     testbed matrix merge SHARD_DIR... --out DIR
 
@@ -11,6 +11,12 @@ matrix has one cell per topology × kernel × pair in matrix.json, matrix.md and
 matrix.html. A later kernel's cell is a regression when the baseline's was ok and it is
 not, or the baseline's data was verified and it is not; the same verdict reached by
 another map type is a mechanism regression.
+
+With --qemu (-q, repeatable: host, an installed QEMU's name or version, a path; see
+`testbed qemu`) every topology runs on every QEMU as well: a column per kernel × QEMU,
+the first QEMU the baseline of that axis.  With the same kernel, a later QEMU's cell is a
+QEMU regression when its verdict is worse, its map type differs, its MB/s fell by more
+than --mbps-tolerance (default 50 %), or its run broke where the baseline's did not.
 
 `plan` prints the boots and cells (and, with --shards N, how they fall into N shards)
 as JSON for a CI engine's matrix; `--shard K/N` runs only shard K (whole boots,
@@ -38,7 +44,8 @@ from ..run.render import summary, write_matrix
 from ..run.shard import parse_shard, plan_json
 from . import options
 
-HELP = "run workloads on topologies × kernels; report regressions against the first kernel"
+HELP = "run workloads on topologies × kernels (× QEMUs); report regressions against the first"
+SHORT_QUIET = False  # -q is --qemu here (beside -k); --quiet stays
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'default', profile:NAME[+NAME][@SRC], a bzImage, a build tree, an "
                         "INSTALL_MOD_PATH tree or an "
                         "unpacked kernel package (repeatable; the first is the baseline)")
+    p.add_argument("--qemu", "-q", action="append", default=[], metavar="QEMU",
+                   type=options.qemu,
+                   help="host, an installed QEMU's name or version (11.1), or a path "
+                        "(repeatable; the first is the QEMU baseline)")
+    p.add_argument("--mbps-tolerance", type=options.percent, default=50.0, metavar="PCT",
+                   help="with several QEMUs: a drop in MB/s larger than this is a QEMU "
+                        "regression (default %(default).0f)")
     p.add_argument("--workload", "-w", action="append", default=[], metavar="NAME",
                    help="workload (repeatable); default: all that apply to each topology")
     p.add_argument("--fio-arg", action="append", default=[], metavar="ARG", dest="fio_args",
@@ -77,7 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "merge":
-        if args.topology or args.kernel or args.workload or args.shard or args.coverage:
+        if args.topology or args.kernel or args.workload or args.shard or args.coverage \
+                or args.qemu:
             raise UsageError("matrix merge takes shard directories and --out only")
         if args.out is None:
             raise UsageError("matrix merge: --out DIR is required")
@@ -91,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     plan = plan_matrix(args.topology, args.kernel, args.workload, size=args.size,
                        timeout=args.timeout, accel=args.accel, fio_args=args.fio_args,
-                       coverage=options.coverage_request(args))
+                       coverage=options.coverage_request(args),
+                       qemus=args.qemu, mbps_tolerance=args.mbps_tolerance / 100)
     if args.action == "plan":
         doc = plan_json(plan, args.shards)
         if args.json:
@@ -104,11 +120,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = prepare_out(args.out)
     jobs = args.jobs or default_jobs(plan)
-    log.info("%d topolog%s × %d kernel(s): %s (baseline %s)%s; %d boot(s) at a time; "
+    qemus = (f" × {len(plan.qemus)} QEMU(s): " + ", ".join(
+        f"{q.label} ({q.version})" for q in plan.qemus)) if plan.qemus else ""
+    log.info("%d topolog%s × %d kernel(s): %s (baseline %s)%s%s; %d boot(s) at a time; "
              "results in %s", len(plan.topologies), "y" if len(plan.topologies) == 1 else "ies",
              len(plan.kernels), ", ".join(k.label for k in plan.kernels),
-             plan.kernels[0].label, f"; shard {shard[0]}/{shard[1]}" if shard else "", jobs,
-             out)
+             plan.kernels[0].label, qemus, f"; shard {shard[0]}/{shard[1]}" if shard else "",
+             jobs, out)
     m = run_matrix(plan, out, shard=shard, jobs=jobs)
     covs = write_matrix(m, out)
     print(summary(m, out))

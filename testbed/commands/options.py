@@ -45,6 +45,21 @@ def kernel(text: str) -> str:
     return text
 
 
+QEMU_HELP = ("the QEMU to run instead of the topology's machine.qemu: host, an installed "
+             "QEMU's name or version (testbed qemu list), or a path")
+
+
+def qemu(text: str) -> str:
+    """--qemu: host, an installed QEMU's name or version, or a path (resolved where it is
+    used, so the error names the QEMU's problem)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value: give host, an installed QEMU's "
+                                         "name or version, or a path")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("a NUL byte in the value")
+    return text
+
+
 def transfer_size(text: str) -> int:
     """--size: a multiple of 4K between 4K and 64M."""
     try:

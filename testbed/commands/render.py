@@ -22,13 +22,14 @@ from pathlib import Path
 from ..errors import UsageError
 from ..qemu.accel import resolve_accel
 from ..qemu.cmdline import BootMedia, backing_files, build, machine_argv, run_dir_files
-from ..qemu.probe import probe
+from ..qemu.probe import probe_for
 from ..qemu.script import quote, to_script
 from ..qemu.probe import cpu_info
 from ..qemu.validate import load_checked
 from ..results.graphviz import to_svg
 from ..results.picture import predicted_records, topology_dot
 from ..util.files import atomic_write
+from . import options
 
 HELP = "print the QEMU command line of a topology"
 PLACEHOLDER = "/tmp/p2pdma-testbed-run"
@@ -46,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="the same as --format json")
     p.add_argument("--boot", action="store_true",
                    help="the whole boot command line (needs the guest image built)")
+    p.add_argument("--qemu", type=options.qemu, metavar="NAME|PATH", help=options.QEMU_HELP)
     p.add_argument("--run-dir", default=PLACEHOLDER,
                    help="directory for backing files (default: %(default)s)")
 
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output(args.output)
     if fmt in ("svg", "dot"):
-        text = drawing(args.file, fmt)
+        text = drawing(args.file, fmt, args.qemu)
     else:
         text = command_line(args, fmt)
     if args.output is not None:
@@ -83,10 +85,10 @@ def check_output(path: Path) -> None:
         raise UsageError(f"-o {path}: no such directory {str(path.parent)!r}")
 
 
-def drawing(file: str, fmt: str) -> str:
+def drawing(file: str, fmt: str, qemu: str | None = None) -> str:
     """The topology with the oracle's predicted path for every pair, as SVG or DOT."""
-    topo = load_checked(file)
-    cpu = cpu_info(probe(topo.machine.qemu), topo.machine.cpu, topo.profile.cpu)
+    topo = load_checked(file, qemu=qemu)
+    cpu = cpu_info(probe_for(topo), topo.machine.cpu, topo.profile.cpu)
     dot = topology_dot(topo, predicted_records(topo, cpu),
                        title=f"{topo.name}: predicted P2P paths"
                              + (f" ({topo.description})" if topo.description else ""))
@@ -99,8 +101,8 @@ def command_line(args: argparse.Namespace, fmt: str) -> str:
     run_dir = Path(args.run_dir)
     if not run_dir.is_absolute():
         run_dir = Path.cwd() / run_dir
-    topo = load_checked(args.file)
-    caps = probe(topo.machine.qemu)
+    topo = load_checked(args.file, qemu=args.qemu)
+    caps = probe_for(topo)
     accel = resolve_accel(topo.machine.accel, caps, allow_probe=False)
     if args.boot:
         from ..guest.boot import (  # only --boot needs these
@@ -115,15 +117,18 @@ def command_line(args: argparse.Namespace, fmt: str) -> str:
         media = BootMedia(kernel=kernel.kernel, initrd=kernel.initrd,
                           cmdline=tuple(kernel_cmdline(topo, image.cmdline)),
                           disk=run_dir / "boot.qcow2", ssh_port=SSH_PORT)
-        argv = build(topo, caps.path, run_dir, accel.name, media=media,
+        argv = build(topo, caps.runner, run_dir, accel.name, media=media,
                      console=run_dir / "console.log")
     else:
-        argv = machine_argv(topo, caps.path, run_dir, accel.name)
+        argv = machine_argv(topo, caps.runner, run_dir, accel.name)
     if fmt == "json":
         return json.dumps(argv, indent=1) + "\n"
     about = f"topology {topo.name}: {topo.description}".rstrip(": ")
     prelude = [*(f"# {line}" for line in about.splitlines() or [""]),
-               f"# accel: {accel.name} ({accel.reason})", 'mkdir -p "$RUN_DIR"']
+               f"# accel: {accel.name} ({accel.reason})",
+               *([f"# {caps.describe()}: its own loader, firmware and modules"]
+                 if caps.runner.root else []),
+               *caps.runner.exports(), 'mkdir -p "$RUN_DIR"']
     # only the testbed's own files move with $RUN_DIR; a user's file stays where it is
     owned = run_dir_files(topo, run_dir, [run_dir / "boot.qcow2", run_dir / "console.log"]
                           if args.boot else [])

@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="custom kernel: profile:NAME[+NAME][@SRC], bzImage, build tree, "
                         "unpacked package")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    p.add_argument("--qemu", type=options.qemu, metavar="NAME|PATH", help=options.QEMU_HELP)
     p.add_argument("--size", type=options.transfer_size, default=1 << 20,
                    help="transfer size per pair (default 1M)")
     p.add_argument("--timeout", type=options.seconds, default=120.0,
@@ -79,7 +80,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    topo = load_checked(args.topology)
+    topo = load_checked(args.topology, qemu=args.qemu)
     opts = options_from_args(args)
     result, out = run_topology(topo, opts)
     print(to_ktap(result) if args.format == "ktap" else summary(result, out),

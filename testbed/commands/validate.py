@@ -13,6 +13,7 @@ import sys
 from ..errors import SpecError
 from ..qemu.devices import DEVICES
 from ..qemu.validate import load_checked
+from . import options
 
 HELP = "check topology files (exit 0 valid, 2 invalid)"
 
@@ -21,13 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="topology file or library name")
     p.add_argument("--no-probe", action="store_true",
                    help="skip the checks against the QEMU binary (and do not run it)")
+    p.add_argument("--qemu", type=options.qemu, metavar="NAME|PATH", help=options.QEMU_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     status = 0
     for f in args.files:
         try:
-            topo = load_checked(f, probe_qemu=not args.no_probe)
+            topo = load_checked(f, probe_qemu=not args.no_probe, qemu=args.qemu)
         except SpecError as exc:
             print(exc, file=sys.stderr)
             status = 2

@@ -29,7 +29,7 @@ from ..kernel.resolve import KernelSpec
 from ..qemu.accel import ProbeGuest, resolve_accel
 from ..qemu.backing import create_backing_files
 from ..qemu.devices import iommu_cmdline
-from ..qemu.probe import Capabilities, probe
+from ..qemu.probe import Capabilities, probe_for
 from ..qemu.share import Share
 from ..spec.model import Topology
 from ..util.rundir import RunDir
@@ -127,7 +127,7 @@ def boot(topo: Topology, image: Image | None = None, options: BootOptions = Boot
         image = image or ensure_image(profile=topo.profile)
         kernel = prepare(options.kernel, image.initrd, topo.profile) if options.kernel else \
             default_kernel(image)
-        caps = caps or probe(topo.machine.qemu)
+        caps = caps or probe_for(topo)
         accel = resolve_accel(options.accel or topo.machine.accel, caps,
                               guest=ProbeGuest(image.kernel, image.initrd, tuple(image.cmdline),
                                                topo.profile))
@@ -138,7 +138,7 @@ def boot(topo: Topology, image: Image | None = None, options: BootOptions = Boot
             create_backing_files(topo, run.path)
             overlay = run / "boot.qcow2"
             _create_overlay(image.disk, overlay)
-        plan = LaunchPlan(topo, caps.path, accel.name, run, image, kernel,
+        plan = LaunchPlan(topo, caps.runner, accel.name, run, image, kernel,
                           tuple(kernel_cmdline(topo, [*image.cmdline, *kernel.cmdline],
                                                options.extra_cmdline, debug=options.gdb)),
                           overlay, options.timeout, gdb=options.gdb, shares=options.shares,

@@ -22,6 +22,7 @@ from ..errors import (BootError, BootFailed, BootTimeout, DriverProbeFailed, Por
 from ..image.model import Image
 from ..kernel.prepare import PreparedKernel
 from ..paths import cache_dir
+from ..qemu.binary import Qemu
 from ..qemu.cmdline import BootMedia, build
 from ..qemu.machine import QemuMachine, QmpSocket
 from ..qemu.share import Share
@@ -79,7 +80,7 @@ class LaunchPlan:
     """What every launch of one guest uses: fixed for the guest's life."""
 
     topology: Topology
-    binary: str          # the probed QEMU program
+    binary: Qemu         # the probed QEMU (program, loader, -L, environment)
     accel: str           # tcg | kvm (resolved)
     run: RunDir
     image: Image         # its SSH keys and ready marker
@@ -144,7 +145,8 @@ def start(plan: LaunchPlan, phases: Phases, stall: float | None = None) -> Launc
         machine = QemuMachine(build(topo, plan.binary, run.path, plan.accel, media=media,
                                     qmp=sock.path, console=run / "console.log",
                                     monitor=second.path if second else None),
-                              run.path, sock, name=f"{topo.name} guest", monitor=second)
+                              run.path, sock, name=f"{topo.name} guest", monitor=second,
+                              env=plan.binary.environ())
         try:
             with phases.phase("qemu start"):
                 machine.launch()

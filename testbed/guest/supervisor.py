@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("topology")
     p.add_argument("--kernel", default=None)
     p.add_argument("--accel", default=None)
+    p.add_argument("--qemu", default=None)
     p.add_argument("--timeout", type=float, default=180.0)
     p.add_argument("--gdb", action="store_true")
     p.add_argument("--share", action="append", default=[])
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     inst.supervisor = identify(os.getpid())
     inst.save()
     try:
-        topo = load_checked(args.topology)
+        topo = load_checked(args.topology, qemu=args.qemu)
         kernel = resolve_kernel(args.kernel) if args.kernel else None
         shares = tuple(parse_share(s) for s in args.share)  # checked by `testbed boot`
         guest = boot(topo, options=BootOptions(kernel=kernel, accel=args.accel,

@@ -36,6 +36,7 @@ class Viommu:
     on_root_bus: bool = False       # its -device names the root bus (bus=pcie.0)
     takes_root_slot: bool = False   # it is a PCI function of its own on the root bus
     pci_id: tuple[str, str] | None = None  # that function's vendor, device (sysfs spelling)
+    props: tuple[str, ...] = ()     # device properties always set (amd: dma-remap=on)
     kvm_props: tuple[str, ...] = ()  # device properties under KVM (intel: intremap=on)
     kvm_machine_options: tuple[str, ...] = ()  # machine options under KVM
     off_words: tuple[tuple[str, str], ...] = ()  # key=value words that stop its driver
@@ -50,6 +51,7 @@ class Viommu:
         props = [self.qemu_device, f"id={VIOMMU_ID}"]
         if self.on_root_bus:
             props.append(f"bus={root_bus}")
+        props += self.props
         if accel == "kvm":
             props += self.kvm_props
         return ",".join(props)

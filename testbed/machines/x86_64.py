@@ -62,8 +62,11 @@ X86_64 = MachineProfile(
                passthrough=("intel_iommu=on", "iommu=pt"), kvm_props=("intremap=on",),
                kvm_machine_options=("kernel-irqchip=split",),
                off_words=(("intel_iommu", "off"), ("iommu", "off")), remaps_x2apic=True),
-        Viommu("amd", "amd-iommu", strict=("amd_iommu=on", *_STRICT),
-               passthrough=("amd_iommu=on", "iommu=pt"), takes_root_slot=True,
+        # dma-remap=on: remap the DMA of emulated devices (QEMU 11.x; validation refuses a
+        # QEMU without it).  The AMD driver runs whenever QEMU's IVRS table is there: it
+        # has no "amd_iommu=on" (it logs "AMD-Vi: Unknown option - 'on'").
+        Viommu("amd", "amd-iommu", strict=_STRICT,
+               passthrough=("iommu=pt",), props=("dma-remap=on",), takes_root_slot=True,
                pci_id=("0x1022", "0x1419"), kvm_machine_options=("kernel-irqchip=split",),
                off_words=(("amd_iommu", "off"), ("iommu", "off"))),
         Viommu("virtio", "virtio-iommu-pci", strict=_STRICT,

@@ -67,7 +67,7 @@ def _cache(caps: Capabilities) -> JsonCache:
                           if line.startswith("kvm"))
     except OSError:
         modules = ""
-    key = f"{platform.release()}|{modules}|{caps.path}|{caps.version_text}"
+    key = f"{platform.release()}|{modules}|{caps.runner.identity()}|{caps.version_text}"
     return JsonCache(cache_dir() / "probe" /
                      f"kvm-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json")
 
@@ -87,13 +87,13 @@ def probe_kvm(caps: Capabilities, guest: ProbeGuest, timeout: float = PROBE_TIME
         return cached
     with tempfile.TemporaryDirectory(prefix="kvm-probe-") as tmp:
         console = Path(tmp) / "console.log"
-        argv = probe_argv(caps.path, "kvm", guest.kernel, guest.initrd,
+        argv = probe_argv(caps.runner, "kvm", guest.kernel, guest.initrd,
                           (*guest.cmdline, guest.profile.console_word, "panic=-1",
                            "testbed.probe"), console, guest.profile)
         start = time.monotonic()
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=timeout)
+                                  timeout=timeout, env=caps.runner.environ())
             out = console.read_text(errors="replace") if console.exists() else ""
             ok = PROBE_MARKER in out
             detail = (proc.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]

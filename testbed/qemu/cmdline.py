@@ -39,6 +39,7 @@ from ..spec.endpoints.nvme import (namespace_drive, namespace_path, nvme_argv, n
                                    pmr_backend, pmr_path)
 from ..spec.model import DownstreamPort, HostBridge, Node, RootPort, Switch, Topology
 from ..spec.units import MiB
+from .binary import Qemu
 from .devices import DEVICES, DISABLE_ACS, bus_numbers, iommu_cmdline
 from .share import Share, share_tag
 
@@ -96,12 +97,18 @@ def run_dir_files(topo: Topology, run_dir: Path, extra: Iterable[Path] = ()) -> 
 
 # -- the machine ---------------------------------------------------------------------------
 
-def machine_argv(topo: Topology, binary: str, run_dir: Path, accel: str) -> list[str]:
+def program(binary: str | Qemu) -> list[str]:
+    """The argv up to the machine's options: a program's path, or a :class:`Qemu`'s prefix
+    (a private root's loader, the program, its firmware directories)."""
+    return binary.argv if isinstance(binary, Qemu) else [binary]
+
+
+def machine_argv(topo: Topology, binary: str | Qemu, run_dir: Path, accel: str) -> list[str]:
     """The argv for the topology's machine; ``accel`` is ``tcg`` or ``kvm`` (resolved)."""
     assert accel in ("tcg", "kvm"), accel
     profile = topo.profile
     viommu = profile.viommu(topo.iommu.model)
-    argv = [binary, "-machine", profile.machine_option(accel, viommu), "-accel", accel,
+    argv = [*program(binary), "-machine", profile.machine_option(accel, viommu), "-accel", accel,
             "-cpu", topo.machine.cpu, "-m", f"{max(topo.machine.memory // MiB, 1)}M",
             "-smp", str(topo.machine.cpus), "-nodefaults", "-no-user-config", "-display", "none"]
     root_bus = profile.root_bus.name
@@ -146,15 +153,17 @@ def _node_argv(node: Node, bus: str, chassis: Iterator[int], run_dir: Path,
 # -- a boot ----------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _data_dirs(binary: str) -> tuple[str, ...]:
+def _data_dirs(binary: str | Qemu) -> tuple[str, ...]:
+    env = binary.environ() if isinstance(binary, Qemu) else None
     try:
-        out = subprocess.run([binary, "-L", "help"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([*program(binary), "-L", "help"], capture_output=True, text=True,
+                             timeout=30, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return ()
     return tuple(line.strip() for line in out.stdout.splitlines() if line.strip())
 
 
-def firmware(binary: str, topo: Topology | None = None,
+def firmware(binary: str | Qemu, topo: Topology | None = None,
              profile: MachineProfile | None = None) -> list[str]:
     """The profile's fast firmware (x86: qboot) when this QEMU ships it: it boots a PVH kernel
     ~1.5 s faster than SeaBIOS under TCG and Linux assigns the BARs behind the switches
@@ -171,7 +180,7 @@ def firmware(binary: str, topo: Topology | None = None,
     return []
 
 
-def boot_argv(media: BootMedia, binary: str, topo: Topology | None = None) -> list[str]:
+def boot_argv(media: BootMedia, binary: str | Qemu, topo: Topology | None = None) -> list[str]:
     """The options a boot adds to the machine: firmware, kernel, then the root-bus devices of
     the machine's layout (boot disk, NIC, RNG) with their backends, the platform devices,
     extra drives, the gdbstub and shares."""
@@ -240,7 +249,7 @@ def plumbing_argv(qmp: Path | None, console: Path | None, paused: bool = False,
     return argv
 
 
-def build(topo: Topology, binary: str, run_dir: Path, accel: str, *,
+def build(topo: Topology, binary: str | Qemu, run_dir: Path, accel: str, *,
           media: BootMedia | None = None, qmp: Path | None = None,
           console: Path | None = None, paused: bool = False, monitor: Path | None = None,
           extra: Sequence[str] = ()) -> list[str]:
@@ -251,11 +260,11 @@ def build(topo: Topology, binary: str, run_dir: Path, accel: str, *,
     return argv + plumbing_argv(qmp, console, paused, monitor) + list(extra)
 
 
-def probe_argv(binary: str, accel: str, kernel: Path, initrd: Path | None,
+def probe_argv(binary: str | Qemu, accel: str, kernel: Path, initrd: Path | None,
                cmdline: Sequence[str], console: Path,
                profile: MachineProfile = X86_64) -> list[str]:
     """A bare machine of ``profile`` that boots ``kernel`` once (the accelerator probe)."""
-    argv = [binary, "-machine", profile.machine_type, "-accel", accel,
+    argv = [*program(binary), "-machine", profile.machine_type, "-accel", accel,
             "-cpu", profile.default_cpu, "-m", "512M",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-serial", f"file:{console}", "-kernel", str(kernel), "-append", " ".join(cmdline)]
@@ -264,7 +273,7 @@ def probe_argv(binary: str, accel: str, kernel: Path, initrd: Path | None,
     return argv
 
 
-def bare_argv(binary: str, qmp: Path) -> list[str]:
+def bare_argv(binary: str | Qemu, qmp: Path) -> list[str]:
     """No machine at all, just QMP (to ask QEMU about CPU models)."""
-    return [binary, "-machine", "none", "-accel", "tcg", "-nodefaults", "-display", "none",
+    return [*program(binary), "-machine", "none", "-accel", "tcg", "-nodefaults", "-display", "none",
             *plumbing_argv(qmp, None, paused=True)]

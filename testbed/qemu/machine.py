@@ -36,7 +36,7 @@ import time
 import weakref
 from pathlib import Path
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from ..errors import PortInUse, QemuError, QemuStartError
 from .monitor import Monitor, QmpEvent
@@ -112,9 +112,11 @@ class QemuMachine:
     commands); the machine removes both sockets when QEMU is gone."""
 
     def __init__(self, argv: Sequence[str], run_dir: Path, qmp: QmpSocket, *,
-                 name: str = "qemu", monitor: QmpSocket | None = None):
+                 name: str = "qemu", monitor: QmpSocket | None = None,
+                 env: Mapping[str, str] | None = None):
         self.run_dir = Path(run_dir)
         self.name = name
+        self.env = dict(env) if env is not None else None  # None: the orchestrator's own
         self.socket = qmp
         self.qmp_path = qmp.path
         self.second_monitor = monitor
@@ -145,7 +147,7 @@ class QemuMachine:
             try:
                 self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=err,
                                              stderr=subprocess.STDOUT, close_fds=True,
-                                             preexec_fn=_child_setup)
+                                             preexec_fn=_child_setup, env=self.env)
             except OSError as exc:
                 raise QemuStartError(f"{self.name}: cannot start {self.argv[0]}: {exc}") \
                     from None

@@ -1,7 +1,10 @@
-"""What a QEMU binary can do: version, devices, NVMe properties.
+"""What a QEMU binary can do: version, devices, NVMe properties, CPU models, accelerators.
 
-Probed once per binary (path, size and mtime) and cached, so validation does
-not start QEMU every time.
+Probed once per binary (path, size and mtime, and for a QEMU in a private root its loader:
+:meth:`testbed.qemu.binary.Qemu.identity`) and cached, so validation does not start QEMU
+every time.  ``probe`` takes a :class:`~testbed.qemu.binary.Qemu` or what names one
+(``host``, an installed QEMU's name or version, a path, a program on PATH:
+:func:`testbed.qemu.installed.resolve_qemu`).
 
     >>> caps = probe("qemu-system-x86_64")                     # doctest: +SKIP
     >>> caps.version >= (7, 2), "pmrdev" in caps.nvme_props    # doctest: +SKIP
@@ -22,17 +25,20 @@ from pathlib import Path
 from ..errors import QemuNotFound
 from ..machines import PROFILES, X86_64, CpuRule, profile_for_binary
 from ..paths import cache_dir
+from ..spec.model import Topology
 from ..util.files import JsonCache
+from .binary import Qemu
 from .cmdline import bare_argv
+from .installed import resolve_qemu
 from .machine import QemuMachine, QmpSocket
 
 PROBE_TIMEOUT = 30
-_FORMAT = 3
+_FORMAT = 4
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    path: str
+    path: str  # the QEMU program
     version: tuple[int, int, int]
     version_text: str
     devices: frozenset[str] = field(default_factory=frozenset)
@@ -43,6 +49,9 @@ class Capabilities:
     # amd-iommu's dma-remap), by device
     device_props: dict[str, frozenset[str]] = field(default_factory=dict, hash=False,
                                                      compare=False)
+    accels: frozenset[str] = field(default_factory=frozenset)  # -accel help: tcg, kvm, ...
+    # how to run it (a private root's QEMU runs through the root's loader); None: ``path``
+    qemu: Qemu | None = field(default=None, hash=False, compare=False)
 
     def props(self, device: str) -> frozenset[str]:
         """The properties of ``device`` the probe asked for (none when it did not ask)."""
@@ -56,8 +65,15 @@ class Capabilities:
     def version_str(self) -> str:
         return ".".join(map(str, self.version))
 
+    @property
+    def runner(self) -> Qemu:
+        """The QEMU to start: what the command-line builder and QemuMachine take."""
+        return self.qemu or Qemu(self.path, self.path)
+
     def describe(self) -> str:
-        return f"QEMU {self.version_str} ({self.path})"
+        q = self.qemu
+        where = f"{q.name}, root {q.root}" if q is not None and q.root else self.path
+        return f"QEMU {self.version_str} ({where})"
 
 
 def find_binary(name: str) -> str:
@@ -70,17 +86,6 @@ def find_binary(name: str) -> str:
     return os.path.realpath(path)
 
 
-def _run(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT,
-                             stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise QemuNotFound(f"cannot run {argv[0]}: {exc}") from None
-    stdout = out.stdout.decode("utf-8", errors="replace")
-    if out.returncode != 0:
-        err = (out.stderr.decode("utf-8", errors="replace") or stdout).strip()
-        raise QemuNotFound(f"{' '.join(argv)} failed: {err[:300]}")
-    return stdout
 
 
 # devices whose properties the testbed asks for (beyond nvme / nvme-ns)
@@ -96,22 +101,28 @@ def _props(text: str) -> frozenset[str]:
     return frozenset(m.group(1) for m in re.finditer(r"^\s+([\w.-]+)=<", text, re.M))
 
 
-def _probe_uncached(path: str) -> Capabilities:
-    lines = _run([path, "--version"]).splitlines()
+def _probe_uncached(q: Qemu) -> Capabilities:
+    def run(*args: str) -> str:
+        return q.run(args, timeout=PROBE_TIMEOUT)
+
+    lines = run("--version").splitlines()
     version_text = lines[0].strip() if lines else ""
     m = re.search(r"version (\d+)\.(\d+)\.(\d+)", version_text)
     if not m:
-        raise QemuNotFound(f"{path} does not look like QEMU: its --version printed "
+        raise QemuNotFound(f"{q.describe()} does not look like QEMU: its --version printed "
                            f"{version_text[:100]!r}")
-    devices = frozenset(re.findall(r'^name "([^"]+)"', _run([path, "-device", "help"]), re.M))
-    nvme = _props(_run([path, "-device", "nvme,help"])) if "nvme" in devices else frozenset()
-    ns = _props(_run([path, "-device", "nvme-ns,help"])) if "nvme-ns" in devices else frozenset()
-    cpus = frozenset(re.findall(_CPU_LINE, _run([path, "-cpu", "help"])
+    devices = frozenset(re.findall(r'^name "([^"]+)"', run("-device", "help"), re.M))
+    nvme = _props(run("-device", "nvme,help")) if "nvme" in devices else frozenset()
+    ns = _props(run("-device", "nvme-ns,help")) if "nvme-ns" in devices else frozenset()
+    cpus = frozenset(re.findall(_CPU_LINE, run("-cpu", "help")
                                 .split("Recognized CPUID flags")[0], re.M)) - {"Available"}
-    other = {d: _props(_run([path, "-device", f"{d},help"])) for d in PROPS_OF if d in devices}
-    return Capabilities(path=path, version=_version(m), version_text=version_text,
+    other = {d: _props(run("-device", f"{d},help")) for d in PROPS_OF if d in devices}
+    accels = frozenset(line.strip() for line in run("-accel", "help").splitlines()[1:]
+                       if line.strip())
+    return Capabilities(path=q.binary, version=_version(m), version_text=version_text,
                         devices=devices, nvme_props=nvme, nvme_ns_props=ns,
-                        cpu_models=cpus | {"host", "max"}, device_props=other)
+                        cpu_models=cpus | {"host", "max"}, device_props=other,
+                        accels=accels, qemu=q)
 
 
 def _version(m: re.Match[str]) -> tuple[int, int, int]:
@@ -119,32 +130,41 @@ def _version(m: re.Match[str]) -> tuple[int, int, int]:
     return (major, minor, micro)
 
 
-def probe(name: str = X86_64.qemu_binary) -> Capabilities:
-    """Capabilities of the QEMU binary ``name``, cached per binary identity."""
-    path = find_binary(name)
-    st = os.stat(path)
-    key = hashlib.sha256(f"{_FORMAT}:{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+def probe(name: str | Qemu = X86_64.qemu_binary, program: str | None = None) -> Capabilities:
+    """Capabilities of the QEMU ``name`` (a :class:`Qemu`, or what names one; ``program``:
+    which of an installation's programs, default the x86 one), cached per identity."""
+    q = name if isinstance(name, Qemu) else \
+        resolve_qemu(name, program or X86_64.qemu_binary)
+    key = hashlib.sha256(f"{_FORMAT}:{q.identity()}".encode()).hexdigest()
     cache = JsonCache(cache_dir() / "probe" / f"qemu-{key[:20]}.json")
     data = cache.load()
     try:
         major, minor, micro = (int(x) for x in data["version"])
-        return Capabilities(path=data["path"], version=(major, minor, micro),
+        return Capabilities(path=q.binary, version=(major, minor, micro),
                             version_text=data["version_text"],
                             devices=frozenset(data["devices"]),
                             nvme_props=frozenset(data["nvme_props"]),
                             nvme_ns_props=frozenset(data["nvme_ns_props"]),
                             cpu_models=frozenset(data["cpu_models"]),
                             device_props={k: frozenset(v) for k, v in
-                                          data["device_props"].items()})
+                                          data["device_props"].items()},
+                            accels=frozenset(data["accels"]), qemu=q)
     except (ValueError, KeyError, TypeError, AttributeError):
         pass  # no cache yet, or one from an older format
-    caps = _probe_uncached(path)
+    caps = _probe_uncached(q)
     data = asdict(caps)
-    for k in ("devices", "nvme_props", "nvme_ns_props", "cpu_models"):
+    data.pop("qemu")
+    for k in ("devices", "nvme_props", "nvme_ns_props", "cpu_models", "accels"):
         data[k] = sorted(data[k])
     data["device_props"] = {k: sorted(v) for k, v in caps.device_props.items()}
     cache.store(data)
     return caps
+
+
+def probe_for(topo: Topology) -> Capabilities:
+    """The capabilities of the QEMU a topology runs on: its ``machine.qemu``, and of an
+    installation the program of its machine profile (qemu-system-aarch64 for arm64)."""
+    return probe(topo.machine.qemu, topo.profile.qemu_binary)
 
 
 @dataclass(frozen=True)
@@ -159,7 +179,8 @@ class CpuInfo:
 
 def cpu_info(caps: Capabilities, model: str, rule: CpuRule = X86_64.cpu) -> CpuInfo:
     """Vendor and family of a CPU model, asked of QEMU over QMP (cached)."""
-    key = hashlib.sha256(f"{caps.path}|{caps.version_text}|{model}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{caps.runner.identity()}|{caps.version_text}|{model}".encode()
+                         ).hexdigest()[:20]
     cache = JsonCache(cache_dir() / "probe" / f"cpu-{key}.json")
     d = cache.load()
     try:
@@ -168,7 +189,8 @@ def cpu_info(caps: Capabilities, model: str, rule: CpuRule = X86_64.cpu) -> CpuI
         pass
     with tempfile.TemporaryDirectory(prefix="cpu-probe-") as tmp:
         sock = QmpSocket.in_dir(Path(tmp))
-        vm = QemuMachine(bare_argv(caps.path, sock.path), Path(tmp), sock, name="cpu probe")
+        vm = QemuMachine(bare_argv(caps.runner, sock.path), Path(tmp), sock, name="cpu probe",
+                         env=caps.runner.environ())
         vm.launch()
         try:
             props = vm.qmp(rule.query, type="full", model={"name": model})["model"]["props"]

@@ -14,10 +14,12 @@ through the positions the parser recorded in ``Topology.where``):
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from ..errors import Problem, QemuError, SpecError, did_you_mean
+from ..errors import Problem, QemuError, SpecError, UsageError, did_you_mean
 from ..machines import PROFILES
 from ..spec.endpoints import ENDPOINTS, Endpoint
 from ..spec.model import HostBridge, Machine, RootPort, Topology
@@ -161,7 +163,9 @@ def iommu_limit(topo: Topology, caps: Capabilities) -> str | None:
                 "remap the DMA of emulated devices and guests do not come up (strict: the "
                 "NVMe controllers fail 'Identify Controller' after ~64 s; passthrough: the "
                 "guest stalls at the IO-APIC timer check) -- a QEMU model limit; use iommu: "
-                "intel or virtio, or a QEMU whose amd-iommu has dma-remap")
+                "intel or virtio, or a QEMU whose amd-iommu has dma-remap (QEMU 11.x: "
+                "`testbed qemu install trixie-backports`, then --qemu trixie-backports or "
+                "machine.qemu: trixie-backports)")
     return None
 
 
@@ -175,7 +179,7 @@ def _unique(problems: list[Problem]) -> list[Problem]:
     return out
 
 
-Probe = Callable[[str], Capabilities]
+Probe = Callable[[str, str], Capabilities]  # (QEMU spec, the machine's QEMU program)
 
 
 def _machine_value(root: Sourced, key: str) -> Sourced | None:
@@ -193,11 +197,25 @@ def _default_binary(root: Sourced) -> str:
     return Machine().qemu
 
 
+def with_qemu(topo: Topology, qemu: str) -> Topology:
+    """The topology on another QEMU (``--qemu``): host, an installed QEMU's name or
+    version, or a path (made absolute: it is the caller's, not the file's)."""
+    if "/" in qemu or qemu.startswith("~"):
+        qemu = os.path.abspath(os.path.expanduser(qemu))
+    return replace(topo, machine=replace(topo.machine, qemu=qemu))
+
+
 def check_document(root: Sourced, filename: str, base_dir: Path,
-                   probe: Probe | None = probe) -> Topology:
+                   probe: Probe | None = probe, qemu: str | None = None) -> Topology:
     """Parse, then check against the machine and (unless ``probe`` is None) the QEMU
-    binary the file names.  The binary is asked about even when other settings are bad,
-    so a missing QEMU is reported with everything else."""
+    binary the file names, or ``qemu`` instead (``--qemu``: a QEMU that cannot be used
+    is a UsageError naming the option).  The binary is asked about even when other
+    settings are bad, so a missing QEMU is reported with everything else."""
+    if qemu is not None and probe is not None:
+        try:
+            probe(qemu, _default_binary(root))
+        except QemuError as err:
+            raise UsageError(f"--qemu {qemu}: {err}") from None
     try:
         topo = parse(root, filename, base_dir)
     except SpecError as exc:
@@ -205,17 +223,21 @@ def check_document(root: Sourced, filename: str, base_dir: Path,
         node = _machine_value(root, "qemu")
         binary = str(node.value) if node is not None and isinstance(node.value, str) \
             else _default_binary(root)
+        if qemu is not None:
+            raise SpecError(problems) from None  # the --qemu QEMU was asked about above
         if probe is not None and not any(p.path == "machine.qemu" for p in problems):
             try:
-                probe(binary)
+                probe(binary, _default_binary(root))
             except QemuError as err:
                 line, col = (node.line, node.col) if node is not None else (1, 1)
                 problems.append(Problem(filename, line, col, "machine.qemu", str(err)))
         raise SpecError(problems) from None
+    if qemu is not None:
+        topo = with_qemu(topo, qemu)
     problems = constraints(topo)
     if probe is not None:
         try:
-            caps = probe(topo.machine.qemu)
+            caps = probe(topo.machine.qemu, topo.profile.qemu_binary)
         except QemuError as exc:
             problems.append(_problem(topo, "machine.qemu", str(exc)))
         else:
@@ -225,10 +247,11 @@ def check_document(root: Sourced, filename: str, base_dir: Path,
     return topo
 
 
-def load_checked(name_or_path: str | Path, probe_qemu: bool = True) -> Topology:
+def load_checked(name_or_path: str | Path, probe_qemu: bool = True,
+                 qemu: str | None = None) -> Topology:
     """Load a topology and check it against the machine and (``probe_qemu``) the QEMU
-    binary it names; SpecError listing every problem."""
+    binary it names, or ``qemu`` (``--qemu``) instead; SpecError listing every problem."""
     path = resolve(name_or_path)
     root = load(read_text(path), str(path))
     return check_document(root, str(path), path.resolve().parent,
-                          probe if probe_qemu else None)
+                          probe if probe_qemu else None, qemu)

@@ -57,27 +57,34 @@ def cell_test(c: Cell) -> KtapTest:
 
 
 def run_test(m: Matrix, run: RunEntry) -> KtapTest:
-    cells = [c for c in m.cells if c.topology == run.topology and c.kernel == run.kernel]
+    cells = [c for c in m.cells if c.topology == run.topology and c.kernel == run.kernel
+             and c.qemu == run.qemu]
     subtests = group((c.workload, cell_test(c)) for c in cells)
     if run.error:
         boot = run.error_kind.startswith(("boot", "driver", "guest-view"))
         subtests.append(KtapTest("boot" if boot else "run", ok=False, directive=ERROR,
                                  reason=run.error.splitlines()[0]))
-    regressions = [f"{'mechanism ' if r.kind == 'mechanism' else ''}regression: {r}"
-                   for r in m.regressions() + m.mechanism_regressions()
-                   if r.topology == run.topology and r.kernel == run.kernel]
-    return KtapTest(f"{run.topology} {run.kernel}", subtests=subtests,
+    regressions = [f"{'QEMU ' if r.axis == 'qemu' else ''}"
+                   f"{'' if r.kind == 'verdict' else r.kind + ' '}regression: {r}"
+                   for r in m.regressions() + m.mechanism_regressions() + m.qemu_regressions()
+                   if r.topology == run.topology and r.kernel == run.kernel
+                   and r.qemu == run.qemu]
+    return KtapTest(f"{run.topology} {run.column}", subtests=subtests,
                     diagnostics=[f"results in {run.directory}", *regressions])
 
 
 def matrix_ktap(m: Matrix) -> str:
     regs, mech, broken = m.regressions(), m.mechanism_regressions(), m.incomplete
+    qemu = m.qemu_regressions()
+    against = m.baseline + (f" and QEMU {m.baseline_qemu}" if len(m.qemu_labels) > 1 else "")
     verdict = KtapTest(
-        f"no regression against {m.baseline}", ok=not (regs or mech or broken),
+        f"no regression against {against}", ok=not (regs or mech or broken or qemu),
         reason=f"{len(regs)} regression(s), {len(mech)} mechanism regression(s), "
-               f"{len(broken)} incomplete run(s)" if regs or mech or broken else "",
+               + (f"{len(qemu)} QEMU regression(s), " if len(m.qemu_labels) > 1 else "")
+               + f"{len(broken)} incomplete run(s)" if regs or mech or broken or qemu else "",
         diagnostics=[*(str(r) for r in regs + mech),
-                     *(f"incomplete: {r.topology} {r.kernel}: {r.error.splitlines()[0]}"
+                     *(f"QEMU {r.kind} regression: {r}" for r in qemu),
+                     *(f"incomplete: {r.topology} {r.column}: {r.error.splitlines()[0]}"
                        for r in broken)])
     head = (f"p2pdma-testbed matrix: baseline {m.baseline}, status "
             f"{'FAIL' if m.status else 'PASS'}")

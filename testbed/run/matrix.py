@@ -1,11 +1,13 @@
-"""A topology × kernel matrix: every workload on every topology with every kernel.
+"""A topology × kernel (× QEMU) matrix: every workload on every topology with every kernel
+(on every QEMU).
 
     plan = plan_matrix(["switch-cmb"], ["default", "/build/linux"], workloads=["p2p-copy"])
     matrix = run_matrix(plan, out=prepare_out(Path("runs/m1")))
     matrix.status       # 1 when a later kernel regressed against the first (the baseline)
 
 Each (topology, kernel) run is an ordinary ``testbed run`` (:func:`run_topology`)
-with its own results directory under the matrix's output directory; the runs are
+with its own results directory under the matrix's output directory
+(``<topology>/<kernel>/``, ``<topology>/<kernel>/<QEMU>/`` with QEMUs); the runs are
 sequential (one guest at a time: under TCG two guests on two cores only slow
 each other down).  What a cell and a regression are: :mod:`testbed.run.cells`.
 A boot that timed out with no console failure is retried once.
@@ -79,17 +81,20 @@ def run_matrix(plan: MatrixPlan, out: Path, run: RunFunction = run_topology,
                shard=f"{shard[0]}/{shard[1]}" if shard else None,
                boots=[b.id for b in selected],
                planned={b.topology: [w for w in b.workloads if w not in NO_CELLS]
-                        for b in all_boots})
-    topos = {t.name: t for t in plan.topologies}
+                        for b in all_boots},
+               qemus=[q.to_json() for q in plan.qemus], mbps_tolerance=plan.mbps_tolerance)
     kernels = {k.label: k for k in plan.kernels}
     start = time.monotonic()
     lock = threading.Lock()
     total = len(selected)
 
     def one(i: int, boot: Boot) -> None:
-        topo, k = topos[boot.topology], kernels[boot.kernel]
+        topo, k = plan.topology(boot.topology, boot.qemu), kernels[boot.kernel]
         d = out / slug(topo.name) / slug(k.label)
-        log.info("[%d/%d] %s × %s", i, total, topo.name, k.label)
+        if boot.qemu:
+            d = d / slug(boot.qemu)
+        col = f"{k.label} @ {boot.qemu}" if boot.qemu else k.label
+        log.info("[%d/%d] %s × %s", i, total, topo.name, col)
         opts = RunOptions(workloads=plan.workloads, kernel=k.kernel, accel=plan.accel,
                           size=plan.size, timeout=plan.timeout, out=d,
                           fio_args=plan.fio_args, coverage=plan.coverage)
@@ -105,7 +110,7 @@ def run_matrix(plan: MatrixPlan, out: Path, run: RunFunction = run_topology,
             shutil.rmtree(kept, ignore_errors=True)
             rdir.rename(kept)
             log.info("[%d/%d] %s × %s: boot timed out (%s); retrying once, first attempt "
-                     "kept in %s", i, total, topo.name, k.label, first_error, kept)
+                     "kept in %s", i, total, topo.name, col, first_error, kept)
             result, rdir = run(topo, dataclasses.replace(opts, out=d))
             _keep_console(result, rdir)
         with lock:
@@ -115,10 +120,10 @@ def run_matrix(plan: MatrixPlan, out: Path, run: RunFunction = run_topology,
             if m.kernels[idx]["p2pdma"] is None:
                 m.kernels[idx]["p2pdma"] = result.kernel.get("p2pdma")
             add_run(m, topo.name, k.label, result, rdir.relative_to(out)
-                    if rdir.is_relative_to(out) else rdir)
+                    if rdir.is_relative_to(out) else rdir, qemu=boot.qemu)
             if first_error:
                 m.runs[-1].first_attempt_error = first_error
-            log.info("[%d/%d] %s × %s: %s", i, total, topo.name, k.label,
+            log.info("[%d/%d] %s × %s: %s", i, total, topo.name, col,
                      f"run broke: {result.error.splitlines()[0]}" if result.error else
                      f"{len(cells_from_result(topo.name, k.label, result))} cells")
             m.seconds = time.monotonic() - start

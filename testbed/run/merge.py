@@ -63,7 +63,8 @@ def merge(dirs: Sequence[Path], out: Path) -> Matrix:
     merged = Matrix(kernels=[dict(k) for k in first.kernels], topologies=list(first.topologies),
                     started=min(m.started for _, m in parts), plan_id=first.plan_id,
                     seconds=max(m.seconds for _, m in parts),
-                    planned={t: list(ws) for t, ws in first.planned.items()})
+                    planned={t: list(ws) for t, ws in first.planned.items()},
+                    qemus=[dict(q) for q in first.qemus], mbps_tolerance=first.mbps_tolerance)
     for d, m in sorted(parts, key=lambda dm: parse_shard(str(dm[1].shard))[0]):
         merged.boots += m.boots
         merged.runs += m.runs

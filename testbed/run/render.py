@@ -11,7 +11,7 @@ import jinja2
 
 from ..util.files import atomic_write
 from ..util.table import format_table
-from .cells import VERDICTS, Matrix
+from .cells import VERDICTS, Matrix, column_label
 from .coverage import KernelCoverage, slug, write_matrix_coverage
 from .ktap import matrix_ktap
 
@@ -29,22 +29,27 @@ def _env() -> jinja2.Environment:
 
 def _view(m: Matrix, coverage: list[KernelCoverage] | None = None) -> dict[str, Any]:
     regs = m.regressions()
-    reg_keys = {(r.topology, r.workload, r.provider or "", r.client or "", r.kernel)
-                for r in regs + m.mechanism_regressions()}
+    qemu_regs = m.qemu_regressions()
+    reg_keys = {(r.topology, r.workload, r.provider or "", r.client or "", r.kernel, r.qemu)
+                for r in regs + m.mechanism_regressions() + qemu_regs}
     rows = []
     for row in m.rows():
         cells: list[dict[str, Any]] = []
-        for label in m.labels:
-            c = m.cell(row, label)
-            cells.append({"cell": c, "kernel": label,
-                          "regression": (*row, label) in reg_keys})
+        for label, q in m.columns:
+            c = m.cell(row, label, q)
+            cells.append({"cell": c, "kernel": label, "qemu": q,
+                          "regression": (*row, label, q) in reg_keys})
         rows.append({"topology": row[0], "workload": row[1],
                      "pair": f"{row[2]} → {row[3]}" if row[2] or row[3] else "",
                      "predicted": next((c["cell"].predicted for c in cells
                                         if c["cell"] and c["cell"].predicted), None),
                      "cells": cells})
-    run_dirs = {(r.topology, r.kernel): r.directory for r in m.runs}
-    return {"m": m, "rows": rows, "regressions": regs,
+    run_dirs = {(r.topology, r.kernel, r.qemu): r.directory for r in m.runs}
+    kernels = {k["label"]: k for k in m.kernels}
+    columns = [{"label": column_label(k, q), "kernel": kernels[k], "qemu": q,
+                "baseline": (k, q) == (m.baseline, m.baseline_qemu)} for k, q in m.columns]
+    return {"m": m, "rows": rows, "regressions": regs, "columns": columns,
+            "qemu_regressions": qemu_regs,
             "mechanism_regressions": m.mechanism_regressions(), "incomplete": m.incomplete,
             "group_changes": m.group_changes(),
             "status": m.status, "verdicts": VERDICTS, "run_dirs": run_dirs,
@@ -72,13 +77,13 @@ def write_matrix(m: Matrix, out: Path) -> list[KernelCoverage]:
 
 
 def summary(m: Matrix, out: Path | None = None) -> str:
-    """The terminal table: one line per row, one column per kernel."""
-    header = ["TOPOLOGY", "WORKLOAD", "PAIR", *m.labels]
+    """The terminal table: one line per row, one column per kernel (× QEMU)."""
+    header = ["TOPOLOGY", "WORKLOAD", "PAIR", *(column_label(k, q) for k, q in m.columns)]
     lines: list[list[str]] = [header]
     for row in m.rows():
         cols = []
-        for label in m.labels:
-            c = m.cell(row, label)
+        for label, q in m.columns:
+            c = m.cell(row, label, q)
             if c is None:
                 cols.append("-")
                 continue
@@ -97,16 +102,27 @@ def summary(m: Matrix, out: Path | None = None) -> str:
     mech = m.mechanism_regressions()
     for r in mech:
         out_lines.append(f"MECHANISM REGRESSION: {r}")
+    qemu_regs = m.qemu_regressions()
+    for r in qemu_regs:
+        out_lines.append(f"QEMU REGRESSION ({r.kind}): {r}")
     for change in m.group_changes():
         out_lines.append(f"GROUPS CHANGED: {change}")
     for run in m.incomplete:
-        out_lines.append(f"INCOMPLETE: {run.topology} × {run.kernel}: "
+        out_lines.append(f"INCOMPLETE: {run.topology} × {run.column}: "
                          f"{run.error.splitlines()[0]}")
     verdict = "FAIL" if m.status else "PASS"
-    n_cells = len(m.rows()) * (len(m.labels) - 1)
+    n_qemus = len(m.qemu_labels)
+    n_cells = len(m.rows()) * (len(m.labels) - 1) * n_qemus
+    qemu_part = ""
+    if n_qemus > 1:
+        qemu_part = (f"; {len(qemu_regs)} QEMU regression(s) against {m.baseline_qemu} in "
+                     f"{len(m.rows()) * len(m.labels) * (n_qemus - 1)} cell(s) of "
+                     f"{n_qemus - 1} later QEMU(s) (MB/s tolerance "
+                     f"{m.mbps_tolerance:.0%})".replace("%", " %"))
     out_lines.append(f"{verdict}: {len(regs)} regression(s) and {len(mech)} mechanism "
                      f"regression(s) against the baseline {m.baseline} "
                      f"in {n_cells} cell(s) of {len(m.labels) - 1} later kernel(s)"
+                     + qemu_part
                      + (f"; {len(m.incomplete)} run(s) incomplete" if m.incomplete else "")
                      + (f"; matrix in {out}" if out else ""))
     return "\n".join(out_lines)

@@ -28,7 +28,7 @@ from ..guest.protocol import GuestLike
 from ..kernel.prepare import PreparedKernel
 from ..kernel.resolve import KernelSpec, resolve_kernel
 from ..qemu.accel import requested_accel
-from ..qemu.probe import Capabilities, cpu_info, probe
+from ..qemu.probe import Capabilities, cpu_info, probe_for
 from ..qemu.share import Share
 from ..qemu.script import to_script
 from ..results.model import RunResult
@@ -144,7 +144,7 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: Work
                   caps: Capabilities | None = None) -> tuple[list[Record], Context]:
     """Run ``names`` in order on ``guest``; ``caps``: the run's probe of its QEMU (asked now
     when not given), for the CPU model's vendor and family."""
-    caps = caps or probe(topo.machine.qemu)
+    caps = caps or probe_for(topo)
     ctx = Context(guest=guest, topology=topo, options=opts, coverage=coverage,
                   cpu=cpu_info(caps, topo.machine.cpu, topo.profile.cpu))
     records: list[Record] = []
@@ -189,13 +189,14 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
         phases.add("startup", process_age())
     with phases.phase("checks"):
         names = check_inputs(topo, opts)
-        caps = probe(topo.machine.qemu)
+        caps = probe_for(topo)
         cov_plan: CoveragePlan | None = None
         if opts.coverage is not None:
             cov_plan = plan_coverage(opts.coverage, coverage_kernel(opts))
         out = make_out_dir(opts.out, topo.name)
     result = RunResult(topology=topo.name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    result.qemu = {"version": caps.version_str, "binary": caps.path}
+    result.qemu = {"version": caps.version_str, "binary": caps.path, "name": caps.runner.name,
+                   **({"root": caps.runner.root} if caps.runner.root else {})}
     start = time.monotonic()
     guest: GuestLike | None = None
     ctx: Context | None = None

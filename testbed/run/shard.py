@@ -1,7 +1,7 @@
 """Cutting a matrix into shards for CI engines, deterministically and balanced by cost.
 
-A matrix is a set of *boots*: one per (topology, kernel), each running the plan's
-workloads.  A shard is a set of whole boots (a boot's workloads are never split).  The
+A matrix is a set of *boots*: one per (topology, kernel) — per (topology, kernel,
+QEMU) when the plan has QEMUs — each running the plan's workloads.  A shard is a set of whole boots (a boot's workloads are never split).  The
 partition depends only on the plan: the longest boots first, each to the shard with the
 least expected cost so far (ties to the lower shard number), so every runner computes
 the same shards.  The plan id is a hash of everything that changes what a matrix runs.
@@ -37,11 +37,12 @@ OTHER_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class Boot:
-    id: str  # "<topology>@<kernel label>"
+    id: str  # "<topology>@<kernel label>" (+ "@<QEMU label>" when the plan has QEMUs)
     topology: str
     kernel: str
     workloads: tuple[str, ...]
     cost: float  # expected seconds
+    qemu: str = ""  # the QEMU's label ("": the topology's own machine.qemu)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,13 +62,14 @@ def boot_cost(topo: Topology, workloads: Sequence[str]) -> float:
 
 
 def boots(plan: MatrixPlan) -> list[Boot]:
-    """Every boot of the plan, in plan order (topologies, then kernels)."""
+    """Every boot of the plan, in plan order (topologies, then kernels, then QEMUs)."""
     out = []
     for topo in plan.topologies:
         workloads = tuple(plan.workloads) or tuple(default_workloads(topo))
         for k in plan.kernels:
-            out.append(Boot(f"{topo.name}@{k.label}", topo.name, k.label, workloads,
-                            boot_cost(topo, workloads)))
+            for q in plan.qemu_labels:
+                out.append(Boot(f"{topo.name}@{k.label}" + (f"@{q}" if q else ""), topo.name,
+                                k.label, workloads, boot_cost(topo, workloads), q))
     return out
 
 
@@ -108,6 +110,10 @@ def plan_id(plan: MatrixPlan) -> str:
     if plan.coverage is not None:  # shards that measured other files do not sum
         h.update(json.dumps(["coverage", list(plan.coverage.files),
                              str(plan.coverage.source or "")]).encode())
+    for q in plan.qemus:  # by version, not path: every runner installs its own copy
+        h.update(f"qemu\0{q.label}\0{q.version}\0".encode())
+    if plan.qemus:
+        h.update(f"{plan.mbps_tolerance}".encode())
     return h.hexdigest()[:16]
 
 
@@ -121,9 +127,13 @@ def plan_json(plan: MatrixPlan, shards: int | None = None) -> dict[str, Any]:
         "kernels": [{"label": k.label, "spec": k.spec} for k in plan.kernels],
         "workloads": list(plan.workloads),
         "boots": [b.to_json() for b in all_boots],
-        "cells": [{"topology": b.topology, "kernel": b.kernel, "workload": w}
+        "cells": [{"topology": b.topology, "kernel": b.kernel, "workload": w,
+                   **({"qemu": b.qemu} if b.qemu else {})}
                   for b in all_boots for w in b.workloads],
     }
+    if plan.qemus:
+        doc["qemus"] = [q.to_json() for q in plan.qemus]
+        doc["baseline_qemu"] = plan.qemus[0].label
     if shards:
         doc["shards"] = [{"shard": f"{i + 1}/{shards}", "boots": [b.id for b in s],
                           "cost": round(sum(b.cost for b in s), 1)}

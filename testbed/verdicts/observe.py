@@ -10,8 +10,12 @@ Facts this encodes (observed on QEMU 10.0 with the 7.x kernel):
 - Under a translating vIOMMU, QEMU completes a faulting DMA *successfully*: the
   I/O returns no error, no NVMe timeout happens, but the data never moved.  The
   verdict comes from the failed data check plus the fault lines (DMAR "PTE ...
-  access is not set", virtio_iommu "page fault"), which are rate-limited, so
-  callers space transfers out (see :data:`FAULT_QUIET_SECONDS`).
+  access is not set", virtio_iommu "page fault", AMD-Vi "Event logged
+  [IO_PAGE_FAULT ...]"), which are rate-limited, so callers space transfers out
+  (see :data:`FAULT_QUIET_SECONDS`).
+- QEMU 11.1's amd-iommu (dma-remap=on) logs its fault events against device
+  0000:00:00.0, domain 0, address 0, whatever device and address faulted: the line
+  says a fault happened, not whose (:func:`fault_detail` says so).
 
     >>> observe({"steps": {"p2p_read": {"ok": True}, "p2p_write": {"ok": True}},
     ...          "data_verified": True}, {}, timed_out=False)
@@ -65,6 +69,27 @@ def kernel_trouble(delta: str) -> list[str]:
             if KERNEL_TROUBLE.search(line) and not USER_TRAP.search(line)]
 
 
+AMD_ANONYMOUS_FAULT = re.compile(r"0000:00:00\.0: AMD-Vi: Event logged \[IO_PAGE_FAULT "
+                                 r"domain=0x0+ address=0x0 ")
+SUPPRESSED = re.compile(r"callbacks suppressed")
+
+
+def fault_detail(lines: list[str]) -> str:
+    """The fault line a record names: the first real event (not printk's "callbacks
+    suppressed"), with a note when it is one of QEMU's anonymous AMD-Vi events.
+
+    >>> fault_detail(["[5.1] amd_iommu_report_page_fault: 9 callbacks suppressed",
+    ...               "[5.1] pci 0000:00:00.0: AMD-Vi: Event logged [IO_PAGE_FAULT "
+    ...               "domain=0x0000 address=0x0 flags=0x000a]"]).split("] (")[-1]
+    "QEMU's amd-iommu names no device or address in its fault events; this transfer's by its timing and the failed data check)"
+    """
+    line = next((x for x in lines if not SUPPRESSED.search(x)), lines[0])
+    if AMD_ANONYMOUS_FAULT.search(line):
+        line += (" (QEMU's amd-iommu names no device or address in its fault events; this "
+                 "transfer's by its timing and the failed data check)")
+    return line
+
+
 def trouble_verdict(delta_or_lines: str | list[str]) -> tuple[str, str] | None:
     """("error", detail naming the first trouble line) when the kernel logged trouble."""
     lines = (kernel_trouble(delta_or_lines) if isinstance(delta_or_lines, str)
@@ -90,7 +115,8 @@ def observe(result: dict[str, Any] | None, dmesg: dict[str, list[str]], timed_ou
         return trouble
     if timed_out:
         if dmesg.get("iommu-fault"):
-            return "iommu-fault", f"timed out after IOMMU faults: {dmesg['iommu-fault'][0]}"
+            return "iommu-fault", ("timed out after IOMMU faults: "
+                                   f"{fault_detail(dmesg['iommu-fault'])}")
         return "error", "the workload timed out"
     if not result:
         return "error", "the guest tool produced no result"
@@ -111,7 +137,7 @@ def observe(result: dict[str, Any] | None, dmesg: dict[str, list[str]], timed_ou
         return "rejected", ("EINVAL; the kernel refused this pair earlier in this boot and "
                             "caches the decision, so it logged nothing new")
     if dmesg.get("iommu-fault") and (failed or result.get("data_verified") is False):
-        return "iommu-fault", dmesg["iommu-fault"][0]
+        return "iommu-fault", fault_detail(dmesg["iommu-fault"])
     if failed:
         errs = "; ".join(f"{k}: {steps[k].get('error') or 'failed'}" for k in failed)
         return "error", f"I/O failed without a P2PDMA or IOMMU message: {errs}"

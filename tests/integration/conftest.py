@@ -1,4 +1,4 @@
-"""Fixtures shared by the custom-kernel integration tests.
+"""Fixtures shared by the integration tests: custom kernels, the installed QEMU.
 
 ``profile_kernel`` (session): the CI profile kernel ``base+vfio-iommufd+coverage`` built
 from Debian's linux-source-7.3, as a :class:`testbed.kernel.resolve.KernelSpec`: boot it
@@ -7,7 +7,10 @@ with ``BootOptions(kernel=profile_kernel)`` or ``--kernel profile_kernel.spec``;
 Built once per machine (cached by source, profiles and compiler; the first build takes
 about 10 min of both cores) and never twice at once: the build holds a file lock that
 other processes and pytest-xdist workers wait on. Mark tests that use it
-``@pytest.mark.profile_kernel``."""
+``@pytest.mark.profile_kernel``.
+
+``installed_qemu`` (session): QEMU 11.1 from trixie-backports in the testbed's private root
+(see the fixture); mark tests that use it ``@pytest.mark.qemu_install``."""
 
 from __future__ import annotations
 
@@ -79,6 +82,27 @@ def profile_kernel():
                     pytrace=False)
     assert kernel is not None and kernel.build_tree is not None
     return kernel
+
+
+@pytest.fixture(scope="session")
+def installed_qemu():
+    """QEMU 11.1 from trixie-backports in the testbed's private root (installed once per
+    machine, cached in ~/.cache/p2pdma-testbed/qemu; concurrent sessions wait on the
+    install's lock instead of installing twice).  A `testbed.qemu.binary.Qemu`: its
+    ``.name`` is the installation's name (what `--qemu`, `machine.qemu` and the topology
+    marker's ``qemu=`` take), ``.for_program("qemu-system-aarch64")`` its arm64 QEMU.
+    Without network or root outside CI the tests that use it skip, loudly; under CI=true
+    they fail."""
+    from testbed.errors import TestbedError
+    from testbed.image.qemu_root import install
+    try:
+        inst = install("trixie-backports")
+        return inst.qemu()
+    except TestbedError as exc:
+        message = f"cannot install QEMU from trixie-backports: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(f"SKIPPED (not CI): {message}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -389,7 +389,7 @@ def fake_probe(version=(10, 0, 0), devices=FULL_DEVICES, nvme=FULL_NVME, ns=FULL
                root_port=frozenset({"chassis", "slot", "disable-acs"})):
     calls = []
 
-    def probe(binary):
+    def probe(binary, program=None):
         calls.append(binary)
         return Capabilities(path=f"/opt/qemu-{'.'.join(map(str, version))}/bin/{binary}",
                             version=version, version_text=f"QEMU emulator version {version}",
@@ -455,7 +455,7 @@ def test_full_qemu_accepts_everything():
 
 
 def test_missing_qemu_is_reported_even_with_other_machine_problems():
-    def probe(binary):
+    def probe(binary, program=None):
         raise QemuNotFound(f"QEMU binary {binary!r} not found or not executable")
 
     assert problems("""

@@ -109,4 +109,6 @@ def test_library_predictions():
     assert got["rootports-cmb-zen"] == {"ok"}
     assert got["switch-cmb-intel-iommu"] == got["switch-cmb-virtio-iommu"] == {"iommu-fault"}
     assert got["switch-cmb-iommu-pt"] == {"ok"}
+    assert got["switch-cmb-amd-iommu"] == {"iommu-fault"}
+    assert got["switch-cmb-amd-iommu-pt"] == got["rootports-cmb-zen-amd-iommu"] == {"ok"}
     assert got["fabric-large"] == {"ok", "rejected"}
