@@ -21,7 +21,7 @@ P2P_FILES = (
     "drivers/pci/p2pdma.c", "block/blk-mq-dma.c", "drivers/nvme/host/pci.c",
     "kernel/dma/mapping.c", "drivers/iommu/dma-iommu.c", "drivers/dma-buf/dma-buf.c",
     "mm/hmm.c", "drivers/vfio/pci/vfio_pci_dmabuf.c", "drivers/vfio/vfio_iommu_type1.c",
-    "drivers/vfio/pci/vfio_pci_core.c",
+    "drivers/vfio/pci/vfio_pci_core.c", "drivers/iommu/iommufd/pages.c",
 )
 SUFFIXES = (".c",)
 MAX_FILES = 2000  # a whole subsystem is fine; all of drivers/ is a mistake

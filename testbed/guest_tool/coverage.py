@@ -24,6 +24,14 @@ one entry with a count), ``nocontext-info`` and ``sym-addr`` (each line is just
 ``name <address>``).  ``read`` drains ``trace_pipe`` (a consuming read: every entry is
 counted once) and adds the instance's per-CPU ``overrun``/``dropped events`` counters
 since the setup to the document, so a lost entry is seen, never silent.
+
+A file none of whose functions is in the kernel at the setup may be in a module a workload
+loads (vfio-type1 loads vfio_iommu_type1, nvmet-p2pmem nvmet): for every module in the
+file's directory under ``/lib/modules/<release>/kernel`` that is not loaded, the filter
+gets ``*:mod:<module>``, which ftrace keeps until the module loads and then applies to this
+instance at once, so the calls of the workload that loads it are counted (by name: their
+addresses are not known before, and the function tracer's line names no module); the next ``read`` adds the file's functions
+by index as for any module loaded since the setup.
 """
 
 import errno
@@ -38,8 +46,9 @@ TRACEFS = "/sys/kernel/tracing"
 INSTANCE = "p2ptbcov"
 STATE = "/run/p2pdma-guest-coverage.json"
 # ftrace's function entry: "name <ffffffff81a0b380>" [" (repeats: N, last_ts: T)"]
-ENTRY = re.compile(r"^\s*(?:.*:\s+)?(?P<name>[\w.$]+) <(?P<addr>[0-9a-f]+)>"
-                   r"(?: \(repeats: (?P<rep>\d+))?")
+# (a module's function: "name [module] <address>")
+ENTRY = re.compile(r"^\s*(?:.*:\s+)?(?P<name>[\w.$]+)(?: \[(?P<mod>\w+)\])? "
+                   r"<(?P<addr>[0-9a-f]+)>(?: \(repeats: (?P<rep>\d+))?")
 LOST = re.compile(r"CPU:(\d+) \[LOST (\d+) EVENTS\]")
 STATS = ("overrun", "dropped events", "commit overrun")
 OPTIONS = ("noprint-parent", "sym-addr", "nosym-offset", "nocontext-info", "func-no-repeats",
@@ -97,6 +106,45 @@ def _buffer_kb():
 def _modules():
     return sorted(line.split()[0] for line in (_read("/proc/modules", "") or "").splitlines()
                   if line.strip())
+
+
+def _module_candidates(path, loaded):
+    """The modules not loaded now that may hold source file ``path``: the ``.ko`` files of
+    its directory (a module's objects are built beside their sources)."""
+    where = os.path.join("/lib/modules", os.uname().release, "kernel", os.path.dirname(path))
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return []
+    mods = {n.split(".ko")[0].replace("-", "_") for n in names if ".ko" in n}
+    return sorted(mods - set(loaded))
+
+
+def _cache_modules(resolved, files, state):
+    """Trace the modules that may hold a file with no function in the kernel now from the
+    moment they load (``*:mod:<module>``, kept by ftrace until then); ``state["by_name"]``
+    maps {function: file} (None: two such files define it) to count their calls by name."""
+    cached = state.setdefault("cached_modules", [])
+    by_name = state.setdefault("by_name", {})
+    fd = os.open(f"{_inst()}/set_ftrace_filter", os.O_WRONLY | os.O_APPEND)
+    try:
+        for path, doc in resolved.items():
+            mods = [] if doc["traced"] else _module_candidates(path, state["modules"])
+            for mod in mods:
+                if mod in cached:
+                    continue
+                try:  # ~0.3 s each under TCG: ftrace looks at every function it knows
+                    os.write(fd, f"*:mod:{mod}\n".encode())
+                    cached.append(mod)
+                except OSError:
+                    pass
+            if not mods:
+                continue
+            for f in files.get(path, ()):
+                if by_name.setdefault(f["name"], path) != path:
+                    by_name[f["name"]] = None
+    finally:
+        os.close(fd)
 
 
 def _text_offset(link_text):
@@ -179,6 +227,7 @@ def setup(request=None):
         teardown()
         out.update(files=_summary(resolved), seconds=round(time.monotonic() - start, 3))
         return out
+    _cache_modules(resolved, files, state)
     _write(f"{inst}/current_tracer", "function")
     for opt in OPTIONS:  # after the tracer: func-no-repeats is the function tracer's own
         try:
@@ -214,12 +263,18 @@ def _drain():
     return b"".join(chunks).decode(errors="replace")
 
 
-def count(text, addrs):
-    """({address: calls}, lost entries the pipe reported) of drained trace text.
+def count(text, addrs, names=None):
+    """({address: calls}, lost entries the pipe reported) of drained trace text; ``names``
+    (a dict) gets {address: [function, module]} of every entry.
 
         >>> count("f <ffffffff81000004>\\nf <ffffffff81000004> (repeats: 3, last_ts: 1.0)\\n"
         ...       "CPU:1 [LOST 7 EVENTS]\\n", {})
         ({'18446744071578845188': 4}, 7)
+        >>> seen = {}
+        >>> count("vfio_pin_pages_remote [vfio_iommu_type1] <ffffffffc0a01234>\\n", {}, seen)
+        ({'18446744072646300212': 1}, 0)
+        >>> seen
+        {'18446744072646300212': ['vfio_pin_pages_remote', 'vfio_iommu_type1']}
     """
     counts: dict = {}
     lost = 0
@@ -227,6 +282,8 @@ def count(text, addrs):
         m = ENTRY.match(line)
         if m:
             key = str(int(m["addr"], 16))
+            if names is not None:
+                names[key] = [m["name"], m["mod"]]
             # a "repeats: N" entry stands for the N calls after the one logged before it
             counts[key] = counts.get(key, 0) + (int(m["rep"]) if m["rep"] else 1)
             continue
@@ -271,11 +328,17 @@ def read():
                                     "(p2pdma-guest coverage setup)"}
     state = json.loads(state_text)
     start = time.monotonic()
-    counts, lost = count(_drain(), state["addrs"])
+    seen: dict = {}
+    counts, lost = count(_drain(), state["addrs"], seen)
     calls: dict = {}
     unknown = 0
+    by_name = state.get("by_name", {})
     for addr, n in counts.items():
         where = state["addrs"].get(addr)
+        if where is None:  # a function of a module that loaded since: by its name
+            name = base_name(seen.get(addr, [""])[0] or "")
+            path = by_name.get(name)
+            where = [path, name] if path else None
         if where is None:
             unknown += n
             continue

@@ -154,3 +154,27 @@ def test_pool_verdict_names_what_went_wrong():
     assert verdict == "error" and "after munmap" in detail
     oops = Pool.verdict(ctx, good, False, {"trouble": ["[1.0] BUG: unable to handle page"]})
     assert oops[0] == "error" and "BUG:" in oops[1]
+
+
+# -- nvmet-p2pmem on a kernel without the NVMe target ----------------------------------------
+def test_nvmet_without_a_target_is_one_unsupported_record(monkeypatch):
+    from testbed.guest.result import CommandResult
+    from testbed.workloads import nvmet
+    guest = SimpleNamespace(qemu=None, names={"nvme0": "0000:04:00.0", "nvme1": "0000:03:00.0"},
+                            inventory={"kernel": {"p2pdma": True}},
+                            dmesg_delta=lambda: "")
+    topo = load_topology("switch-cmb")
+    ctx = Context(guest=guest, topology=topo, cpu=QEMU64)
+    monkeypatch.setattr(Context, "block_devices", lambda self: {
+        n.serial: {"block": f"nvme{i}n1"} for i, n in enumerate(topo.nvmes())})
+    monkeypatch.setattr(nvmet, "multipath_head", lambda ctx, dev: False)
+    why = "no NVMe target in this kernel (CONFIG_NVME_TARGET, module nvmet)"
+    calls = []
+
+    def tool(self, args, timeout=None):
+        calls.append(args)
+        return {"stage": "setup", "error": why}, CommandResult("t", 1, "", "", 0.1)
+    monkeypatch.setattr(Context, "tool", tool)
+    (rec,) = nvmet.NvmetP2pmem().run(ctx)
+    assert (rec.predicted, rec.observed, rec.detail) == (None, None, f"unsupported ({why})")
+    assert len(calls) == 1  # asked once, not once per pair
