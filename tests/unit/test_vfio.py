@@ -344,3 +344,29 @@ def test_not_revoked_and_failures():
                           "kernel's config"}, None, {}, False) == \
         ("unsupported", "no IOMMUFD in this kernel's config")
     assert observe_revoke("unplug", {}, None, {}, True)[0] == "error"
+
+
+def test_sigterm_unwinds_so_the_devices_are_given_back(tmp_path):
+    """The host ends a background call with SIGTERM: its finally blocks still run."""
+    import subprocess
+    import sys
+    import time
+    marker = tmp_path / "restored"
+    code = ("import sys, time\n"
+            "from testbed.guest_tool import vfiobind\n"
+            "vfiobind.exit_on_signals()\n"
+            "try:\n"
+            "    print('ready', flush=True)\n"
+            "    time.sleep(30)\n"
+            "finally:\n"
+            f"    open({str(marker)!r}, 'w').write('restore ran')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        start = time.monotonic()
+        proc.terminate()
+        assert proc.wait(timeout=10) == 128 + 15
+        assert time.monotonic() - start < 10
+    finally:
+        proc.kill()
+    assert marker.read_text() == "restore ran"
