@@ -223,7 +223,8 @@ def setup(request=None):
                                     for e in es}) for p, d in resolved.items()}}
     _select(resolved, state)
     if not state["addrs"]:  # an empty filter would trace every function of the kernel
-        problems.append("none of the functions can be traced")
+        problems.append(f"none of the functions of {', '.join(sorted(files))} can be traced "
+                        "(not in the running kernel)")
         teardown()
         out.update(files=_summary(resolved), seconds=round(time.monotonic() - start, 3))
         return out
