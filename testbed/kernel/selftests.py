@@ -57,6 +57,7 @@ class Program:
     device: str | None = None  # "nvme-cmb": an NVMe with a CMB; "igb": an igb NIC
     timeout: float = 300.0
     needs_config: tuple[str, ...] = ()  # without them its result is "unsupported (why)"
+    hugepages: int = 0  # 2 MiB pages reserved while it runs (its hugetlb variants use them)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Suite:
 
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("vfio", "vfio", (
-        Program("vfio_dma_mapping_test", "nvme-cmb", 600.0),
+        Program("vfio_dma_mapping_test", "nvme-cmb", 600.0, hugepages=4),
         Program("vfio_dma_mapping_mmio_test", "nvme-cmb", 300.0),
         # these two use libvfio's default mode, iommufd (a VFIO device cdev bound to it)
         Program("vfio_pci_device_test", "nvme-cmb", 300.0,
@@ -100,7 +101,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
         what="VFIO: DMA mapping (anonymous, hugetlb, a device BAR), device setup, a "
              "userspace driver's DMA (igb), the iommufd setup"),
     Suite("iommu", "iommu", (
-        Program("iommufd", None, 900.0),
+        Program("iommufd", None, 900.0, hugepages=80),
     ), needs_config=("CONFIG_IOMMUFD", "CONFIG_IOMMUFD_TEST"), host_packages=("libcap-dev",),
         what="iommufd's user API against its mock IOMMU (IOMMUFD_TEST)"),
     Suite("hmm", "mm", (

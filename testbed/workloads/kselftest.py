@@ -38,7 +38,6 @@ GUEST_DIR = "/tmp/p2pdma-kselftests"
 CONFIG_CMD = ("zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r) 2>/dev/null "
               "|| cat /lib/modules/$(uname -r)/build/.config")
 SETUP_SECONDS = 120.0  # binding, unbinding and restoring around a program
-HUGEPAGES = 4  # 2 MiB pages for the hugetlb variants (8 MiB of the guest's memory)
 # subtests that exercise one kernel feature: without it their failure is "unsupported".
 # Each rule is a name pattern and what it needs: every group, one option of each.  The VFIO
 # selftests run every test in each IOMMU mode: the legacy container /dev/vfio/vfio with
@@ -48,6 +47,8 @@ OPTION_VARIANTS: tuple[tuple[re.Pattern[str], tuple[tuple[str, ...], ...]], ...]
      (("CONFIG_VFIO_GROUP",), ("CONFIG_VFIO_CONTAINER", "CONFIG_IOMMUFD_VFIO_CONTAINER"))),
     (re.compile(r"iommufd_compat"), (("CONFIG_IOMMUFD",), ("CONFIG_VFIO_GROUP",))),
     (re.compile(r"iommufd"), (("CONFIG_IOMMUFD",),)),
+    # hugetlb variants (and iommufd's access_domain_destory, which maps MAP_HUGETLB)
+    (re.compile(r"huge|(^|\.)access_domain_destory$"), (("CONFIG_HUGETLBFS",),)),
 )
 RUN_LINE = re.compile(r"^\s*RUN\s+(\S+)")
 MAX_OUTPUT = 20000
@@ -188,8 +189,10 @@ class KernelSelftest(Workload):
                 "--timeout", str(program.timeout)]
         for module in self.suite.modules:
             args += ["--module", module]
+        if program.hugepages:
+            args += ["--hugepages", str(program.hugepages)]
         if bdf:
-            args += ["--vfio", bdf, "--arg", bdf, "--hugepages", str(HUGEPAGES)]
+            args += ["--vfio", bdf, "--arg", bdf]
             if ctx.topology.iommu.model == "virtio":
                 args.append("--unsafe-interrupts")  # virtio-iommu remaps no interrupts
         step = tool_step(ctx, args, timeout=program.timeout + SETUP_SECONDS)

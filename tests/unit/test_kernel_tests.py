@@ -72,6 +72,8 @@ NO_CONTAINER = Kconfig.parse("CONFIG_PCI=y\nCONFIG_VFIO=y\nCONFIG_VFIO_PCI=y\nCO
 # the CI profile kernel: VFIO device cdevs on iommufd only, no group files, no container
 CDEV_ONLY = Kconfig.parse("CONFIG_PCI=y\nCONFIG_VFIO=y\nCONFIG_IOMMUFD=y\n"
                           "CONFIG_VFIO_DEVICE_CDEV=y\n# CONFIG_VFIO_GROUP is not set\n")
+WITH_HUGETLBFS = Kconfig.parse("CONFIG_PCI=y\nCONFIG_VFIO=y\nCONFIG_IOMMUFD=y\n"
+                               "CONFIG_VFIO_DEVICE_CDEV=y\nCONFIG_HUGETLBFS=y\n")
 PROGRAM = Program("vfio_dma_mapping_test", "nvme-cmb", 600.0)
 
 
@@ -145,6 +147,31 @@ def test_without_group_files_only_the_iommufd_mode_is_expected_to_work():
     doc = parse(text)
     assert reclassify(doc, CDEV_ONLY) == ["CONFIG_VFIO_GROUP is not set"]
     assert [t.status for t in doc.tests] == ["skip", "fail", "skip", "skip"]
+
+
+IOMMUFD_HUGE = """TAP version 13
+1..3
+#  RUN           iommufd_mock_domain.one_domain_hugepage.basic ...
+# iommufd.c:1767:basic:Expected MAP_FAILED (18446744073709551615) != buf (18446744073709551615)
+not ok 1 iommufd_mock_domain.one_domain_hugepage.basic
+not ok 2 iommufd_ioas.mock_domain.access_domain_destory
+not ok 3 iommufd_ioas.mock_domain.area_auto_iova
+"""
+
+
+def test_hugetlb_variants_need_hugetlbfs_and_other_failures_stay():
+    doc = parse(IOMMUFD_HUGE)
+    assert reclassify(doc, CDEV_ONLY) == ["CONFIG_HUGETLBFS is not set"]
+    assert [(t.status, t.reason) for t in doc.tests] == [
+        ("skip", "unsupported (CONFIG_HUGETLBFS is not set)"),
+        ("skip", "unsupported (CONFIG_HUGETLBFS is not set)"), ("fail", "")]
+    prog = SUITES["iommu"].programs[0]
+    assert judge_program(prog, doc, {"exit_status": 1}, False, excused=True) == \
+        ("fail", "1 of 3 failed: iommufd_ioas.mock_domain.area_auto_iova")
+    # with hugetlbfs the same failures are failures
+    doc = parse(IOMMUFD_HUGE)
+    assert reclassify(doc, WITH_HUGETLBFS) == []
+    assert [t.status for t in doc.tests] == ["fail"] * 3
 
 
 def test_with_iommufd_the_same_failure_fails_the_program_naming_the_subtest():
