@@ -38,10 +38,11 @@ from .vfiorevoke import VfioP2P, VfioRevoke
 VFIO = (VfioType1, VfioPfnmap, VfioDmabuf, VfioRevoke, VfioP2P)
 # the kernel's own tests (tools/testing/selftests, KUnit): run when named
 KERNEL_TESTS: tuple[type[Workload], ...] = (*SELFTEST_WORKLOADS, Kunit)
-WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (
+ALL: tuple[type[Workload], ...] = (
     Inventory, Isolation, P2PCopy, HostBaseline, Passthru, Pmr, Exec,
     Fio, MixedIovec, Split, Concurrent, Pool, HotUnplug, NvmetP2pmem, *VFIO, HmmP2P,
-    *KERNEL_TESTS)}
+    *KERNEL_TESTS)
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in ALL}
 
 
 def default_workloads(topo: Topology) -> list[str]:
