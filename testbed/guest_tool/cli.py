@@ -294,6 +294,28 @@ def add_hmm_p2p(sub):
     hp.set_defaults(func=lambda a: run_workload(lazy("hmmp2p", "hmm_p2p"), a))
 
 
+def add_kselftest(sub):
+    ks = sub.add_parser("kselftest", help="run one kernel selftest program, bounded, with "
+                        "its device handed to vfio-pci when asked")
+    ks.add_argument("--dir", required=True, help="where the programs were unpacked")
+    ks.add_argument("--program", required=True)
+    ks.add_argument("--arg", action="append", default=[], help="an argument of the program")
+    ks.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    ks.add_argument("--timeout", type=float, default=300.0, help="seconds before it is killed")
+    ks.add_argument("--module", action="append", default=[], help="modprobe it first")
+    ks.add_argument("--vfio", metavar="BDF", help="bind this device to vfio-pci meanwhile")
+    ks.add_argument("--unsafe-interrupts", action="store_true",
+                    help="allow VFIO without interrupt remapping (virtio-iommu) meanwhile")
+    ks.add_argument("--hugepages", type=int, default=0, help="2 MiB huge pages to reserve")
+    ks.set_defaults(func=lambda a: run_workload(lazy("kselftest", "kselftest"), a))
+
+
+def add_kunit(sub):
+    ku = sub.add_parser("kunit", help="the KUnit suites' results from debugfs")
+    ku.set_defaults(func=lambda a: run_workload(lambda a: lazy("kselftest", "kunit_results")(),
+                                                a))
+
+
 SUBCOMMANDS = {"inventory": add_inventory, "copy": add_copy, "passthru": add_passthru,
                "pmr": add_pmr, "trace": add_trace, "coverage": add_coverage,
                "gcov": add_gcov, "nvmet-p2pmem": add_nvmet, "limits": add_limits, "iovec": add_iovec,
@@ -301,4 +323,4 @@ SUBCOMMANDS = {"inventory": add_inventory, "copy": add_copy, "passthru": add_pas
                "p2p-loop": add_p2p_loop, "vfio-nvme": add_vfio_nvme,
                "vfio-p2p": add_vfio_p2p, "vfio-revoke": add_vfio_revoke,
                "vfio-restore": add_vfio_restore,
-               "hmm-p2p": add_hmm_p2p}
+               "hmm-p2p": add_hmm_p2p, "kselftest": add_kselftest, "kunit": add_kunit}

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..verdicts.record import Record
 from .model import RunResult
@@ -107,6 +107,8 @@ def render(tests: Sequence[KtapTest], diagnostics: Iterable[str] = ()) -> str:
 
 def record_name(rec: Record) -> str:
     """How a record is called inside its workload's test."""
+    if rec.test is not None:
+        return rec.test
     if rec.command is not None:
         return f"exec: {rec.command}"
     if rec.provider and rec.client:
@@ -127,7 +129,42 @@ def verdict_test(name: str, *, predicted: str | None, observed: str | None, pass
                     diagnostics=[what, *diagnostics])
 
 
+MAX_SUBTEST_DIAGNOSTICS = 40  # the last lines before a kernel test's result line
+
+
+def subtest_test(d: dict[str, Any]) -> KtapTest:
+    """One result of a kernel test (a parsed KTAP subtest, see verdicts.ktap), as it was."""
+    name, status, reason = str(d.get("name", "")), d.get("status"), str(d.get("reason", ""))
+    diags = [str(x) for x in d.get("diagnostics") or []][-MAX_SUBTEST_DIAGNOSTICS:]
+    subs = [subtest_test(s) for s in d.get("subtests") or []]
+    if status == "skip":
+        return KtapTest(name, directive=SKIP, reason=reason, diagnostics=diags, subtests=subs)
+    if status == "error":
+        return KtapTest(name, ok=False, directive=ERROR, reason=reason, diagnostics=diags,
+                        subtests=subs)
+    if status == "xfail":
+        return KtapTest(name, reason=f"XFAIL {reason}".strip(), diagnostics=diags,
+                        subtests=subs)
+    return KtapTest(name, ok=status == "pass", reason="" if status == "pass" else reason,
+                    diagnostics=diags, subtests=subs)
+
+
+def kernel_test(rec: Record) -> KtapTest:
+    """A kernel test program or KUnit suite: its own subtests, nested, as it printed them;
+    a crash or hang is an ERROR naming what ran; a program that could not run a SKIP."""
+    subs = [subtest_test(d) for d in rec.subtests]
+    name = record_name(rec)
+    if not rec.judged:
+        return KtapTest(name, directive=SKIP, reason=rec.detail or "not run", subtests=subs)
+    if rec.observed == "error":
+        return KtapTest(name, ok=False, directive=ERROR, reason=rec.detail, subtests=subs)
+    return KtapTest(name, ok=rec.passed, reason="" if rec.passed else rec.detail,
+                    subtests=subs, diagnostics=[rec.detail] if rec.detail else [])
+
+
 def record_test(rec: Record) -> KtapTest:
+    if rec.test is not None:
+        return kernel_test(rec)
     diags: list[str] = []
     if rec.judged and not rec.passed:
         if rec.reason:

@@ -20,6 +20,11 @@ def summary(result: RunResult, out_dir: Path | None = None) -> str:
             continue
         mark = "" if not r.judged else "ok" if r.passed else \
             "MISMATCH" if not r.verdict_matches else "MECHANISM MISMATCH"
+        if r.test is not None:  # the kernel's own test: the program (suite), its device
+            rows.append((f"{r.name} {r.test}", "", r.client or "", r.predicted or "-",
+                         r.observed or "-", "", "", "",
+                         mark if r.judged and r.passed else f"{mark} {r.detail[:60]}".strip()))
+            continue
         rows.append((r.name, r.provider or "", r.client or "", r.predicted or "-",
                      r.observed or "-", r.mechanism_text, _data(r.data_verified),
                      "" if r.mb_per_s is None else f"{r.mb_per_s:.1f}", mark))

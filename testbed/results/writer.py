@@ -22,6 +22,7 @@ from ..coverage.outputs import write_coverage
 from ..errors import DotFailed, ToolMissing
 from ..spec.model import Topology
 from ..util.files import atomic_write, new_out_dir
+from ..verdicts.ktap import subtest_leaves
 from .graphviz import to_svg
 from .junit import to_junit
 from .ktap import to_ktap
@@ -38,9 +39,11 @@ def make_out_dir(path: Path | None, topology: str) -> Path:
 
 
 def _env(html: bool) -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-                              undefined=jinja2.StrictUndefined, trim_blocks=False,
-                              keep_trailing_newline=True, autoescape=html)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+                             undefined=jinja2.StrictUndefined, trim_blocks=False,
+                             keep_trailing_newline=True, autoescape=html)
+    env.filters["leaves"] = subtest_leaves  # a kernel test's subtests, flattened
+    return env
 
 
 def render_report(result: RunResult) -> str:

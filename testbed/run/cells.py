@@ -9,6 +9,9 @@ same QEMU) was ``ok`` and the later kernel's is anything else (``rejected``,
 ``iommu-fault``, ``unsupported``, ``error``, missing because the run broke), or when the
 baseline's data was verified and the later kernel's is not.  Between QEMUs (the same
 kernel) the differences are **QEMU regressions** (:mod:`testbed.run.qemu_axis`).
+A kernel test program (``kselftest:vfio/vfio_dma_mapping_test``, a KUnit suite) is one
+row whose cell keeps its subtests: each subtest that passed on the baseline and fails,
+errs or is missing on a later kernel is a regression naming that subtest.
 
 Files: ``matrix.json``, ``matrix.md``, ``matrix.html`` and one directory per
 run, ``<topology>/<kernel>/`` (results.json, console.log, dmesg.txt, ...).
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..results.model import RunResult
+from ..verdicts.ktap import subtest_leaves
 from .groups import GroupChange, compare, observed_groups
 from .qemu_axis import DEFAULT_MBPS_TOLERANCE, qemu_regressions
 from .regressions import Regression, column_label, worse
@@ -29,8 +33,8 @@ __all__ = ["Cell", "Matrix", "Regression", "RunEntry", "VERDICTS", "add_run",
            "cells_from_result", "column_label", "find_mechanism_changes", "find_regressions"]
 
 # what a cell can show, in the order a legend lists them
-VERDICTS = ("ok", "rejected", "iommu-fault", "isolation-hole", "unsupported", "error",
-            "missing")
+VERDICTS = ("ok", "rejected", "iommu-fault", "isolation-hole", "unsupported", "skip", "fail",
+            "error", "missing")
 
 
 @dataclass
@@ -49,6 +53,8 @@ class Cell:
     observed_map_type: str | None = None  # what the guest kernel chose (None: unobserved)
     passed: bool | None = None  # the run judged it as predicted (verdict and mechanism)
     qemu: str = ""  # the QEMU's label ("" in a matrix without QEMUs)
+    # a kernel test program's subtests: dotted path -> pass | fail | skip | xfail | error
+    subtests: dict[str, str] = field(default_factory=dict)
 
     @property
     def row(self) -> tuple[str, str, str, str]:
@@ -292,9 +298,34 @@ def _against_baseline(m: Matrix) -> Iterator[tuple[tuple[str, str, str, str], Ce
                     yield row, b, label, q, later
 
 
+BROKEN = ("fail", "error")
+
+
+def subtest_regressions(b: Cell, later: Cell) -> list[tuple[str, str, str]]:
+    """(subtest, was, now) for every subtest of a kernel test that passed on the baseline
+    and fails, errs or is gone on the later kernel (gone: the program stopped before it)."""
+    if not later.subtests:
+        return []  # it did not run (error, unsupported, skipped): the cell's verdict says so
+    out = []
+    for name, was in b.subtests.items():
+        now = later.subtests.get(name, "missing")
+        if was == "pass" and (now in BROKEN or now == "missing"):
+            out.append((name, was, now))
+    return out
+
+
 def find_regressions(m: Matrix) -> list[Regression]:
     out: list[Regression] = []
     for row, b, label, q, later in _against_baseline(m):
+        if b.subtests:
+            regs = subtest_regressions(b, later)
+            for name, was, now in regs:
+                out.append(Regression(row[0], row[1], row[2] or None, row[3] or None, label,
+                                      m.baseline, was, now,
+                                      f"subtest {name}: passed on {m.baseline}, {now} on "
+                                      f"{label}", kind="subtest", qemu=q, baseline_qemu=q))
+            if regs or (later.subtests and later.verdict != "error"):
+                continue  # judged subtest by subtest (an oops or hang: by the cell too)
         why = worse(b, later)
         if why:
             out.append(Regression(row[0], row[1], row[2] or None, row[3] or None, label,
@@ -325,6 +356,15 @@ def cells_from_result(topology: str, kernel: str, result: RunResult,
     cells = []
     for r in result.workloads:
         if r.name in NO_CELLS or r.command is not None:
+            continue
+        if r.test is not None:  # a kernel test program: a row of its own, its subtests kept
+            observed = r.observed or ("unsupported" if r.detail.startswith("unsupported")
+                                      else "skip")  # not run: why is in the detail
+            cells.append(Cell(topology, kernel, f"{r.name}/{r.test}", None, None, r.predicted,
+                              observed, None, None, r.detail or "",
+                              passed=r.passed if r.judged else None, qemu=qemu,
+                              subtests={path: str(t.get("status")) for path, t in
+                                        subtest_leaves(r.subtests)}))
             continue
         if not (r.judged or r.provider or r.client):
             continue

@@ -28,7 +28,7 @@ baseline kernel.
 
 from __future__ import annotations
 
-from ..results.ktap import ERROR, KtapTest, group, render, verdict_test
+from ..results.ktap import ERROR, SKIP, KtapTest, group, render, verdict_test
 from .cells import Cell, Matrix, RunEntry
 
 
@@ -42,8 +42,29 @@ def _mechanism(c: Cell) -> str:
     return f"{c.observed_map_type} != {c.predicted_map_type}"
 
 
+def kernel_cell_test(c: Cell) -> KtapTest:
+    """A kernel test program's cell: its subtests as the run saw them (flattened paths)."""
+    subs = []
+    for path, status in c.subtests.items():
+        if status == "skip":
+            subs.append(KtapTest(path, directive=SKIP))
+        elif status == "error":
+            subs.append(KtapTest(path, ok=False, directive=ERROR))
+        else:
+            subs.append(KtapTest(path, ok=status in ("pass", "xfail")))
+    name = c.workload.split("/", 1)[-1]
+    if c.verdict == "error":
+        return KtapTest(name, ok=False, directive=ERROR, reason=c.detail.splitlines()[0]
+                        if c.detail else "error", subtests=subs)
+    if c.predicted is None:
+        return KtapTest(name, directive=SKIP, reason=c.detail or "not run", subtests=subs)
+    return KtapTest(name, ok=bool(c.passed), subtests=subs)
+
+
 def cell_test(c: Cell) -> KtapTest:
     """A cell as its run judged it (a cell without that judgement: by verdict and map type)."""
+    if c.subtests or "/" in c.workload:
+        return kernel_cell_test(c)
     passed = c.passed if c.passed is not None else (
         c.predicted == c.observed and (c.observed_map_type is None or c.predicted_map_type
                                        is None or c.observed_map_type == c.predicted_map_type))
@@ -59,7 +80,7 @@ def cell_test(c: Cell) -> KtapTest:
 def run_test(m: Matrix, run: RunEntry) -> KtapTest:
     cells = [c for c in m.cells if c.topology == run.topology and c.kernel == run.kernel
              and c.qemu == run.qemu]
-    subtests = group((c.workload, cell_test(c)) for c in cells)
+    subtests = group((c.workload.split("/", 1)[0], cell_test(c)) for c in cells)
     if run.error:
         boot = run.error_kind.startswith(("boot", "driver", "guest-view"))
         subtests.append(KtapTest("boot" if boot else "run", ok=False, directive=ERROR,

@@ -45,6 +45,10 @@ class Record:
     mechanism_problem: str = ""  # why the observed mechanism is not the predicted one
     # a problem shown whether or not the record passed (an isolation hole)
     finding: str | None = None
+    # the kernel's own tests: the program or KUnit suite, and its KTAP results as a tree
+    # of {"name", "status": pass|fail|skip|xfail|error, "reason", "diagnostics", "subtests"}
+    test: str | None = None
+    subtests: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def judged(self) -> bool:
@@ -96,7 +100,7 @@ class Record:
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if v is not None and v != {}
-             and not (k == "mechanism_problem" and not v)}
+             and not (k == "mechanism_problem" and not v) and not (k == "subtests" and not v)}
         d["name"] = self.name
         if self.judged:
             d["passed"] = self.passed

@@ -2,8 +2,9 @@
 
     >>> sorted(WORKLOADS)  # doctest: +NORMALIZE_WHITESPACE
     ['concurrent', 'exec', 'fio', 'hmm-p2p', 'host-baseline', 'hot-unplug', 'inventory',
-     'isolation', 'mixed-iovec', 'nvmet-p2pmem', 'p2p-copy', 'passthru', 'pmr', 'pool',
-     'split', 'vfio-dmabuf', 'vfio-p2p', 'vfio-pfnmap', 'vfio-revoke', 'vfio-type1']
+     'isolation', 'kselftest:hmm', 'kselftest:iommu', 'kselftest:vfio', 'kunit',
+     'mixed-iovec', 'nvmet-p2pmem', 'p2p-copy', 'passthru', 'pmr', 'pool', 'split',
+     'vfio-dmabuf', 'vfio-p2p', 'vfio-pfnmap', 'vfio-revoke', 'vfio-type1']
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .copy import HostBaseline, P2PCopy
 from .exec import Exec
 from .fio import Fio
 from .hmmp2p import HmmP2P
+from .kselftest import SELFTEST_WORKLOADS, Kunit
 from .hotunplug import HotUnplug
 from .inventory import Inventory
 from .iovec import MixedIovec, Split
@@ -34,9 +36,13 @@ from .vfiorevoke import VfioP2P, VfioRevoke
 # mapping paths (a test module of the project's own) run when named (-w), never by
 # default.
 VFIO = (VfioType1, VfioPfnmap, VfioDmabuf, VfioRevoke, VfioP2P)
-WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (
+# the kernel's own tests (tools/testing/selftests, KUnit): run when named
+KERNEL_TESTS: tuple[type[Workload], ...] = (*SELFTEST_WORKLOADS, Kunit)
+ALL: tuple[type[Workload], ...] = (
     Inventory, Isolation, P2PCopy, HostBaseline, Passthru, Pmr, Exec,
-    Fio, MixedIovec, Split, Concurrent, Pool, HotUnplug, NvmetP2pmem, *VFIO, HmmP2P)}
+    Fio, MixedIovec, Split, Concurrent, Pool, HotUnplug, NvmetP2pmem, *VFIO, HmmP2P,
+    *KERNEL_TESTS)
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in ALL}
 
 
 def default_workloads(topo: Topology) -> list[str]:
