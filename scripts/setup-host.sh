@@ -20,6 +20,9 @@ PKGS="$PKGS gdb build-essential flex bison bc libelf-dev libssl-dev dwarves"
 PKGS="$PKGS ccache xz-utils"
 # universal-ctags: --coverage maps kernel functions to their source lines (testbed.coverage.ctags)
 PKGS="$PKGS universal-ctags"
+# the kernel's selftests (kselftest:* workloads, testbed.kernel.selftests): vfio's library
+# links libuuid, iommu's iommufd test libcap
+PKGS="$PKGS uuid-dev libcap-dev"
 
 . /etc/os-release
 missing=""
