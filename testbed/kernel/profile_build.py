@@ -87,9 +87,6 @@ def kernel_arch(profile: MachineProfile, host: str | None = None) -> KernelArch:
 
 
 ARCHES = {arch: kernel_arch(p) for arch, p in PROFILES.items()}
-# seam: issue 25 -- until machines/aarch64.py exists, its kernel build is written here
-ARCHES.setdefault("aarch64", KernelArch("aarch64", "arm64", "aarch64-linux-gnu-", "Image",
-                                        "arch/arm64/boot/Image"))
 
 
 @dataclass(frozen=True)
