@@ -52,7 +52,7 @@ AARCH64 = MachineProfile(
                                     "with ACPI when the topology has an expander host bridge",
                       expander_bios=("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
                                      "edk2-aarch64-code.fd"),
-                      expander_bios_package="qemu-efi-aarch64"),
+                      expander_bios_package="qemu-efi-aarch64", default_enumerates=False),
     console="ttyAMA0",
     platform_devices=(),
     root_bus=RootBus(

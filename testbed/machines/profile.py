@@ -190,6 +190,10 @@ class Firmware:
     # or in QEMU's data directories; ``expander_bios_package`` ships it.
     expander_bios: tuple[str, ...] = ()
     expander_bios_package: str = ""
+    # Does the machine's default firmware (no -bios) number the buses behind bridges before a
+    # kernel runs (x86: SeaBIOS)?  `testbed verify` waits for that; else it runs the
+    # expander firmware (aarch64: no firmware at all by default).
+    default_enumerates: bool = True
 
 
 @dataclass(frozen=True)
