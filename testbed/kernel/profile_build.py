@@ -264,7 +264,7 @@ def build_profile_kernel(ksrc: str | Path, profiles: list[str] | tuple[str, ...]
     if arch not in ARCHES:
         raise UsageError(f"arch {arch!r}: profile kernels are built for {', '.join(ARCHES)}")
     karch = ARCHES[arch]
-    ps = profile_set(list(profiles))
+    ps = profile_set(list(profiles), arch)
     src = resolve_source(ksrc)
     check_build_tools()
     compiler = compiler_identity(karch)

@@ -147,3 +147,16 @@ def test_an_arm64_guest_on_this_host_runs_under_tcg(monkeypatch):
     with pytest.raises(UsageError, match="accel kvm requested for an aarch64 guest"):
         accel_mod.resolve_accel("kvm", None, profile=AARCH64)
     assert not accel_mod.foreign_host(X86_64)
+
+
+def test_profiles_take_their_aarch64_part_and_x86_keeps_its_cache_key():
+    from testbed.kernel.profile import profile_set
+    arm = profile_set(["vfio-iommufd"], "aarch64")
+    x86 = profile_set(["vfio-iommufd"], "x86_64")
+    assert arm.name == x86.name == "base+vfio-iommufd"
+    assert (arm.wanted["CONFIG_PVH"], arm.wanted["CONFIG_INTEL_IOMMU"]) == ("n", "n")
+    assert (arm.wanted["CONFIG_ARM_SMMU_V3"], arm.wanted["CONFIG_SERIAL_AMBA_PL011_CONSOLE"],
+            arm.wanted["CONFIG_VFIO_NOIOMMU"]) == ("y", "y", "y")
+    assert arm.asked_by("CONFIG_ARM_SMMU_V3") == "base"
+    assert x86.wanted["CONFIG_PVH"] == "y" and "CONFIG_ARM_SMMU_V3" not in x86.wanted
+    assert x86.digest() == profile_set(["vfio-iommufd"]).digest() != arm.digest()
