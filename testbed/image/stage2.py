@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..errors import ImageError, QemuError
+from ..machines import PROFILES, MachineProfile
 from ..qemu.machine import QemuMachine
 from ..util.procs import find_tool
 
@@ -28,40 +28,28 @@ TIMEOUT = 7200.0
 RAM = "2G"
 
 
-@dataclass(frozen=True)
-class GuestArch:
-    """How to boot a throw-away guest of one Debian architecture (seam: issue 19 — the
-    machine profile holds these facts for the testbed's own boots)."""
-
-    qemu_binary: str
-    qemu_package: str
-    machine: tuple[str, ...]
-    console: str
+# neoverse-n1 (ARMv8.2, no SVE, no pointer authentication) ran Python and gzip 1.3-1.7x
+# faster than `max` under TCG here; the second stage needs no particular CPU
+STAGE_CPU = {"aarch64": "neoverse-n1"}
 
 
-GUEST_ARCHES = {
-    "arm64": GuestArch("qemu-system-aarch64", "qemu-system-arm",
-                       # neoverse-n1 (ARMv8.2, no SVE, no pointer authentication) ran
-                       # Python and gzip 1.3-1.7x faster than `max` under TCG here
-                       ("-machine", "virt,gic-version=3", "-cpu", "neoverse-n1"),
-                       "ttyAMA0"),
-}
+def guest_profile(debian_arch: str) -> MachineProfile:
+    """The machine that boots a ``debian_arch`` guest (its machine profile)."""
+    for profile in PROFILES.values():
+        if profile.debian_arch == debian_arch:
+            return profile
+    raise ImageError(f"cannot boot a {debian_arch} guest to finish its image (known: "
+                     f"{', '.join(sorted(p.debian_arch for p in PROFILES.values()))})")
 
 
-def guest_arch(debian_arch: str) -> GuestArch:
-    try:
-        return GUEST_ARCHES[debian_arch]
-    except KeyError:
-        raise ImageError(f"cannot boot a {debian_arch} guest to finish its image (known: "
-                         f"{', '.join(sorted(GUEST_ARCHES))})") from None
-
-
-def stage2_argv(arch: GuestArch, qemu: str, kernel: Path, initrd: Path, root: Path,
+def stage2_argv(profile: MachineProfile, qemu: str, kernel: Path, initrd: Path, root: Path,
                 stage: Path, console: Path, qmp: Path, init: str) -> list[str]:
-    cmdline = [f"console={arch.console}", "root=/dev/vda", "rootfstype=ext4", "rw",
+    cmdline = [profile.console_word, "root=/dev/vda", "rootfstype=ext4", "rw",
                f"init={init}", "panic=-1", "cryptomgr.notests", "loglevel=4"]
-    return [qemu, *arch.machine, "-accel", "tcg", "-smp", "2", "-m", RAM,
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+    cpu = STAGE_CPU.get(profile.arch, profile.default_cpu)
+    return [qemu, "-machine", profile.machine_option("tcg", None), "-cpu", cpu,
+            "-accel", "tcg", "-smp", "2", "-m", RAM, "-nodefaults",
+            "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", " ".join(cmdline),
             "-drive", f"file={_escape(root)},if=none,id=tb-root,format=raw,cache=unsafe",
             "-device", "virtio-blk-pci,drive=tb-root",
@@ -80,10 +68,10 @@ def run_stage2(debian_arch: str, *, kernel: Path, initrd: Path, root: Path, stag
                timeout: float = TIMEOUT) -> dict[str, float]:
     """Boot the second stage and wait for its verdict; seconds per step on success,
     ImageError (with the console's tail) otherwise."""
-    arch = guest_arch(debian_arch)
-    qemu = find_tool(arch.qemu_binary, arch.qemu_package)
+    profile = guest_profile(debian_arch)
+    qemu = find_tool(profile.qemu_binary, profile.qemu_package)
     console = work / "stage2-console.log"
-    machine = QemuMachine(lambda qmp: stage2_argv(arch, qemu, kernel, initrd, root, stage,
+    machine = QemuMachine(lambda qmp: stage2_argv(profile, qemu, kernel, initrd, root, stage,
                                                  console, qmp, init),
                           work, name=f"{debian_arch} image second stage")
     start = time.monotonic()

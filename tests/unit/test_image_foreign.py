@@ -138,8 +138,9 @@ def test_second_stage_console_protocol():
 
 
 def test_second_stage_argv_boots_the_image_kernel_with_both_disks(tmp_path):
-    arch = stage2.guest_arch("arm64")
-    argv = stage2.stage2_argv(arch, "qemu-system-aarch64", Path("/i/vmlinuz"), Path("/i/initrd"),
+    profile = stage2.guest_profile("arm64")
+    assert profile.arch == "aarch64"
+    argv = stage2.stage2_argv(profile, "qemu-system-aarch64", Path("/i/vmlinuz"), Path("/i/initrd"),
                               Path("/w,x/root.raw"), Path("/w/stage.raw"), Path("/w/c.log"),
                               Path("/w/q.sock"), foreign.STAGE_INIT)
     assert argv[argv.index("-machine") + 1] == "virt,gic-version=3"
@@ -148,4 +149,4 @@ def test_second_stage_argv_boots_the_image_kernel_with_both_disks(tmp_path):
     drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
     assert drives[0].startswith("file=/w,,x/root.raw,") and "readonly=on" in drives[1]
     with pytest.raises(ImageError, match="cannot boot a riscv64 guest"):
-        stage2.guest_arch("riscv64")
+        stage2.guest_profile("riscv64")
