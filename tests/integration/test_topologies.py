@@ -18,17 +18,11 @@ from testbed.spec.model import Machine
 # the library topologies that run on the QEMU they name (the AMD vIOMMU ones need 11.x:
 # tests/integration/test_qemu_install.py boots those on the installed QEMU)
 LIBRARY = sorted(n for n in library() if load_topology(n).machine.qemu == Machine().qemu)
+# The arm64 library topologies are not booted here: TCG arm64 is slow, so test_arm64.py
+# boots one of them (mixed-cmb-arm64-smmuv3: a switch, a root port, an SMMUv3) for all.
 ARM64 = {name for name in LIBRARY if load_topology(name).machine.arch == "aarch64"}
-
-
-def _case(name: str):
-    """One library topology; the arm64 ones also carry the ``arm64`` marker (their own
-    step of `make test`: the first one builds the arm64 image)."""
-    marks = [pytest.mark.topology(name)] + ([pytest.mark.arm64] if name in ARM64 else [])
-    return pytest.param(name, marks=marks, id=name)
-
-
-CASES = [_case(name) for name in LIBRARY]
+CASES = [pytest.param(name, marks=pytest.mark.topology(name), id=name)
+         for name in LIBRARY if name not in ARM64]
 
 
 def test_library_has_the_named_topologies():
@@ -37,7 +31,8 @@ def test_library_has_the_named_topologies():
                  "switch-cmb-zen", "hostbridges-cmb-zen", "rootports-cmb-zen-intel-iommu",
                  "rootports-intel-iommu", "rootports-acs-off", "switch-cmb-igb",
                  "switch-cmb-intel-iommu-igb", "switch-cmb-arm64",
-                 "rootports-cmb-arm64", "switch-cmb-arm64-smmuv3", "switch-cmb-arm64-smmuv3-pt"):
+                 "rootports-cmb-arm64", "switch-cmb-arm64-smmuv3", "switch-cmb-arm64-smmuv3-pt",
+                 "mixed-cmb-arm64-smmuv3"):
         assert name in LIBRARY
 
 
@@ -125,7 +120,7 @@ def test_both_mechanisms_of_ok_are_in_the_library():
 
 
 SWITCHES = ("switch-cmb-intel-iommu", "switch-cmb-virtio-iommu", "switch-cmb-iommu-pt",
-            "switch-cmb-intel-iommu-igb", "switch-cmb-arm64-smmuv3", "switch-cmb-arm64-smmuv3-pt")
+            "switch-cmb-intel-iommu-igb")
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -208,28 +203,6 @@ def test_hmm_p2p_maps_as_the_oracle_says(guest, name):
 def test_hmm_p2p_turns_a_kernel_warning_into_an_error(guest):
     (r,) = guest.workload("hmm-p2p", pairs=(("nvme0", "nvme1"),), inject=("warning",))
     assert r["observed"] == "error" and "WARNING: CPU: 0 PID: 1 at testbed/self" in r["detail"]
-
-
-@pytest.mark.arm64
-@pytest.mark.topology("switch-cmb-arm64")
-def test_fio_reads_and_writes_through_p2pmem_on_arm64(guest):
-    """fio with its buffer in the provider's CMB (p2pmem), on the arm64 guest: data
-    verified, both directions, beside the host-memory baseline."""
-    (r,) = guest.workload("fio", pairs=(("nvme0", "nvme1"),), size=1 << 20)
-    assert r["observed"] == "ok" and r["data_verified"] is True, r
-    assert r["data"]["host_over_p2p"]["read"] > 0 and r["data"]["host_over_p2p"]["write"] > 0
-
-
-@pytest.mark.arm64
-@pytest.mark.topology("rootports-cmb-arm64")
-def test_arm64_refuses_a_pair_across_root_ports_whatever_the_cpu(guest):
-    """The refusal is the kernel's, for the reason the oracle gives: no allow-listed host
-    bridge and no CPU rule on arm64 (the guest's CPU is 'max', which trusts nothing)."""
-    (r,) = guest.workload("p2p-copy", size=256 << 10, pairs=(("nvme0", "nvme1"),))
-    assert (r["predicted"], r["observed"]) == ("rejected", "rejected"), r
-    assert "trusts no aarch64 CPU" in r["reason"]
-    assert "do not share an upstream bridge or whitelisted host bridge" in \
-        guest.dmesg_since_test_start()
 
 
 def test_all_verdict_kinds_occur_across_the_library():
