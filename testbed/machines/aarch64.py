@@ -2,8 +2,9 @@
 (gpex), the Debian arm64 kernel of the x86 image's version, booted straight from its Image.
 
 What differs from x86 for P2PDMA, as drivers/pci/p2pdma.c has it: its allow-list of host
-bridges has Intel entries only and its CPU rule is x86's (AMD Zen), so on arm64 a pair
-that does not share a PCIe switch is refused whatever the CPU; the IOMMU is an SMMUv3.
+bridges (Intel, Google, NVIDIA Grace) lacks QEMU's gpex and its CPU rule is x86's (AMD Zen),
+so on arm64 a pair that does not share a PCIe switch is refused whatever the CPU; the
+IOMMU is an SMMUv3.
 
     >>> AARCH64.machine_option("tcg", AARCH64.viommu("smmuv3"))
     'virt,gic-version=3,iommu=smmuv3'
@@ -65,7 +66,7 @@ AARCH64 = MachineProfile(
                        tail=("romfile=",)),
             BootDevice("rng", "virtio-rng-pci", ("id=tb-rng",), "virtio-rng")),
         spare_slots=1),
-    # QEMU's generic PCIe host bridge; pci_p2pdma_whitelist[] lists Intel host bridges only
+    # QEMU's generic PCIe host bridge: not in pci_p2pdma_whitelist[] (Intel, Google, NVIDIA)
     host_bridge=HostBridge(("1b36", "0008"), "the virt host bridge (QEMU's gpex)",
                            allow_listed=False),
     viommus=(
