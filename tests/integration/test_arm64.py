@@ -65,13 +65,16 @@ def test_p2p_copy_matches_the_arm64_rules(guest):
 def test_smmuv3_groups_match_the_oracle(guest):
     """The groups the SMMUv3 driver formed equal the predicted ones: below the switch
     (no ACS on the x3130 downstream ports) every endpoint reaches the other, a predicted
-    isolation hole; nvme2 on its own root port (ACS) is alone with it."""
+    isolation hole; the root ports isolate (the SMMUv3's device-tree configuration requested
+    ACS: SV RR CR UF enabled), so nvme2 and the switch's upstream port are alone."""
     groups, *iso = guest.workload("isolation")
     assert groups["observed"] == groups["predicted"] == "upstream-walk", groups["detail"]
     assert groups["data"]["acs_differences"] == []
     observed = groups["data"]["observed_groups"]
     assert ["sw0-dp0", "nvme0"] in observed and ["sw0-dp1", "nvme1"] in observed, observed
-    assert ["rp1", "nvme2"] in observed, observed
+    assert ["nvme2"] in observed and ["sw0"] in observed, observed
+    assert {d: a["ctrl"] for d, a in groups["data"]["acs"].items() if a["cap"]} == \
+        {"rp0": 0x1D, "rp1": 0x1D}, groups["data"]["acs"]
     assert all(p["observed"] == p["predicted"] for p in iso), iso
     holes = {(p["provider"], p["client"]) for p in iso if p["observed"] == "isolation-hole"}
     assert holes == {("nvme0", "nvme1"), ("nvme1", "nvme0")}, iso
