@@ -19,7 +19,7 @@ from typing import Callable
 
 from ..errors import ImageError, QemuError
 from ..machines import PROFILES, MachineProfile
-from ..qemu.machine import QemuMachine
+from ..qemu.machine import QemuMachine, QmpSocket
 from ..util.procs import find_tool
 
 # seconds: about 9 minutes of CPU time under TCG, 40 min of wall time on a 2-core host
@@ -71,9 +71,10 @@ def run_stage2(debian_arch: str, *, kernel: Path, initrd: Path, root: Path, stag
     profile = guest_profile(debian_arch)
     qemu = find_tool(profile.qemu_binary, profile.qemu_package)
     console = work / "stage2-console.log"
-    machine = QemuMachine(lambda qmp: stage2_argv(profile, qemu, kernel, initrd, root, stage,
-                                                 console, qmp, init),
-                          work, name=f"{debian_arch} image second stage")
+    sock = QmpSocket.in_dir(work)
+    machine = QemuMachine(stage2_argv(profile, qemu, kernel, initrd, root, stage, console,
+                                      sock.path, init),
+                          work, sock, name=f"{debian_arch} image second stage")
     start = time.monotonic()
     steps: dict[str, float] = {}
     seen = 0
