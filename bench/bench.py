@@ -17,6 +17,8 @@ architecture...); nothing here changes.  The sections of the project itself:
 3. ``scaling``: boot time by the number of NVMe controllers (2 to 64, 8 per switch).
 4. ``kernel``: kernel profiles: cold builds, a one-file change, the profile kernel's boot
    (bench/kernel.py; ``--skip kernel`` leaves them out: the cold builds take minutes).
+5. ``arm64``: `testbed boot switch-cmb-arm64 -c true` beside the x86 boot and an arm64
+   floor, paired (goal: arm64 <= 2x x86; builds the arm64 image first when not cached).
 
     .venv/bin/python bench/bench.py [--runs 5] [--only ratio,phases] [--skip scaling]
                                     [--scaling 2,8,16,32,64]

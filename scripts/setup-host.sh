@@ -23,6 +23,10 @@ PKGS="$PKGS universal-ctags"
 # the kernel's selftests (kselftest:* workloads, testbed.kernel.selftests): vfio's library
 # links libuuid, iommu's iommufd test libcap
 PKGS="$PKGS uuid-dev libcap-dev"
+# arm64 guests (machine: {arch: aarch64}): QEMU's arm system emulator, the UEFI firmware a
+# topology with an expander host bridge boots through, the cross compiler of arm64 profile
+# kernels (testbed kernel build --arch aarch64)
+PKGS="$PKGS qemu-system-arm qemu-efi-aarch64 gcc-aarch64-linux-gnu"
 
 . /etc/os-release
 missing=""
@@ -33,9 +37,11 @@ done
 # bookworm-backports' 10.0 is what the project is tested with.
 want_backports=""
 if [ "${VERSION_CODENAME:-}" = bookworm ]; then
-    if ! dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null | grep -q bpo; then
-        want_backports=yes
-    fi
+    for q in qemu-system-x86 qemu-system-arm; do
+        if ! dpkg-query -W -f='${Version}' "$q" 2>/dev/null | grep -q bpo; then
+            want_backports=yes
+        fi
+    done
 fi
 if [ -n "$missing" ] || [ -n "$want_backports" ]; then
     echo "setup-host: installing Debian packages:${missing:- (qemu from backports)}"
@@ -48,7 +54,7 @@ if [ -n "$missing" ] || [ -n "$want_backports" ]; then
     $SUDO apt-get update -q
     if [ -n "$want_backports" ]; then
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
-            -t bookworm-backports qemu-system-x86 qemu-utils mmdebstrap
+            -t bookworm-backports qemu-system-x86 qemu-system-arm qemu-utils mmdebstrap
     fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $PKGS
 fi

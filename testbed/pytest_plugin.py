@@ -219,7 +219,8 @@ class _ModuleGuests:
         if key not in self.guests:
             topo = load_checked(spec, qemu=qemu)
             opt = self.config.getoption
-            kernel = resolve_kernel(opt("--testbed-kernel")) if opt("--testbed-kernel") else None
+            kernel = resolve_kernel(opt("--testbed-kernel"), topo.profile) \
+                if opt("--testbed-kernel") else None
             try:
                 self.guests[key] = TestbedGuest(self._boot(topo, kernel), topo, kernel)
             except TestbedError as exc:

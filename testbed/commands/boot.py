@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     topo = load_checked(args.topology, qemu=args.qemu)  # bad input fails here, at once
-    kernel = resolve_kernel(args.kernel) if args.kernel else None
+    kernel = resolve_kernel(args.kernel, topo.profile) if args.kernel else None
     if kernel is not None and kernel.profiles:
         print(profile_lines(kernel), file=sys.stderr, flush=True)
     requested_accel(args.accel or topo.machine.accel)

@@ -103,7 +103,7 @@ def command_line(args: argparse.Namespace, fmt: str) -> str:
         run_dir = Path.cwd() / run_dir
     topo = load_checked(args.file, qemu=args.qemu)
     caps = probe_for(topo)
-    accel = resolve_accel(topo.machine.accel, caps, allow_probe=False)
+    accel = resolve_accel(topo.machine.accel, caps, allow_probe=False, profile=topo.profile)
     if args.boot:
         from ..guest.boot import (  # only --boot needs these
             default_kernel,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..kernel.resolve import resolve_kernel
+from ..machines import X86_64, MachineProfile
 from ..qemu.validate import load_checked
 from ..results.ktap import to_ktap
 from ..results.summary import summary
@@ -64,14 +65,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_coverage_arguments(p)
 
 
-def options_from_args(args: argparse.Namespace) -> RunOptions:
+def options_from_args(args: argparse.Namespace,
+                      profile: MachineProfile = X86_64) -> RunOptions:
     pushes = []
     for item in args.push:
         local, sep, remote = item.partition(":")
         if not sep or not local or not remote:
             raise UsageError(f"--push {item!r}: expected LOCAL:REMOTE")
         pushes.append((local, remote))
-    kernel = resolve_kernel(args.kernel) if args.kernel else None
+    kernel = resolve_kernel(args.kernel, profile) if args.kernel else None
     return RunOptions(workloads=tuple(args.workload), pushes=tuple(pushes),
                       execs=tuple(args.execs), fio_args=tuple(args.fio_args), kernel=kernel, accel=args.accel, size=args.size,
                       timeout=args.timeout, guest_name=args.guest, out=args.out, keep=args.keep,
@@ -81,7 +83,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
 
 def run(args: argparse.Namespace) -> int:
     topo = load_checked(args.topology, qemu=args.qemu)
-    opts = options_from_args(args)
+    opts = options_from_args(args, topo.profile)
     result, out = run_topology(topo, opts)
     print(to_ktap(result) if args.format == "ktap" else summary(result, out),
           end="" if args.format == "ktap" else "\n")

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     inst.save()
     try:
         topo = load_checked(args.topology, qemu=args.qemu)
-        kernel = resolve_kernel(args.kernel) if args.kernel else None
+        kernel = resolve_kernel(args.kernel, topo.profile) if args.kernel else None
         shares = tuple(parse_share(s) for s in args.share)  # checked by `testbed boot`
         guest = boot(topo, options=BootOptions(kernel=kernel, accel=args.accel,
                                                timeout=args.timeout, label=name,

@@ -30,6 +30,7 @@ class Image:
     cmdline: tuple[str, ...]  # kernel command-line words the image needs
     bzimage: Path  # the compressed kernel as Debian ships it
     pvh: bool  # True if ``kernel`` is an ELF vmlinux booted through its PVH note
+    # (``bzimage`` is the kernel as Debian ships it: an x86 bzImage, an arm64 Image)
     recipe_hash: str
     user: str = "root"
     ready_marker: str = READY_MARKER

@@ -30,7 +30,7 @@ from ..qemu import installed
 from ..qemu.binary import DEFAULT_PROGRAM, from_root
 from ..qemu.installed import Installation, check_name, locked, point, roots_dir
 from ..util.procs import find_tool, run_step
-from .build import _remove_tree
+from .steps import remove_tree
 from ..util.debian_mirror import resolve_mirror
 from .tree import dpkg_versions, tree_bytes
 
@@ -135,7 +135,7 @@ def _install_locked(src: Source, name: str) -> Installation:
     roots.mkdir(parents=True, exist_ok=True)
     for stale in roots.glob(".tmp-*"):  # an interrupted install (we hold the lock)
         log.info("qemu install: removing the remains of an interrupted install: %s", stale)
-        _remove_tree(stale)
+        remove_tree(stale)
     work = roots / f".tmp-{os.getpid()}"
     start = time.monotonic()
     try:
@@ -165,14 +165,14 @@ def _install_locked(src: Source, name: str) -> Installation:
         dest = roots / key
         if _usable(dest):
             log.info("qemu install: the same packages as root %s: keeping that one", key)
-            _remove_tree(work)
+            remove_tree(work)
         else:
             if dest.exists():  # a root without a manifest or loader is never used: replaced
-                _remove_tree(dest)
+                remove_tree(dest)
             work.rename(dest)
     except BaseException:
         try:
-            _remove_tree(work)
+            remove_tree(work)
         except (ImageError, OSError) as exc:  # pragma: no cover - best effort
             log.warning("qemu install: could not remove %s: %s", work, exc)
         raise

@@ -1,7 +1,12 @@
-"""The image recipe (guest-images/default/recipe.toml) and its cache key.
+"""The image recipes (guest-images/<name>/recipe.toml) and their cache keys.
 
-The key is a sha256 over every file under ``guest-images/default`` and
-``guest-images/tools`` (the recipe, the root-filesystem overlay, the initramfs
+One recipe per machine profile (its ``image_recipe``): ``default`` (amd64, the x86-64
+guest) and ``arm64`` (the aarch64 guest).  A recipe may take its root-filesystem overlay
+and initramfs init from another recipe's directory (``base = "default"``), so the two
+guests boot the same way.
+
+The key is a sha256 over every file under ``guest-images/<name>``, its base's directory
+and ``guest-images/tools`` (the recipe, the root-filesystem overlay, the initramfs
 init, extra tools) and over the builder's own sources: ``testbed/image/*.py``, the
 kernel-file and initramfs modules it uses.  Change any of them and a new image is
 built; change nothing and the cached one is reused.  The guest tool is not in the
@@ -32,6 +37,7 @@ LAYOUT_VERSION = "1"
 class Recipe:
     name: str
     directory: Path  # guest-images/<name>
+    base_directory: Path  # where rootfs/ and initramfs-init come from (``base``; else directory)
     tools_dir: Path  # guest-images/tools: extra files copied to /usr/local/bin in the guest
     suite: str
     architecture: str  # dpkg's name (amd64): a machine profile's debian_arch
@@ -48,14 +54,17 @@ class Recipe:
     parallel_modules: tuple[str, ...]
     cmdline: tuple[str, ...]
     disk_size_mib: int
+    # packages whose files are unpacked but which are not configured in the guest (a
+    # foreign-architecture build: the kernel's, which the testbed boots by itself)
+    extract_only: tuple[str, ...] = ()
 
     @property
     def rootfs_dir(self) -> Path:
-        return self.directory / "rootfs"
+        return self.base_directory / "rootfs"
 
     @property
     def initramfs_init(self) -> Path:
-        return self.directory / "initramfs-init"
+        return self.base_directory / "initramfs-init"
 
     def sources(self, mirror: str | None = None) -> list[str]:
         """One-line apt sources for mmdebstrap (main suite first)."""
@@ -70,6 +79,15 @@ def _tuple(table: dict, key: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _base_name(data: dict, path: Path) -> str | None:
+    base = data.get("base")
+    if base is None:
+        return None
+    if not isinstance(base, str) or not base or "/" in base or base.startswith("."):
+        raise ImageError(f"{path}: base must name another recipe's directory")
+    return base
+
+
 def load_recipe(name: str = DEFAULT_RECIPE, root: Path | None = None) -> Recipe:
     base = root if root is not None else guest_images_dir()
     directory = base / name
@@ -82,9 +100,11 @@ def load_recipe(name: str = DEFAULT_RECIPE, root: Path | None = None) -> Recipe:
         raise ImageError(f"{path}: {exc}") from None
     try:
         deb, kern, initrd, boot = data["debian"], data["kernel"], data["initramfs"], data["boot"]
+        base_name = _base_name(data, path)
         return Recipe(
             name=name,
             directory=directory,
+            base_directory=base / base_name if base_name else directory,
             tools_dir=base / "tools",
             suite=deb["suite"],
             architecture=str(deb.get("architecture", "amd64")),
@@ -101,6 +121,7 @@ def load_recipe(name: str = DEFAULT_RECIPE, root: Path | None = None) -> Recipe:
             parallel_modules=_tuple(initrd, "parallel_modules", str(path)),
             cmdline=_tuple(boot, "cmdline", str(path)),
             disk_size_mib=int(data.get("disk", {}).get("size_mib", 3072)),
+            extract_only=_tuple(deb, "extract_only", str(path)),
         )
     except KeyError as exc:
         raise ImageError(f"{path}: missing key {exc}") from None
@@ -136,15 +157,30 @@ def _entry(h: "hashlib._Hash", label: str, path: Path) -> None:
     h.update(content)
 
 
-def recipe_hash(images_root: Path | None = None, builder_dir: Path | None = None) -> str:
-    """sha256 (hex) over the recipe files and the builder's source files
+def _recipe_dirs(base: Path, name: str) -> set[str]:
+    """The directories under guest-images/ a recipe's image is made from."""
+    dirs = {name, "tools"}
+    try:
+        data = tomllib.loads((base / name / "recipe.toml").read_text())
+        base_name = _base_name(data, base / name / "recipe.toml")
+    except (OSError, tomllib.TOMLDecodeError, ImageError):
+        base_name = None  # load_recipe reports it
+    if base_name:
+        dirs.add(base_name)
+    return dirs
+
+
+def recipe_hash(images_root: Path | None = None, builder_dir: Path | None = None,
+                name: str = DEFAULT_RECIPE) -> str:
+    """sha256 (hex) over the recipe's files and the builder's source files
     (``builder_dir``: hash that directory's ``*.py`` instead, for tests)."""
     h = hashlib.sha256(f"p2pdma-testbed image layout {LAYOUT_VERSION}\0".encode())
     base = images_root if images_root is not None else guest_images_dir()
     if base.is_dir():
+        dirs = _recipe_dirs(base, name)
         for path in _hashed_files(base):
             rel = path.relative_to(base)
-            if rel.parts[0] in ("default", "tools"):  # guest-images/kernel/: custom kernels
+            if rel.parts[0] in dirs:  # guest-images/kernel/: custom kernels
                 _entry(h, f"guest-images/{rel.as_posix()}", path)
     if builder_dir is not None:
         sources = [(f"builder/{p.name}", p) for p in sorted(builder_dir.glob("*.py"))]

@@ -13,17 +13,26 @@ from .recipe import Recipe
 
 
 def find_kernel(root: Path) -> tuple[str, Path, Path]:
-    """(release, vmlinuz, config) of the single kernel installed in ``root``."""
+    """(release, vmlinuz, config) of the single kernel installed in ``root``: in /boot
+    once its package is configured, else where the package unpacks it
+    (/usr/lib/modules/<release>/vmlinuz and config)."""
     boot = root / "boot"
     kernels = sorted(boot.glob("vmlinuz-*"))
+    if kernels:
+        releases = [p.name[len("vmlinuz-"):] for p in kernels]
+    else:
+        kernels = sorted(root.glob("usr/lib/modules/*/vmlinuz"))
+        releases = [p.parent.name for p in kernels]
     if not kernels:
-        raise ImageError(f"no kernel (vmlinuz-*) in {boot}")
+        raise ImageError(f"no kernel (vmlinuz-*) in {boot} nor in /usr/lib/modules/*/")
     if len(kernels) > 1:
-        raise ImageError("more than one kernel in the image: " + ", ".join(p.name for p in kernels))
-    release = kernels[0].name[len("vmlinuz-"):]
+        raise ImageError("more than one kernel in the image: " + ", ".join(releases))
+    release = releases[0]
     config = boot / f"config-{release}"
     if not config.is_file():
-        raise ImageError(f"the kernel {release} has no {config.name} in /boot")
+        config = root / "usr/lib/modules" / release / "config"
+    if not config.is_file():
+        raise ImageError(f"the kernel {release} has no config-{release} in /boot")
     if not (root / "lib/modules" / release / "modules.dep").is_file():
         raise ImageError(f"the kernel {release} has no modules.dep")
     return release, kernels[0], config
@@ -47,6 +56,7 @@ def symlink(root: Path, rel: str, target: str) -> None:
     dest = root / rel.lstrip("/")
     if dest.is_symlink() or dest.exists():
         raise ImageError(f"/{rel} already exists in the image (a systemd or sysvinit install?)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
     dest.symlink_to(target)
 
 
@@ -72,6 +82,23 @@ def install_overlay(recipe: Recipe, root: Path) -> list[str]:
             rel = f"usr/local/bin/{path.name}"
             write_file(root, rel, path.read_bytes(), 0o755)
             installed.append("/" + rel)
+    return installed
+
+
+def place_testbed_files(recipe: Recipe, root: Path, host_private: bytes, host_public: str,
+                        client_public: str) -> list[str]:
+    """The testbed's own files in a root tree: the overlay and tools, the pinned ed25519
+    host key, root's authorized key, and busybox as init (PID 1; poweroff, reboot and
+    halt signal it).  ``root`` is the image tree itself or, for a foreign-architecture
+    build, the tree the guest copies over its root (see :mod:`testbed.image.foreign`)."""
+    installed = install_overlay(recipe, root)
+    write_file(root, "etc/ssh/ssh_host_ed25519_key", host_private, 0o600)
+    write_file(root, "etc/ssh/ssh_host_ed25519_key.pub", (host_public + "\n").encode(), 0o644)
+    (root / "root/.ssh").mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(root / "root/.ssh", 0o700)
+    write_file(root, "root/.ssh/authorized_keys", (client_public + "\n").encode(), 0o600)
+    for name in ("init", "poweroff", "reboot", "halt"):
+        symlink(root, f"usr/sbin/{name}", "../bin/busybox")
     return installed
 
 

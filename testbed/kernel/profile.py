@@ -99,11 +99,20 @@ def available() -> dict[str, Path]:
     return {p.stem: p for p in sorted(PROFILES_DIR.glob("*.config"))}
 
 
-def load(name_or_path: str) -> Profile:
-    """A shipped profile by name, or a profile file by path (``./mine.config``)."""
+def load(name_or_path: str, arch: str | None = None) -> Profile:
+    """A shipped profile by name, or a profile file by path (``./mine.config``).  For a
+    kernel of another machine than x86_64, a shipped profile takes its architecture's part
+    too (``profiles/<arch>/NAME.config``, appended: its lines win)."""
     shipped = available()
     if name_or_path in shipped:
-        return Profile.read(shipped[name_or_path], name_or_path)
+        profile = Profile.read(shipped[name_or_path], name_or_path)
+        overlay = PROFILES_DIR / arch / f"{name_or_path}.config" if arch else None
+        if overlay is None or not overlay.is_file():
+            return profile
+        part = Profile.read(overlay, name_or_path)
+        return Profile(profile.name, profile.path,
+                       f"{profile.text.rstrip()}\n\n# ---- {arch} part ({overlay})\n{part.text}",
+                       profile.summary, profile.gcov + part.gcov)
     if name_or_path.endswith(".config") or "/" in name_or_path:
         path = Path(name_or_path).expanduser()
         if not path.is_file():
@@ -190,10 +199,11 @@ def parse_names(text: str) -> list[str]:
     return names
 
 
-def profile_set(names: list[str] | tuple[str, ...]) -> ProfileSet:
-    """``base`` first (added when not named), then the others in the order given."""
+def profile_set(names: list[str] | tuple[str, ...], arch: str | None = None) -> ProfileSet:
+    """``base`` first (added when not named), then the others in the order given; ``arch``:
+    the machine the kernel is built for (its parts of the profiles, see :func:`load`)."""
     ordered: list[str] = [BASE]
     for n in names:
         if n not in ordered:
             ordered.append(n)
-    return ProfileSet(tuple(load(n) for n in ordered))
+    return ProfileSet(tuple(load(n, arch) for n in ordered))

@@ -87,9 +87,6 @@ def kernel_arch(profile: MachineProfile, host: str | None = None) -> KernelArch:
 
 
 ARCHES = {arch: kernel_arch(p) for arch, p in PROFILES.items()}
-# seam: issue 25 -- until machines/aarch64.py exists, its kernel build is written here
-ARCHES.setdefault("aarch64", KernelArch("aarch64", "arm64", "aarch64-linux-gnu-", "Image",
-                                        "arch/arm64/boot/Image"))
 
 
 @dataclass(frozen=True)
@@ -267,7 +264,7 @@ def build_profile_kernel(ksrc: str | Path, profiles: list[str] | tuple[str, ...]
     if arch not in ARCHES:
         raise UsageError(f"arch {arch!r}: profile kernels are built for {', '.join(ARCHES)}")
     karch = ARCHES[arch]
-    ps = profile_set(list(profiles))
+    ps = profile_set(list(profiles), arch)
     src = resolve_source(ksrc)
     check_build_tools()
     compiler = compiler_identity(karch)

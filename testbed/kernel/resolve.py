@@ -133,9 +133,9 @@ def parse_profile_spec(spec: str) -> tuple[list[str], str]:
         raise UsageError(f"--kernel {spec}: {exc} (profile:NAME[+NAME...][@SOURCE])") from None
 
 
-def _from_profile(spec: str) -> KernelSpec:
+def _from_profile(spec: str, profile: MachineProfile = X86_64) -> KernelSpec:
     names, source = parse_profile_spec(spec)
-    k = build_profile_kernel(source, names)  # seam: issue 19 (the topology's arch)
+    k = build_profile_kernel(source, names, arch=profile.arch)
     assert k is not None
     return _checked(KernelSpec(spec, "profile", k.tree, k.image, k.release, None, k.config,
                                build_tree=k.tree, profiles=k.profiles,
@@ -144,11 +144,12 @@ def _from_profile(spec: str) -> KernelSpec:
 
 def resolve_kernel(spec: str, profile: MachineProfile = X86_64) -> KernelSpec | None:
     """``default`` -> None; otherwise a :class:`KernelSpec` (UsageError when unusable) for a
-    ``profile`` machine (where its build tree keeps the image: x86's arch/x86/boot/bzImage)."""
+    ``profile`` machine (where its build tree keeps the image: x86's arch/x86/boot/bzImage;
+    which architecture a ``profile:`` kernel is built for)."""
     if spec is None or str(spec).strip() in ("", "default"):
         return None
     if str(spec).startswith(PROFILE_PREFIX):
-        return _from_profile(str(spec))
+        return _from_profile(str(spec), profile)
     path = Path(str(spec)).expanduser()
     if not path.exists():
         raise UsageError(f"--kernel {spec}: no such file or directory (expected 'default', "

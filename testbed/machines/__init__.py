@@ -7,7 +7,7 @@ beside :mod:`.x86_64` and one row in :data:`PROFILES`.
     >>> machine_profile("x86_64").machine_type
     'q35'
     >>> sorted(PROFILES)
-    ['x86_64']
+    ['aarch64', 'x86_64']
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from types import MappingProxyType
 
 from .profile import (IOMMU_MODES, VIOMMU_ID, BootDevice, CpuRule, Firmware, HostBridge,
                       KernelBuild, KernelImage, MachineProfile, RootBus, RootFunction, Viommu)
+from .aarch64 import AARCH64
 from .x86_64 import X86_64
 
 DEFAULT_ARCH = "x86_64"
 # arch -> profile: one row per supported machine
-PROFILES = MappingProxyType({p.arch: p for p in (X86_64,)})
+PROFILES = MappingProxyType({p.arch: p for p in (X86_64, AARCH64)})
 # every vIOMMU model any machine offers (``none`` first)
 IOMMU_MODELS = ("none", *dict.fromkeys(v.model for p in PROFILES.values() for v in p.viommus))
 
@@ -40,7 +41,7 @@ def profile_for_binary(name: str) -> MachineProfile | None:
     return next((p for p in PROFILES.values() if base.startswith(p.qemu_binary)), None)
 
 
-__all__ = ["BootDevice", "CpuRule", "DEFAULT_ARCH", "Firmware", "HostBridge", "IOMMU_MODELS",
+__all__ = ["AARCH64", "BootDevice", "CpuRule", "DEFAULT_ARCH", "Firmware", "HostBridge", "IOMMU_MODELS",
            "IOMMU_MODES", "KernelBuild", "KernelImage", "MachineProfile", "PROFILES",
            "RootBus", "RootFunction", "VIOMMU_ID", "Viommu", "X86_64", "machine_profile",
            "profile_for_binary"]

@@ -41,20 +41,40 @@ class Viommu:
     kvm_machine_options: tuple[str, ...] = ()  # machine options under KVM
     off_words: tuple[tuple[str, str], ...] = ()  # key=value words that stop its driver
     remaps_x2apic: bool = False     # gives interrupt remapping for vCPUs past the xAPIC limit
+    bus_prop: str = "bus"           # the -device property naming its bus (arm-smmuv3: primary-bus)
+    # The -machine options that make it instead of a -device (virt's iommu=smmuv3: one on
+    # the root bus, every QEMU); used while the machine has a single root complex.
+    machine_options: tuple[str, ...] = ()
+    # With expander host bridges: one -device per root complex (primary-bus=each root bus),
+    # each right after its root bus exists and before the devices on it.
+    per_root_complex: bool = False
 
     def words(self, mode: str) -> tuple[str, ...]:
         """The guest kernel words for ``mode`` (one of :data:`IOMMU_MODES`)."""
         return self.strict if mode == "strict" else self.passthrough
 
-    def device_value(self, accel: str, root_bus: str) -> str:
+    def device_value(self, accel: str, root_bus: str, qemu_id: str = VIOMMU_ID) -> str:
         """The ``-device`` value under ``accel`` (tcg or kvm)."""
-        props = [self.qemu_device, f"id={VIOMMU_ID}"]
+        props = [self.qemu_device, f"id={qemu_id}"]
         if self.on_root_bus:
-            props.append(f"bus={root_bus}")
+            props.append(f"{self.bus_prop}={root_bus}")
         props += self.props
         if accel == "kvm":
             props += self.kvm_props
         return ",".join(props)
+
+    def as_machine_option(self, expanders: bool) -> bool:
+        """Is it made by -machine options (:attr:`machine_options`) rather than -device?"""
+        return bool(self.machine_options) and not expanders
+
+    def device_id(self, root_bus: str | None = None) -> str:
+        """Its QEMU id: ``tb-viommu``, or ``tb-viommu-<host bridge>`` for the instance
+        of an expander's root complex.
+
+            >>> Viommu("smmuv3", "arm-smmuv3", (), ()).device_id("hb1")
+            'tb-viommu-hb1'
+        """
+        return VIOMMU_ID if root_bus is None else f"{VIOMMU_ID}-{root_bus}"
 
 
 @dataclass(frozen=True)
@@ -164,6 +184,16 @@ class Firmware:
     fast_bios: str | None        # -bios FILE from QEMU's data directories when it has it
     fast_bios_numbers_expanders: bool  # False: an expander host bridge needs the default
     boot_protocol: str           # for people
+    # A machine whose default (no firmware: a generated device tree) cannot show an
+    # expander host bridge's root bus boots those with this firmware instead (aarch64: UEFI,
+    # whose ACPI tables describe every root complex): the first file that exists, absolute
+    # or in QEMU's data directories; ``expander_bios_package`` ships it.
+    expander_bios: tuple[str, ...] = ()
+    expander_bios_package: str = ""
+    # Does the machine's default firmware (no -bios) number the buses behind bridges before a
+    # kernel runs (x86: SeaBIOS)?  `testbed verify` waits for that; else it runs the
+    # expander firmware (aarch64: no firmware at all by default).
+    default_enumerates: bool = True
 
 
 @dataclass(frozen=True)
@@ -224,6 +254,15 @@ class MachineProfile:
     debian_arch: str             # dpkg's name: amd64
     kernel_package: str          # Debian's kernel metapackage for it
     image_recipe: str            # guest-images/<name>: the guest image recipe for it
+    machine_options: tuple[str, ...] = ()  # -machine TYPE,OPTIONS always (virt: gic-version=3)
+    # CPU model -> properties the testbed adds under TCG (aarch64's max: QEMU's cheap
+    # pointer-authentication algorithm instead of the architected one)
+    tcg_cpu_props: tuple[tuple[str, str], ...] = ()
+
+    def cpu_option(self, model: str, accel: str) -> str:
+        """The ``-cpu`` value of ``model`` under ``accel``."""
+        props = dict(self.tcg_cpu_props).get(model) if accel == "tcg" else None
+        return f"{model},{props}" if props else model
 
     @property
     def console_word(self) -> str:
@@ -243,10 +282,14 @@ class MachineProfile:
                 return v
         raise KeyError(f"{self.arch} offers no {model!r} vIOMMU")
 
-    def machine_option(self, accel: str, viommu: Viommu | None) -> str:
-        """The ``-machine`` value: the type and the options ``accel`` and the vIOMMU need."""
-        options = list(viommu.kvm_machine_options) if viommu is not None and accel == "kvm" \
-            else []
+    def machine_option(self, accel: str, viommu: Viommu | None, expanders: bool = False) -> str:
+        """The ``-machine`` value: the type, its own options, and the options ``accel`` and
+        the vIOMMU need (``expanders``: the topology has expander host bridges)."""
+        options = list(self.machine_options)
+        if viommu is not None and accel == "kvm":
+            options += viommu.kvm_machine_options
+        if viommu is not None and viommu.as_machine_option(expanders):
+            options += viommu.machine_options
         return ",".join([self.machine_type, *options])
 
     def iommu_words(self, model: str, mode: str) -> tuple[str, ...]:

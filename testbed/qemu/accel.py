@@ -106,6 +106,11 @@ def probe_kvm(caps: Capabilities, guest: ProbeGuest, timeout: float = PROBE_TIME
     return accel
 
 
+def foreign_host(profile: MachineProfile) -> bool:
+    """Is the machine another architecture than the host's (KVM cannot run it)?"""
+    return platform.machine() != profile.arch
+
+
 def requested_accel(requested: str) -> str:
     """The accelerator asked for, after ``TESTBED_ACCEL`` (UsageError when it is bad)."""
     env = os.environ.get("TESTBED_ACCEL")
@@ -116,28 +121,37 @@ def requested_accel(requested: str) -> str:
     return requested
 
 
-def expected_accel(requested: str, caps: Capabilities) -> str | None:
+def expected_accel(requested: str, caps: Capabilities,
+                   profile: MachineProfile = X86_64) -> str | None:
     """The accelerator a boot will use, when that is known without booting anything."""
     requested = requested_accel(requested)
     if requested in ("tcg", "kvm"):
         return requested
-    if not kvm_usable():
+    if not kvm_usable() or foreign_host(profile):
         return "tcg"
     cached = _cached(caps)
     return cached.name if cached else None
 
 
 def resolve_accel(requested: str, caps: Capabilities | None, guest: ProbeGuest | None = None,
-                  allow_probe: bool = True) -> Accel:
-    """``tcg``/``kvm``/``auto`` -> the accelerator to use, with the reason."""
+                  allow_probe: bool = True, profile: MachineProfile | None = None) -> Accel:
+    """``tcg``/``kvm``/``auto`` -> the accelerator to use, with the reason (``profile``: the
+    machine's, else the probe guest's)."""
+    profile = profile or (guest.profile if guest is not None else X86_64)
     requested = requested_accel(requested)
     if requested == "tcg":
         return Accel("tcg", "requested")
+    foreign = (f"an {profile.arch} guest on an {platform.machine()} host: KVM runs only the "
+               "host's own architecture")
     if requested == "kvm":
+        if foreign_host(profile):
+            raise UsageError(f"accel kvm requested for {foreign} (use accel: auto or tcg)")
         if not kvm_usable():
             raise UsageError("accel kvm requested but /dev/kvm cannot be opened "
                              "(use accel: auto or tcg)")
         return Accel("kvm", "requested")
+    if foreign_host(profile):
+        return Accel("tcg", foreign)
     if not kvm_usable():
         return Accel("tcg", "no usable /dev/kvm")
     assert caps is not None

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from ..machines import X86_64, MachineProfile
+from ..machines import X86_64, MachineProfile, Viommu
 from ..spec.endpoints import ENDPOINTS, BackingFile, Endpoint
 from ..spec.endpoints.base import escape as _escape
 from ..spec.endpoints.nvme import (namespace_drive, namespace_path, nvme_argv, nvme_device,
@@ -108,16 +108,22 @@ def machine_argv(topo: Topology, binary: str | Qemu, run_dir: Path, accel: str) 
     assert accel in ("tcg", "kvm"), accel
     profile = topo.profile
     viommu = profile.viommu(topo.iommu.model)
-    argv = [*program(binary), "-machine", profile.machine_option(accel, viommu), "-accel", accel,
-            "-cpu", topo.machine.cpu, "-m", f"{max(topo.machine.memory // MiB, 1)}M",
+    expanders = bool(topo.host_bridges())
+    argv = [*program(binary), "-machine", profile.machine_option(accel, viommu, expanders),
+            "-accel", accel, "-cpu", profile.cpu_option(topo.machine.cpu, accel),
+            "-m", f"{max(topo.machine.memory // MiB, 1)}M",
             "-smp", str(topo.machine.cpus), "-nodefaults", "-no-user-config", "-display", "none"]
     root_bus = profile.root_bus.name
-    if viommu is not None:  # before every PCI device (older QEMUs insist)
+    if viommu is not None and not viommu.as_machine_option(expanders):
+        # before every PCI device (older QEMUs insist; a device's DMA address space is
+        # chosen when it is created)
         argv += ["-device", viommu.device_value(accel, root_bus)]
+    # a vIOMMU of its own for each expander's root complex (aarch64's SMMUv3)
+    per_rc = viommu if viommu is not None and viommu.per_root_complex and expanders else None
     chassis = iter(range(1, 256))
     numbers = bus_numbers(topo)
     for node in topo.pcie:
-        argv += _node_argv(node, root_bus, chassis, run_dir, numbers)
+        argv += _node_argv(node, root_bus, chassis, run_dir, numbers, per_rc, accel)
     return argv
 
 
@@ -134,7 +140,8 @@ def device_props(node: Node, bus: str, chassis: int | None = None) -> str:
 
 
 def _node_argv(node: Node, bus: str, chassis: Iterator[int], run_dir: Path,
-               numbers: dict[str, int]) -> list[str]:
+               numbers: dict[str, int], per_rc: Viommu | None = None,
+               accel: str = "tcg") -> list[str]:
     if isinstance(node, Endpoint):
         return ENDPOINTS[type(node)].argv(node, bus, run_dir)
     if isinstance(node, (RootPort, DownstreamPort)):
@@ -143,10 +150,12 @@ def _node_argv(node: Node, bus: str, chassis: Iterator[int], run_dir: Path,
         out = ["-device", device_props(node, bus)]
     elif isinstance(node, HostBridge):
         out = ["-device", f"{device_props(node, bus)},bus_nr={numbers[node.name]}"]
+        if per_rc is not None:  # its root bus exists now; the devices on it come next
+            out += ["-device", per_rc.device_value(accel, node.name, per_rc.device_id(node.name))]
     else:  # pragma: no cover - the parser only builds the kinds above
         raise TypeError(node)
     for child in node.children:
-        out += _node_argv(child, node.name, chassis, run_dir, numbers)
+        out += _node_argv(child, node.name, chassis, run_dir, numbers, per_rc, accel)
     return out
 
 
@@ -171,13 +180,29 @@ def firmware(binary: str | Qemu, topo: Topology | None = None,
     with one gets QEMU's default firmware, else nothing behind it would be enumerated."""
     profile = profile or (topo.profile if topo is not None else X86_64)
     fw = profile.firmware
-    if fw.fast_bios is None or (topo is not None and topo.host_bridges()
-                                and not fw.fast_bios_numbers_expanders):
+    expanders = topo is not None and bool(topo.host_bridges())
+    if expanders and not fw.fast_bios_numbers_expanders:
+        found = expander_firmware(binary, profile)
+        return ["-bios", str(found)] if found is not None else []
+    if fw.fast_bios is None:
         return []
     for d in _data_dirs(binary):
         if (Path(d) / fw.fast_bios).is_file():
             return ["-bios", str(Path(d) / fw.fast_bios)]
     return []
+
+
+def expander_firmware(binary: str | Qemu, profile: MachineProfile) -> Path | None:
+    """The firmware a topology with expander host bridges boots with, when the profile
+    names one (aarch64: UEFI): the first of its files that exists, absolute or in QEMU's
+    data directories; None when there is none (x86: QEMU's default, SeaBIOS)."""
+    for name in profile.firmware.expander_bios:
+        candidates = [Path(name)] if Path(name).is_absolute() else \
+            [Path(d) / name for d in _data_dirs(binary)]
+        for path in candidates:
+            if path.is_file():
+                return path
+    return None
 
 
 def boot_argv(media: BootMedia, binary: str | Qemu, topo: Topology | None = None) -> list[str]:

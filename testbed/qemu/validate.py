@@ -28,6 +28,7 @@ from ..spec.source import read_text, resolve
 from ..spec.units import format_size
 from ..spec.yamlsource import Sourced, load
 from .accel import expected_accel
+from .cmdline import expander_firmware
 from .devices import (
     DEVICES,
     DISABLE_ACS,
@@ -130,10 +131,29 @@ def capabilities(topo: Topology, caps: Capabilities, accel: str | None = None) -
                             "machine runs guests under TCG: name a model such as "
                             + _examples(topo.profile.tcg_cpu_examples)))
     viommu = topo.profile.viommu(topo.iommu.model)
-    if viommu is not None and need("iommu", viommu.qemu_device):
+    expanders = bool(topo.host_bridges())
+    if viommu is not None and viommu.as_machine_option(expanders):
+        pass  # a machine option of the board (virt,iommu=smmuv3): every QEMU of it has it
+    elif viommu is not None and viommu.machine_options and viommu.qemu_device not in caps.devices:
+        out.append(_problem(topo, "iommu", f"{caps.describe()} makes one {viommu.model} only, "
+                            f"on {topo.profile.root_bus.name} (-machine "
+                            f"{','.join(viommu.machine_options)}); one per root complex, as "
+                            f"a topology with host bridges needs, takes -device "
+                            f"{viommu.qemu_device} (QEMU 11.1: `testbed qemu install`, then "
+                            "--qemu trixie-backports)"))
+    elif viommu is not None and need("iommu", viommu.qemu_device):
         limit = iommu_limit(topo, caps)
         if limit:
             out.append(_problem(topo, "iommu", limit))
+    if expanders and topo.profile.firmware.expander_bios \
+            and expander_firmware(caps.path, topo.profile) is None:
+        fw = topo.profile.firmware
+        first = topo.host_bridges()[0]
+        out.append(_problem(topo, f"{topo.node_paths.get(first.name, '')}.host_bridge",
+                            f"a host bridge on {topo.profile.machine_type} boots through "
+                            f"UEFI (only its ACPI tables show the expander's root complex), "
+                            f"and none of {', '.join(fw.expander_bios)} exists: apt-get "
+                            f"install {fw.expander_bios_package}", key=True))
     for node in topo.nodes():
         kind = DEVICES[type(node)]
         path = f"{topo.node_paths.get(node.name, '')}.{kind.kind}".lstrip(".")
@@ -241,7 +261,8 @@ def check_document(root: Sourced, filename: str, base_dir: Path,
         except QemuError as exc:
             problems.append(_problem(topo, "machine.qemu", str(exc)))
         else:
-            problems += capabilities(topo, caps, expected_accel(topo.machine.accel, caps))
+            problems += capabilities(topo, caps,
+                                 expected_accel(topo.machine.accel, caps, topo.profile))
     if problems:
         raise SpecError(problems)
     return topo

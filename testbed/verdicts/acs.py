@@ -48,7 +48,12 @@ FIRMWARE_CTRL = 0                      # QEMU's reset value; qboot leaves it alo
 REQUESTED_BY = {
     "intel": "the intel IOMMU driver (DMAR detection, drivers/iommu/intel/dmar.c)",
     "amd": "the AMD IOMMU driver (IVRS detection, drivers/iommu/amd/init.c)",
-    "virtio": "ACPI VIOT parsing for virtio-iommu (drivers/acpi/viot.c)",
+    "virtio": "ACPI VIOT parsing for virtio-iommu (drivers/acpi/viot.c; on arm64's device "
+              "tree of_iommu_configure(), drivers/iommu/of_iommu.c)",
+    # arm64: the firmware's description of the SMMU; the testbed boots the device tree
+    # (of_iommu_configure() as each PCI device is configured), UEFI boots have IORT
+    "smmuv3": "the SMMUv3's firmware description (device tree: of_iommu_configure(), "
+              "drivers/iommu/of_iommu.c; ACPI: IORT, drivers/acpi/arm64/iort.c)",
 }
 
 _HEX = r"\s*(?:0[xX])?([0-9a-fA-F]+)"

@@ -136,13 +136,15 @@ def _compute(topo: Topology, provider: str, client: str, cpu: CpuInfo,
     if common is not None and not acs:
         via = f"{common.name} ({_kind(common)})"
         if view.translating:
+            pt_words = topo.profile.iommu_words(view.iommu, "passthrough") or ("iommu=pt",)
+            pt = "iommu=pt" if "iommu=pt" in pt_words else pt_words[-1]
             return Prediction(
                 provider, client, "iommu-fault", "bus-address",
                 f"{provider} and {client} share the upstream bridge {via} with no ACS "
                 f"redirect, so Linux maps the transfer by PCI bus address with no IOMMU "
                 f"entry; QEMU routes every DMA through the {view.iommu} vIOMMU at the "
                 f"root complex, so it faults there (QEMU model limit, not a kernel bug; "
-                f"iommu=pt avoids it){note}", qemu_limit=True, distance=distance,
+                f"{pt} avoids it){note}", qemu_limit=True, distance=distance,
                 translating=True)
         mode = " (the vIOMMU is in passthrough)" if view.iommu != "none" else ""
         return Prediction(provider, client, "ok", "bus-address",
@@ -162,11 +164,16 @@ def _compute(topo: Topology, provider: str, client: str, cpu: CpuInfo,
                           f"DMA{how}{note}", distance=distance, translating=view.translating)
     if topo.profile.host_bridge.allow_listed:  # pragma: no cover - q35's is not
         return Prediction(provider, client, "ok", "host-bridge", f"{why}; allow-listed host bridge")
+    if rule.trusted_vendor is None:  # arm64: cpu_supports_p2pdma() is x86-only
+        cpu_part = (f"p2pdma.c trusts no {topo.profile.arch} CPU for P2P through the root "
+                    f"complex (its CPU rule is x86's), whatever the model ({cpu.model})")
+    else:
+        cpu_part = (f"the CPU model {cpu.model} ({cpu.vendor} family {cpu.family:#x}) is not "
+                    f"{rule.trusted_label or 'trusted'}")
     return Prediction(provider, client, "rejected", "not-supported",
                       f"{why}; {hosts} {'is' if crossing == 'host bridge' else 'are'} not on the "
-                      f"kernel's allow-list and the CPU model {cpu.model} ({cpu.vendor} family "
-                      f"{cpu.family:#x}) is not {rule.trusted_label or 'trusted'}: Linux refuses "
-                      f"the mapping{note}", distance=distance)
+                      f"kernel's allow-list and {cpu_part}: Linux refuses the "
+                      f"mapping{note}", distance=distance)
 
 
 def pairs(topo: Topology) -> list[tuple[str, str]]:

@@ -1,6 +1,7 @@
 """The image cache: fast path, lock, host-tool checks (pure: no mmdebstrap, no QEMU)."""
 
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ def fake_image(directory: Path, key: str) -> None:
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))
-    monkeypatch.setattr(build, "recipe_hash", lambda: "k" * 64)
+    monkeypatch.setattr(build, "recipe_hash", lambda name="default": "k" * 64)
     return tmp_path / "images"
 
 
@@ -72,8 +73,8 @@ def test_incomplete_cache_entry_is_not_used(cache):
 
 
 def test_missing_host_tool_names_the_debian_package(monkeypatch):
-    real = build.shutil.which
-    monkeypatch.setattr(build.shutil, "which",
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which",
                         lambda name, path=None: None if name == "mke2fs" else real(name, path=path))
     with pytest.raises(ToolMissing) as info:
         build.check_host_tools()

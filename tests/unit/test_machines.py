@@ -148,5 +148,5 @@ def test_arch_errors_name_the_line():
             pcie: []
             """)
     text = str(err.value)
-    assert "t.yaml:3:9: machine.arch: must be one of x86_64, got 'arm'" in text
+    assert "t.yaml:3:9: machine.arch: must be one of x86_64, aarch64, got 'arm'" in text
     assert "t.yaml:4:9: machine.type: only 'q35' is supported (got 'virt')" in text

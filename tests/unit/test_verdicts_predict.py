@@ -98,7 +98,7 @@ def test_explicit_expectation_overrides():
 
 def test_library_predictions():
     got = {}
-    cpus = {"qemu64": QEMU64, "EPYC": EPYC}
+    cpus = {"qemu64": QEMU64, "EPYC": EPYC, "max": CpuInfo("max", "", 0)}
     from testbed.spec import library
     for name in library():
         topo = load_topology(name)
@@ -112,3 +112,7 @@ def test_library_predictions():
     assert got["switch-cmb-amd-iommu"] == {"iommu-fault"}
     assert got["switch-cmb-amd-iommu-pt"] == got["rootports-cmb-zen-amd-iommu"] == {"ok"}
     assert got["fabric-large"] == {"ok", "rejected"}
+    # arm64: no allow-listed host bridge, no CPU rule; SMMUv3 like the other vIOMMUs
+    assert got["switch-cmb-arm64"] == got["switch-cmb-arm64-smmuv3-pt"] == {"ok"}
+    assert got["rootports-cmb-arm64"] == {"rejected"}
+    assert got["switch-cmb-arm64-smmuv3"] == {"iommu-fault"}
