@@ -236,6 +236,8 @@ class KernelSelftest(Workload):
             args += ["--module", module]
         if program.hugepages:
             args += ["--hugepages", str(program.hugepages)]
+        for a in program.args:
+            args.append(f"--arg={a}")
         if bdf:
             args += ["--vfio", bdf, "--arg", bdf]
             if ctx.topology.iommu.model == "virtio":
