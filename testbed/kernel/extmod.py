@@ -60,17 +60,27 @@ class ExtModule:
     name: str
     needs_config: tuple[str, ...]  # must be =y in the kernel's .config
     needs_symbols: tuple[str, ...]  # must be exported (Module.symvers)
+    # a test module of the kernel's own (lib/test_hmm.c): these files of the kernel's source
+    # directory ``tree``, built as one external module (a Kbuild written for it)
+    tree: Path | None = None
+    tree_files: tuple[str, ...] = ()
 
     @property
     def source(self) -> Path:
-        return kernel_modules_dir() / self.name
+        return self.tree if self.tree is not None else kernel_modules_dir() / self.name
 
     def files(self) -> list[Path]:
+        if self.tree is not None:
+            return [self.tree / f for f in self.tree_files]
         return sorted(p for p in self.source.iterdir() if p.is_file()
                       and (p.suffix in (".c", ".h") or p.name in ("Kbuild", "Makefile")))
 
+    def kbuild(self) -> str | None:
+        """The Kbuild to write beside a kernel's own module's files (None: it has one)."""
+        return f"obj-m += {self.name}.o\n" if self.tree is not None else None
+
     def digest(self) -> str:
-        h = hashlib.sha256(f"{self.name}\0".encode())
+        h = hashlib.sha256(f"{self.name}\0{self.kbuild()}\0".encode())
         for p in self.files():
             h.update(f"{p.name}\0".encode() + p.read_bytes() + b"\0")
         return h.hexdigest()
@@ -204,6 +214,9 @@ def build_module(module: ExtModule, env: BuildEnv) -> Path:
         try:
             for p in module.files():
                 shutil.copy2(p, host / p.name)
+            kbuild = module.kbuild()
+            if kbuild is not None:
+                (host / "Kbuild").write_text(kbuild)
             run_step(env.make_argv(inner, "modules"),
                      f"building {module.name} against {env.description}",
                      error=ModuleBuildError, timeout=BUILD_TIMEOUT)

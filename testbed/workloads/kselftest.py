@@ -24,9 +24,12 @@ result with its diagnostics (results.ktap nests them, junit has a case per subte
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, ClassVar
 
+from ..image.buildroot import kernel_build_env
 from ..kernel.config import Kconfig
+from ..kernel.extmod import ModuleUnsupported, build_module
 from ..kernel.selftests import SUITES, Program, Suite, build_suite, suite_source
 from ..spec.endpoints import kind_of
 from ..verdicts.ktap import KtapDocument, KtapResult, parse, subtest_leaves
@@ -52,6 +55,7 @@ OPTION_VARIANTS: tuple[tuple[re.Pattern[str], tuple[tuple[str, ...], ...]], ...]
 )
 RUN_LINE = re.compile(r"^\s*RUN\s+(\S+)")
 MAX_OUTPUT = 20000
+MODULE_SECONDS = 120.0  # loading or unloading a test module
 
 
 def guest_config(ctx: Context) -> Kconfig | None:
@@ -148,16 +152,57 @@ class KernelSelftest(Workload):
         why = self.suite.unsupported(config)
         if why:
             return [skip_record(self.name, None, f"unsupported ({why})")]
-        built = build_suite(self.suite, suite_source(ctx.kernel))
+        src = suite_source(ctx.kernel)
+        built = build_suite(self.suite, src)
         ctx.guest.check(f"rm -rf {GUEST_DIR} && mkdir -p {GUEST_DIR} && tar -x -C {GUEST_DIR}",
                         timeout=120, stdin=built.tar())
-        records = []
+        records: list[Record] = []
         try:
-            for program in self.suite.programs:
-                records.append(self.program(ctx, program, config))
+            unload = self.load_test_module(ctx, config, src)
+            if isinstance(unload, Record):
+                return [unload]
+            try:
+                for program in self.suite.programs:
+                    records.append(self.program(ctx, program, config))
+            finally:
+                if unload:
+                    res = ctx.guest.run(unload, timeout=MODULE_SECONDS)
+                    if not res.ok:
+                        records.append(Record(
+                            name=self.name, test=None, predicted="ok", observed="error",
+                            detail=f"{unload} failed: {(res.stderr or res.stdout)[-300:]}"))
         finally:
             ctx.guest.run(f"rm -rf {GUEST_DIR}", timeout=60)
         return records
+
+    def load_test_module(self, ctx: Context, config: Kconfig | None,
+                         src: Path) -> str | Record | None:
+        """Load the kernel's own test module the suite drives (lib/test_hmm.c): modprobe it
+        when the kernel has it, else build it from the source against the kernel under test
+        and insmod it.  Returns the command that unloads it, or a record saying why not."""
+        if self.suite.test_module is None:
+            return None
+        option = self.suite.test_module[0]
+        module = self.suite.module(src)
+        assert module is not None
+        if config is not None and config.get(option) == "y":
+            return None
+        if config is not None and config.get(option) == "m":
+            load = f"modprobe {module.name}"
+        else:
+            release = ctx.guest.inventory.get("kernel", {}).get("release") or "?"
+            try:
+                ko = build_module(module, kernel_build_env(ctx.kernel, release))
+            except ModuleUnsupported as exc:
+                return skip_record(self.name, None, f"unsupported ({exc.why})")
+            remote = f"{GUEST_DIR}/{module.name}.ko"
+            ctx.guest.put(ko, remote)
+            load = f"insmod {remote}"
+        res = ctx.guest.run(f"rmmod {module.name} 2>/dev/null; {load}", timeout=MODULE_SECONDS)
+        if not res.ok:
+            return Record(name=self.name, predicted="ok", observed="error",
+                          detail=f"{load} failed: {(res.stderr or res.stdout).strip()[-300:]}")
+        return f"rmmod {module.name}"
 
     def device(self, ctx: Context, program: Program) -> tuple[str | None, str | None, str]:
         """(spec name, BDF, why not) of the device ``program`` drives."""
@@ -191,6 +236,8 @@ class KernelSelftest(Workload):
             args += ["--module", module]
         if program.hugepages:
             args += ["--hugepages", str(program.hugepages)]
+        for a in program.args:
+            args.append(f"--arg={a}")
         if bdf:
             args += ["--vfio", bdf, "--arg", bdf]
             if ctx.topology.iommu.model == "virtio":

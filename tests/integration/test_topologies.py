@@ -205,6 +205,24 @@ def test_hmm_p2p_turns_a_kernel_warning_into_an_error(guest):
     assert r["observed"] == "error" and "WARNING: CPU: 0 PID: 1 at testbed/self" in r["detail"]
 
 
+@pytest.mark.topology("switch-cmb")
+def test_hmm_selftests_run_against_test_hmm_built_for_the_image_kernel(guest):
+    """kselftest:hmm on the image kernel, which has HMM_MIRROR and DEVICE_PRIVATE but not
+    TEST_HMM: lib/test_hmm.c of its own source (linux-source-7.3) is built against Debian's
+    headers and loaded for the run; mm's hmm-tests (the same source) pass every test the
+    module offers; the coherent-device variants skip (test_hmm loaded without reserved
+    SPM ranges) and say so; the module is unloaded afterwards."""
+    (r,) = guest.workload("kselftest:hmm")
+    assert (r["test"], r["observed"], r["passed"]) == ("hmm-tests", "ok", True), r["detail"]
+    counts = r["data"]["counts"]
+    assert counts["pass"] >= 30 and counts["fail"] == 0 and counts["error"] == 0, counts
+    leaves = [t for t in r["subtests"] if not t.get("subtests")]
+    assert any(t["status"] == "skip" and "DEVICE_COHERENT" in t.get("reason", "")
+               for t in leaves)
+    assert guest.run("grep -w test_hmm /proc/modules").exit_status == 1
+    assert guest.run("ls /dev/hmm_dmirror0").exit_status != 0
+
+
 def test_all_verdict_kinds_occur_across_the_library():
     """The library exercises ok, rejected and iommu-fault (computed, not listed)."""
     from testbed.qemu.probe import cpu_info, probe

@@ -25,15 +25,21 @@ from testbed.qemu.probe import probe
 from testbed.qemu.validate import load_checked
 from testbed.qemu.verify import _check_bars, _check_qom, verify
 from testbed.spec import load_topology
-from testbed.spec.model import (DownstreamPort, Iommu, Machine, Nvme, Pmr, RootPort, Switch,
+from testbed.spec.model import (DownstreamPort, Iommu, Nvme, Pmr, RootPort, Switch,
                                 Topology)
 from testbed.util.rundir import RunDir
 from testbed.spec.units import MiB
 
-# the library topologies that name a QEMU of their own (the AMD vIOMMU ones: 11.x) need
-# the install, and run in its step
-LIBRARY = [pytest.param(n, marks=pytest.mark.qemu_install)
-           if load_topology(n).machine.qemu != Machine().qemu else n
+
+def names_its_qemu(name: str) -> bool:
+    """The topology names a QEMU other than its machine's program on PATH (the AMD vIOMMU
+    ones: 11.x, the install); an arm64 topology's qemu-system-aarch64 is the host's."""
+    topo = load_topology(name)
+    return topo.machine.qemu != topo.profile.qemu_binary
+
+
+# the library topologies that need the install run in its step
+LIBRARY = [pytest.param(n, marks=pytest.mark.qemu_install) if names_its_qemu(n) else n
            for n in sorted(p.stem for p in topologies_dir().glob("*.yaml"))]
 
 
@@ -65,7 +71,7 @@ def run_verify_cli(*files: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("name", LIBRARY)
 def test_library_topology_passes_verify(real_qemu, name, request):
-    if load_topology(name).machine.qemu != Machine().qemu:
+    if names_its_qemu(name):
         request.getfixturevalue("installed_qemu")
     out = run_verify_cli(name)
     assert "Traceback" not in out.stderr, out.stderr

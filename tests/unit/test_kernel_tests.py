@@ -379,3 +379,20 @@ def test_a_program_that_no_longer_runs_is_one_regression_and_a_skip_is_no_error(
     (reg,) = m.regressions()
     assert reg.kind == "verdict" and reg.now == "unsupported"
     assert reg.reason.startswith("was ok, now unsupported: unsupported (CONFIG_VFIO_PCI")
+
+
+def test_the_hmm_suite_builds_the_kernels_own_test_module_from_its_source(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "test_hmm.c").write_text("/* the kernel's */\n")
+    (lib / "test_hmm_uapi.h").write_text("/* uapi */\n")
+    (lib / "Makefile").write_text("obj-y += everything.o\n")  # the directory's: not taken
+    mod = SUITES["hmm"].module(tmp_path)
+    assert mod is not None and mod.name == "test_hmm"
+    assert [p.name for p in mod.files()] == ["test_hmm.c", "test_hmm_uapi.h"]
+    assert mod.kbuild() == "obj-m += test_hmm.o\n"
+    assert SUITES["vfio"].module(tmp_path) is None
+    # the build cache follows the source's files
+    before = mod.digest()
+    (lib / "test_hmm.c").write_text("/* patched */\n")
+    assert mod.digest() != before
