@@ -1,5 +1,5 @@
 """The kernel's own selftests as workloads, on the CI profile kernel (base+vfio-iommufd+
-coverage: IOMMUFD with IOMMUFD_TEST, VFIO device cdevs, no VFIO container, igb on its driver,
+coverage: IOMMUFD with IOMMUFD_TEST, VFIO device cdevs, no VFIO container, no igb driver,
 no HUGETLBFS, no HMM_MIRROR, no KUnit), one real run of switch-cmb-intel-iommu-igb through
 the CLI, built from the kernel's own source (its build tree's ``source``):
 
@@ -153,7 +153,7 @@ def test_the_run_finishes_clean_and_gives_the_devices_back(run_dir):
         data = r["data"]
         assert data["bind"]["problems"] == [] and data["restore"]["problems"] == [], \
             (test, data["bind"], data["restore"])
-        # what the device had before (nvme, igb)
+        # what the device had before (nvme; nothing for the igb: no igb driver here)
         before = data["bind"]["before"]
         assert set(data["restore"]["restored"]) == set(before), (test, data)
         assert data["timed_out"] is False and data["signal"] is None, test
