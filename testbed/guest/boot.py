@@ -147,10 +147,9 @@ def boot(topo: Topology, image: Image | None = None, options: BootOptions = Boot
         try:
             launch = start(plan, phases, STALL_SECONDS if options.timeout > STALL_SECONDS
                            else None)
-        except Stalled:
+        except Stalled as exc:
             logs = preserve_logs(run, topo.name)
-            log.info("no progress after %.0f s (console kept in %s); booting the guest once "
-                     "more", STALL_SECONDS, logs)
+            log.warning("%s (console kept in %s); booting the guest once more", exc, logs)
             overlay.unlink(missing_ok=True)
             _create_overlay(image.disk, overlay)
             launch = start(plan, phases)

@@ -42,9 +42,10 @@ MONITOR_SOCKET = "monitor.sock"  # LaunchPlan.monitor_dir's second QMP monitor
 
 
 class Stalled(Exception):
-    """No ready line and no failure on the console within the stall time.  Seen now and
-    then on loaded 2-core hosts: a TCG guest that stalls early (RCU stall, empty console)
-    and boots fine when started again."""
+    """No ready line and no failure on the console within the stall time, or (under TCG)
+    an int3 Oops of text poking (console.INT3).  Seen now and then on loaded 2-core hosts:
+    a TCG guest that stalls or traps early and boots fine when started again.  The
+    message says which."""
 
 
 def preserve_logs(run: RunDir, label: str) -> Path:
@@ -184,7 +185,13 @@ def _wait_for_ssh(launch: Launch, plan: LaunchPlan, phases: Phases, deadline: fl
     console = blog.console
 
     def alive() -> None:
-        if not machine.is_running():
+        running = machine.is_running()
+        failure = console.failure()
+        if failure is not None and failure.kind == "int3" and plan.accel == "tcg" \
+                and stall_deadline is not None:
+            raise Stalled(f"the guest trapped on a stale int3 of text poking under TCG "
+                          f"({failure.line})")
+        if not running:
             status = machine.wait(1)
             failure = console.failure()
             stderr = machine.stderr_tail(5)
@@ -192,7 +199,6 @@ def _wait_for_ssh(launch: Launch, plan: LaunchPlan, phases: Phases, deadline: fl
                             + (f": {failure.line}" if failure else "")
                             + (f"\n--- QEMU stderr ---\n{stderr}" if stderr else ""),
                             launch.argv, line=failure.line if failure else None)
-        failure = console.failure()
         if failure is not None:
             cls = DriverProbeFailed if failure.kind == "driver-probe" else BootFailed
             what = ("a driver failed to probe a device the topology needs"
@@ -206,7 +212,7 @@ def _wait_for_ssh(launch: Launch, plan: LaunchPlan, phases: Phases, deadline: fl
     while marker not in console.text():
         alive()
         if stall_deadline is not None and time.monotonic() > stall_deadline:
-            raise Stalled()
+            raise Stalled("no ready line and no failure within the stall time")
         if time.monotonic() > deadline:
             raise blog.fail(BootTimeout, f"the guest never printed {marker!r} within the "
                             "boot timeout", launch.argv)
