@@ -18,8 +18,8 @@ IOMMU is an SMMUv3.
 
 from __future__ import annotations
 
-from .profile import (BootDevice, CpuRule, Firmware, HostBridge, KernelBuild, KernelImage,
-                      MachineProfile, RootBus, RootFunction, Viommu)
+from .profile import (VIRTIO_BOOT_DEVICES, CpuRule, Firmware, HostBridge, KernelBuild,
+                      KernelImage, MachineProfile, RootBus, RootFunction, Viommu)
 
 _STRICT = ("iommu.strict=1", "iommu.passthrough=0")
 # arm64 has no iommu=pt (an x86 word): the generic parameter
@@ -59,12 +59,7 @@ AARCH64 = MachineProfile(
     root_bus=RootBus(
         name="pcie.0", number="0000:00", slots=32,
         fixed=(RootFunction(0x00, 0, "host bridge"),),
-        boot_devices=(
-            BootDevice("disk", "virtio-blk-pci", ("drive=tb-boot", "id=tb-boot-disk"),
-                       "virtio-blk (boot disk)"),
-            BootDevice("nic", "virtio-net-pci", ("netdev=tb-net", "id=tb-nic"), "virtio-net",
-                       tail=("romfile=",)),
-            BootDevice("rng", "virtio-rng-pci", ("id=tb-rng",), "virtio-rng")),
+        boot_devices=VIRTIO_BOOT_DEVICES,
         spare_slots=1),
     # QEMU's generic PCIe host bridge: not in pci_p2pdma_whitelist[] (Intel, Google, NVIDIA)
     host_bridge=HostBridge(("1b36", "0008"), "the virt host bridge (QEMU's gpex)",

@@ -108,6 +108,16 @@ class BootDevice:
         return ",".join((self.qemu_device, *self.props, f"bus={bus}", *self.tail))
 
 
+# The boot disk, the NIC and the RNG every guest gets, in this order, whatever the machine
+# (virtio over PCI on q35 and on virt alike); the RNG because sshd needs entropy at once.
+VIRTIO_BOOT_DEVICES = (
+    BootDevice("disk", "virtio-blk-pci", ("drive=tb-boot", "id=tb-boot-disk"),
+               "virtio-blk (boot disk)"),
+    BootDevice("nic", "virtio-net-pci", ("netdev=tb-net", "id=tb-nic"), "virtio-net",
+               tail=("romfile=",)),
+    BootDevice("rng", "virtio-rng-pci", ("id=tb-rng",), "virtio-rng"))
+
+
 @dataclass(frozen=True)
 class RootBus:
     """The ONE root-bus layout: what sits on the root bus besides the topology's devices,

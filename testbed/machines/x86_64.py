@@ -11,8 +11,8 @@ Every x86 fact the stages need lives here; a stage reads ``topo.machine.profile`
 
 from __future__ import annotations
 
-from .profile import (BootDevice, CpuRule, Firmware, HostBridge, KernelBuild, KernelImage,
-                      MachineProfile, RootBus, RootFunction, Viommu)
+from .profile import (VIRTIO_BOOT_DEVICES, CpuRule, Firmware, HostBridge, KernelBuild,
+                      KernelImage, MachineProfile, RootBus, RootFunction, Viommu)
 
 _STRICT = ("iommu.strict=1", "iommu.passthrough=0")
 
@@ -45,13 +45,7 @@ X86_64 = MachineProfile(
                RootFunction(0x1F, 0, "ICH9 LPC", multifunction=True),
                RootFunction(0x1F, 2, "ICH9 AHCI", multifunction=True),
                RootFunction(0x1F, 3, "ICH9 SMBus", multifunction=True)),
-        boot_devices=(
-            BootDevice("disk", "virtio-blk-pci", ("drive=tb-boot", "id=tb-boot-disk"),
-                       "virtio-blk (boot disk)"),
-            BootDevice("nic", "virtio-net-pci", ("netdev=tb-net", "id=tb-nic"), "virtio-net",
-                       tail=("romfile=",)),
-            # sshd needs entropy at once
-            BootDevice("rng", "virtio-rng-pci", ("id=tb-rng",), "virtio-rng")),
+        boot_devices=VIRTIO_BOOT_DEVICES,
         spare_slots=1),
     # not in pci_p2pdma_whitelist[]
     host_bridge=HostBridge(("8086", "29c0"), "the q35 host bridge", allow_listed=False),
