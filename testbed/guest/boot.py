@@ -39,7 +39,7 @@ from .guest import Guest
 from .launch import BootLog, Launch, LaunchPlan, Stalled, preserve_logs, start
 from .protocol import Seen
 from .share import mount_shares
-from .tool import install_and_run, package_tar
+from .tool import compile_in_background, has_bytecode, install_and_run, package_tar
 from .treecheck import check_tree, inventory_argv, map_names
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,8 @@ def first_inventory(launch: Launch, plan: LaunchPlan, trace: bool = False) -> Se
     if diffs:
         raise _fail(blog, launch, GuestViewMismatch, "the guest does not see the topology:\n  "
                     + "\n  ".join(diffs), diffs=diffs)
+    if not has_bytecode():  # the host has no bytecode of this tool yet: let the guest make it
+        launch.ssh.fire(compile_in_background())
     return Seen(inventory, map_names(topo, inventory)[0])
 
 
