@@ -165,7 +165,7 @@ def compile_in_background() -> str:
     return f"nohup sh -c {shlex.quote(work)} </dev/null >/dev/null 2>&1 &"
 
 
-def collect_bytecode(ssh: "GuestSSH", timeout: float = 10.0) -> bool:
+def collect_bytecode(ssh: "GuestSSH", timeout: float = 3.0) -> bool:
     """Fetch the bytecode :func:`compile_in_background` left in the guest (when it is done)
     into :func:`bytecode_file` for later boots; True when the cache has it now.  Never
     raises: the cache only saves time."""
