@@ -16,9 +16,9 @@ Every boot is a fresh overlay, so that bytecode would be compiled again in every
 (the modules of the first inventory alone took 0.5-1.8 s under TCG).  So the host keeps
 the bytecode a guest compiled: a guest that ran the tool compiles the whole package in
 the background (checked-hash ``.pyc``: valid only for the very source it was compiled
-from, whatever the files' times), the host fetches it at shutdown once
-(:func:`collect_bytecode`) into :func:`bytecode_file`, keyed by the tool's source, and
-later boots ship it in the tar.  A ``.pyc`` is named after the Python that wrote it
+from, whatever the files' times), the host fetches it at shutdown (:func:`collect_bytecode`:
+the first shutdown after a change of the tool waits up to 20 s for it) into
+:func:`bytecode_file`, keyed by the tool's source, and later boots ship it in the tar.  A ``.pyc`` is named after the Python that wrote it
 (``cli.cpython-313.pyc``): a guest with another Python ignores it and compiles.
 
     >>> import io, tarfile
@@ -57,6 +57,7 @@ PYCACHE = "p2pdma_guest/__pycache__/"
 # the bytecode a guest compiled in the background, for the host to fetch (a tar)
 GUEST_BYTECODE = "/run/p2pdma-guest-bytecode.tar"
 BYTECODE_MAX = 8 << 20  # bytes: far more than the tool's bytecode; a bigger answer is wrong
+KEEP_VERSIONS = 8  # versions of the tool whose bytecode the host keeps (checkouts, branches)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
@@ -156,24 +157,29 @@ def install_and_run(args: list[str]) -> str:
 
 def compile_in_background() -> str:
     """A guest command that compiles the whole tool (checked-hash bytecode, at the lowest
-    priority) into :data:`GUEST_BYTECODE` and returns at once: what
-    :func:`collect_bytecode` fetches later."""
+    priority) into :data:`GUEST_BYTECODE` (or leaves ``GUEST_BYTECODE.failed``) and returns
+    at once: what :func:`collect_bytecode` fetches later."""
     tmp = f"{GUEST_BYTECODE}.tmp"
-    work = (f"nice -n 19 /usr/bin/python3 -IS -m compileall -q -f --invalidation-mode "
+    work = (f"(nice -n 19 /usr/bin/python3 -IS -m compileall -q -f --invalidation-mode "
             f"checked-hash {GUEST_LIB}/p2pdma_guest >/dev/null 2>&1 && "
-            f"tar -c -f {tmp} -C {GUEST_LIB} {PYCACHE.rstrip('/')} && mv {tmp} {GUEST_BYTECODE}")
+            f"tar -c -f {tmp} -C {GUEST_LIB} {PYCACHE.rstrip('/')} && mv {tmp} {GUEST_BYTECODE})"
+            f" || : > {GUEST_BYTECODE}.failed")
     return f"nohup sh -c {shlex.quote(work)} </dev/null >/dev/null 2>&1 &"
 
 
-def collect_bytecode(ssh: "GuestSSH", timeout: float = 3.0) -> bool:
-    """Fetch the bytecode :func:`compile_in_background` left in the guest (when it is done)
-    into :func:`bytecode_file` for later boots; True when the cache has it now.  Never
-    raises: the cache only saves time."""
+def collect_bytecode(ssh: "GuestSSH", wait: float = 20.0) -> bool:
+    """Fetch the bytecode :func:`compile_in_background` makes in the guest into
+    :func:`bytecode_file` for later boots, waiting up to ``wait`` seconds for the guest to
+    finish it: once per version of the tool on a host, every later boot saves compiling
+    it.  True when the cache has it now.  Never raises: the cache only saves time."""
     if has_bytecode():
         return True
+    polls = max(1, int(wait / 0.2))
+    command = (f"i=0; while [ ! -e {GUEST_BYTECODE} ] && [ ! -e {GUEST_BYTECODE}.failed ] && "
+               f"[ $i -lt {polls} ]; do sleep 0.2; i=$((i + 1)); done; "
+               f"cat {GUEST_BYTECODE} 2>/dev/null")
     try:
-        status, data, timed_out = ssh.output(f"cat {GUEST_BYTECODE} 2>/dev/null", timeout,
-                                             limit=BYTECODE_MAX)
+        status, data, timed_out = ssh.output(command, wait + 5.0, limit=BYTECODE_MAX)
     except GuestError as exc:
         log.debug("guest tool bytecode not fetched: %s", exc)
         return False
@@ -187,7 +193,15 @@ def collect_bytecode(ssh: "GuestSSH", timeout: float = 3.0) -> bool:
         with os.fdopen(fd, "wb") as f:
             f.write(bytecode_tar(bytecode))
         os.replace(tmp, dest)
+        _prune(dest.parent)
     except OSError as exc:
         log.debug("guest tool bytecode not cached: %s", exc)
         return False
     return True
+
+
+def _prune(directory: Path, keep: int = KEEP_VERSIONS) -> None:
+    """Keep the bytecode of the ``keep`` versions of the tool cached last."""
+    cached = sorted(directory.glob("*.pyc.tar"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for old in cached[keep:]:
+        old.unlink(missing_ok=True)

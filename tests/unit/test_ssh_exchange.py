@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import socket
 import threading
 import time
@@ -52,8 +53,9 @@ GUEST_FILES: dict[str, bytes] = {}  # what `cat PATH 2>/dev/null` finds in the f
 def _behave(command: str, chan: paramiko.Channel) -> None:
     """What the fake guest does for each command the tests send."""
     word, _, arg = command.partition(" ")
-    if word == "cat" and arg.endswith(" 2>/dev/null"):  # a file of the guest
-        path = arg.removesuffix(" 2>/dev/null")
+    shown = re.search(r"(?:^|; )cat (\S+) 2>/dev/null$", command)
+    if shown:  # a file of the guest
+        path = shown.group(1)
         if path in GUEST_FILES:
             chan.sendall(GUEST_FILES[path])
         _finish(chan, 0 if path in GUEST_FILES else 1)
@@ -214,7 +216,7 @@ def test_the_bytecode_a_guest_compiled_is_cached_and_shipped(guest_ssh, tmp_path
     from testbed.guest import tool
     monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "cache"))
     GUEST_FILES.pop(tool.GUEST_BYTECODE, None)
-    assert not tool.collect_bytecode(guest_ssh) and not tool.has_bytecode()
+    assert not tool.collect_bytecode(guest_ssh, wait=0.2) and not tool.has_bytecode()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in ((tool.PYCACHE + "cli.cpython-313.pyc", b"\x0d\x0d\r\n"),
