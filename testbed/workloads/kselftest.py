@@ -31,7 +31,8 @@ from typing import Any, ClassVar
 from ..image.buildroot import kernel_build_env
 from ..kernel.config import Kconfig
 from ..kernel.extmod import ModuleUnsupported, build_module
-from ..kernel.selftests import SUITES, Program, Suite, build_suite, suite_source
+from ..kernel.selftests import (SUITES, TIMEOUT_FACTOR_ENV, Program, Suite, build_suite,
+                                suite_source)
 from ..spec.endpoints import kind_of
 from ..verdicts.ktap import KtapDocument, KtapResult, parse, subtest_leaves
 from ..verdicts.observe import trouble_verdict
@@ -304,6 +305,8 @@ class KernelSelftest(Workload):
             args += ["--hugepages", str(program.hugepages)]
         for a in program.args:
             args.append(f"--arg={a}")
+        if factor > 1.0:  # the harness's own per-test bound, scaled the same way
+            args += ["--env", f"{TIMEOUT_FACTOR_ENV}={factor:g}"]
         if bdf:
             args += ["--vfio", bdf, "--arg", bdf]
             if ctx.topology.iommu.model == "virtio":

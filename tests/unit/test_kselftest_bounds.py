@@ -75,6 +75,10 @@ class WedgedGuest:
 
 @pytest.fixture
 def wedged(tmp_path, monkeypatch):
+    return wedged_run(tmp_path, monkeypatch, load=1.0)  # an idle 2-core host
+
+
+def wedged_run(tmp_path, monkeypatch, load: float):
     """A run of kselftest:vfio then kselftest:iommu on a guest that wedges in the first
     program; the selftests' build is replaced by an empty suite directory."""
     from testbed.run import runner
@@ -84,7 +88,7 @@ def wedged(tmp_path, monkeypatch):
     monkeypatch.setattr(kselftest, "suite_source", lambda kernel: tmp_path)
     monkeypatch.setattr(kselftest, "build_suite",
                         lambda suite, src: BuiltSuite(suite, tmp_path, src))
-    monkeypatch.setattr(kselftest, "host_load", lambda: (1.0, 2))  # an idle 2-core host
+    monkeypatch.setattr(kselftest, "host_load", lambda: (load, 2))
     out = tmp_path / "out"
     result, _ = runner.run_topology(topo, runner.RunOptions(
         out=out, workloads=("kselftest:vfio", "kselftest:iommu")))
@@ -99,6 +103,7 @@ def test_a_hung_program_is_an_error_naming_it_within_its_bound_plus_a_margin(wed
     tool = [(c, t) for c, t in guest.calls if " kselftest " in f" {c} "]
     # one program ran: the guest was given its bound, the host waited that plus the margin
     assert len(tool) == 1 and f"--timeout {inner}" in tool[0][0] and tool[0][1] == outer
+    assert "TESTBED_KSFT_TIMEOUT_FACTOR" not in tool[0][0]  # factor 1: the harness's own
     doc = json.loads((out / "results.json").read_text())
     recs = doc["workloads"]
     hung = recs[0]
@@ -132,6 +137,17 @@ def test_what_did_not_run_is_an_error_and_the_run_is_never_pass(wedged):
                                                     "vfio_dma_mapping_test hung")
     assert "PASS" not in (out / "report.md").read_text()
     assert 'errors="0"' not in (out / "junit.xml").read_text()
+
+
+def test_on_a_busy_host_the_guest_the_harness_and_the_host_wait_longer(tmp_path,
+                                                                        monkeypatch):
+    guest, result, out = wedged_run(tmp_path, monkeypatch, load=6.0)  # 3 per core
+    first = SUITES["vfio"].programs[0]
+    (command, waited), = [(c, t) for c, t in guest.calls if " kselftest " in f" {c} "]
+    assert f"--timeout {first.timeout * 3}" in command
+    assert "--env TESTBED_KSFT_TIMEOUT_FACTOR=3 " in command + " "
+    assert waited == (first.timeout + kselftest.SETUP_SECONDS) * 3
+    assert result.error_kind == "guest-hung"
 
 
 def test_bounds_scale_with_the_load_under_tcg_and_with_the_users_timeout():
@@ -175,3 +191,43 @@ def test_the_guest_tool_does_not_wait_forever_for_a_program_that_will_not_die(
         import signal
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_the_harness_timeout_shim_scales_a_poll_that_waits_and_nothing_else(tmp_path):
+    """The shim linked into every selftest program: poll()'s timeout times the factor in
+    the environment; an answered poll() returns at once; no factor, no change."""
+    import os
+    import subprocess
+    import time
+    from testbed.kernel.selftests import TIMEOUT_FACTOR_ENV, TIMEOUT_SHIM
+    main = tmp_path / "main.c"
+    main.write_text(
+        "#include <poll.h>\n#include <unistd.h>\n#include <stdio.h>\n"
+        "int main(int argc, char **argv) {\n"
+        "  int fds[2]; struct pollfd p; if (pipe(fds)) return 2;\n"
+        "  if (argc > 1 && write(fds[1], \"x\", 1) != 1) return 2;\n"
+        "  p.fd = fds[0]; p.events = POLLIN;\n"
+        "  printf(\"%d\\n\", poll(&p, 1, 200)); return 0; }\n")
+    prog = tmp_path / "prog"
+    subprocess.run(["gcc", "-O2", "-Wall", str(main), str(TIMEOUT_SHIM),
+                    "-Wl,--wrap=poll", "-o", str(prog)], check=True, timeout=120)
+
+    def seconds(factor: str | None, *args: str) -> tuple[float, str]:
+        env = dict(os.environ)
+        env.pop(TIMEOUT_FACTOR_ENV, None)
+        if factor is not None:
+            env[TIMEOUT_FACTOR_ENV] = factor
+        start = time.monotonic()
+        out = subprocess.run([str(prog), *args], env=env, capture_output=True, text=True,
+                             timeout=60, check=True).stdout.strip()
+        return time.monotonic() - start, out
+
+    plain, out = seconds(None)
+    assert out == "0" and 0.19 < plain < 1.0  # timed out after 200 ms
+    scaled, out = seconds("6")
+    assert out == "0" and scaled >= 1.19  # 6 x 200 ms
+    answered, out = seconds("50", "ready")
+    assert out == "1" and answered < 1.0  # an answered poll is not delayed
+    for junk in ("", "abc", "0.5", "-3"):
+        t, out = seconds(junk)
+        assert out == "0" and t < 1.0, junk
