@@ -124,13 +124,14 @@ def check_inputs(topo: Topology, opts: RunOptions) -> list[str]:
     return names
 
 
-def coverage_kernel(opts: RunOptions) -> KernelSpec | None:
+def coverage_kernel(opts: RunOptions, topo: Topology) -> KernelSpec | None:
     """The kernel whose source a run's coverage maps onto: --kernel, or the one a detached
-    guest booted (--guest); both given, they must agree."""
+    guest of ``topo`` booted (--guest; resolved for the topology's machine: a
+    ``profile:`` kernel names a build per architecture); both given, they must agree."""
     if opts.guest_name is None:
         return opts.kernel
     inst = get_ready(opts.guest_name)
-    booted = resolve_kernel(inst.kernel_spec) if inst.kernel_spec else None
+    booted = resolve_kernel(inst.kernel_spec, topo.profile) if inst.kernel_spec else None
     if opts.kernel is not None and (booted is None or
                                     booted.identity() != opts.kernel.identity()):
         raise UsageError(f"--kernel {opts.kernel.spec}: guest {opts.guest_name!r} runs "
@@ -192,7 +193,7 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
         caps = probe_for(topo)
         cov_plan: CoveragePlan | None = None
         if opts.coverage is not None:
-            cov_plan = plan_coverage(opts.coverage, coverage_kernel(opts))
+            cov_plan = plan_coverage(opts.coverage, coverage_kernel(opts, topo))
         out = make_out_dir(opts.out, topo.name)
     result = RunResult(topology=topo.name, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     result.qemu = {"version": caps.version_str, "binary": caps.path, "name": caps.runner.name,
