@@ -38,7 +38,7 @@ from .guest.protocol import GuestLike, qmp_of
 from .guest.reinventory import reinventory
 from .guest.result import CommandResult
 from .kernel.resolve import KernelSpec, resolve_kernel
-from .qemu.hotplug import UNPLUG_TIMEOUT, hotplug_slot, replug, unplug
+from .qemu.hotplug import hotplug_slot, replug, unplug
 from .qemu.machine import QmpLike
 from .qemu.validate import load_checked
 from .run.runner import RunOptions, plan, run_workloads
@@ -117,6 +117,7 @@ class TestbedGuest:
         self.topology = topology
         self.kernel = kernel  # the kernel it booted (None: the image's)
         self._mark = 0
+        self.hung: str | None = None  # a workload found it wedged: shut down, not reused
 
     # commands
     def run(self, cmd: str | list[str], timeout: float = 60.0) -> CommandResult:
@@ -147,11 +148,15 @@ class TestbedGuest:
         ``pairs=(("nvme0", "nvme1"),)``, ``inject=("corrupt",)`` ..."""
         opts = RunOptions(**{"kernel": self.kernel, **options})
         plan(self.topology, dataclasses.replace(opts, workloads=(name,)))  # bad input raises
-        records, _ = run_workloads(self._guest, self.topology, [name], opts)
+        records, ctx = run_workloads(self._guest, self.topology, [name], opts)
+        if ctx.hung is not None:  # wedged: stop it now; later tests of it fail at once
+            self.hung = str(ctx.hung)
+            self._guest.shutdown(graceful=False)
+            raise ctx.hung
         return [r.to_json() for r in records]
 
     # QMP hot-plug (a guest this process booted; the slot a root or downstream port)
-    def unplug(self, name: str, timeout: float = UNPLUG_TIMEOUT) -> dict[str, Any]:
+    def unplug(self, name: str, timeout: float | None = None) -> dict[str, Any]:
         """QMP ``device_del`` of NVMe ``name`` and wait for ``DEVICE_DELETED``; the step."""
         return unplug(self._qmp(), hotplug_slot(self.topology, name), timeout)
 
@@ -213,6 +218,9 @@ class _ModuleGuests:
         else the topology's own)."""
         qemu = qemu or self.config.getoption("--testbed-qemu")
         key = self._key(spec, qemu)
+        if key in self.guests and self.guests[key].hung:
+            pytest.fail(f"topology {spec}: its guest hung in an earlier test and was shut "
+                        f"down:\n{self.guests[key].hung}", pytrace=False)
         if key in self.failed:
             pytest.fail(f"topology {spec}: an earlier boot in this module failed:\n"
                         f"{self.failed[key]}", pytrace=False)
@@ -247,7 +255,8 @@ class _ModuleGuests:
             name = g._guest.instance_name
             sys.stderr.write(f"\ntestbed: guest {g.topology.name} left running: "
                              f"testbed ssh {name}  (testbed stop {name})\n")
-        g._guest.shutdown()
+        if not g.hung:  # (a hung guest was shut down already)
+            g._guest.shutdown()
 
     def close(self) -> None:
         for g in self.guests.values():

@@ -29,6 +29,7 @@ from ..kernel.resolve import resolve_kernel
 from ..qemu.validate import load_checked
 from ..results.baseline import load_baseline
 from ..results.summary import summary
+from ..spec.model import Topology
 from ..run.bisect import ABORT, BisectOptions, bisect_step
 from ..run.runner import RunOptions
 from ..workloads import WORKLOADS
@@ -73,7 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_coverage_arguments(p)
 
 
-def bisect_options(args: argparse.Namespace) -> BisectOptions:
+def bisect_options(args: argparse.Namespace, topo: Topology) -> BisectOptions:
+    """The options of one bisect step on ``topo`` (whose machine a kernel must boot)."""
     if args.kernel is not None and (args.source is not None or args.build_dir is not None):
         raise UsageError("--kernel judges a prebuilt kernel: it goes without --source and "
                          "--build-dir")
@@ -87,7 +89,8 @@ def bisect_options(args: argparse.Namespace) -> BisectOptions:
         if args.profile:
             raise UsageError("--profile builds the source: it does not go with --kernel "
                              "(use --kernel profile:NAME[+NAME] for a prebuilt profile kernel)")
-        return BisectOptions(kernel=resolve_kernel(args.kernel), run=run, baseline=baseline)
+        return BisectOptions(kernel=resolve_kernel(args.kernel, topo.profile), run=run,
+                             baseline=baseline)
     profiles = tuple(profile_set([n for a in args.profile for n in parse_names(a)]).names) \
         if args.profile else ()
     return BisectOptions(source=(args.source or Path.cwd()).absolute(),
@@ -98,7 +101,7 @@ def bisect_options(args: argparse.Namespace) -> BisectOptions:
 def run(args: argparse.Namespace) -> int:
     try:
         topo = load_checked(args.topology)
-        step = bisect_step(topo, bisect_options(args))
+        step = bisect_step(topo, bisect_options(args, topo))
     except TestbedError as exc:  # not the tree's doing: stop the bisection
         print(f"testbed: {exc}", file=sys.stderr, flush=True)
         print(f"bisect: abort (exit {ABORT}): {exc.kind}; the bisection stops", flush=True)

@@ -104,8 +104,13 @@ def has_pvh_entry(elf: bytes) -> bool:
                for name, ntype, _ in elf_notes(elf))
 
 
+ARM64_MAGIC = b"ARM\x64"   # arm64 Image header: magic at offset 0x38 (booting.rst)
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64"}  # e_machine: EM_X86_64, EM_AARCH64
+
+
 def kernel_file_kind(path: Path) -> str | None:
-    """``bzImage`` or ``elf`` from the first bytes of ``path``; None if neither."""
+    """``bzImage``, ``elf``, ``Image`` (arm64) or ``Image.gz`` (a gzip'd arm64 Image, as
+    Debian's arm64 vmlinuz) from the first bytes of ``path``; None if none of them."""
     try:
         with open(path, "rb") as f:
             head = f.read(0x210)
@@ -115,6 +120,35 @@ def kernel_file_kind(path: Path) -> str | None:
         return "bzImage"
     if head[:4] == b"\x7fELF":
         return "elf"
+    if head[0x38:0x3C] == ARM64_MAGIC:
+        return "Image"
+    if head[:3] == b"\x1f\x8b\x08":
+        try:
+            inner = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 0x40)
+        except zlib.error:
+            return None
+        return "Image.gz" if inner[0x38:0x3C] == ARM64_MAGIC else None
+    return None
+
+
+def kernel_file_arch(path: Path) -> str | None:
+    """The architecture (a machine profile's ``arch``: x86_64, aarch64) a kernel file boots
+    on, from its header; None when the file is no kernel image this testbed knows."""
+    kind = kernel_file_kind(path)
+    if kind == "bzImage":
+        return "x86_64"
+    if kind in ("Image", "Image.gz"):
+        return "aarch64"
+    if kind == "elf":
+        try:
+            with open(path, "rb") as f:
+                head = f.read(20)
+        except OSError:
+            return None
+        if len(head) < 20:
+            return None
+        order = "<" if head[5] == 1 else ">"
+        return _ELF_MACHINES.get(struct.unpack_from(order + "H", head, 18)[0])
     return None
 
 

@@ -54,7 +54,8 @@ from ..errors import ImageError, UsageError
 from ..machines import X86_64, MachineProfile
 from ..util.procs import find_tool
 from .config import Kconfig
-from .format import bzimage_payload, bzimage_release, has_pvh_entry, kernel_file_kind
+from .format import (bzimage_payload, bzimage_release, has_pvh_entry, kernel_file_arch,
+                     kernel_file_kind)
 from .profile import parse_names
 from .profile_build import build_profile_kernel
 
@@ -67,7 +68,7 @@ class KernelSpec:
     """A kernel other than the image's, as found on disk (nothing prepared yet)."""
 
     spec: str
-    kind: str  # bzimage | build-tree | install-mod-path | package
+    kind: str  # bzimage | image (arm64) | build-tree | install-mod-path | package | profile
     path: Path
     image_file: Path
     release: str | None
@@ -76,6 +77,7 @@ class KernelSpec:
     build_tree: Path | None = None        # profile kernels: make O= (vmlinux, .gcno, ...)
     profiles: tuple[str, ...] = ()        # profile kernels: the profile set
     config_sha256: str | None = None      # profile kernels: sha256 of the .config
+    arch: str | None = None               # the machine architecture it boots on: x86_64
 
     @property
     def label(self) -> str:
@@ -139,7 +141,7 @@ def _from_profile(spec: str, profile: MachineProfile = X86_64) -> KernelSpec:
     assert k is not None
     return _checked(KernelSpec(spec, "profile", k.tree, k.image, k.release, None, k.config,
                                build_tree=k.tree, profiles=k.profiles,
-                               config_sha256=k.config_sha256))
+                               config_sha256=k.config_sha256, arch=profile.arch))
 
 
 def resolve_kernel(spec: str, profile: MachineProfile = X86_64) -> KernelSpec | None:
@@ -156,36 +158,48 @@ def resolve_kernel(spec: str, profile: MachineProfile = X86_64) -> KernelSpec | 
                          "a bzImage, a built source tree, an INSTALL_MOD_PATH tree or an "
                          "unpacked kernel package)")
     if path.is_file():
-        return _from_file(spec, path)
+        return _from_file(spec, path, profile)
     if path.is_dir():
-        return _from_directory(spec, path, profile.kernel_image.path)
+        return _from_directory(spec, path, profile)
     raise UsageError(f"--kernel {spec}: neither a file nor a directory")
 
 
-def _check_kernel_file(spec: str, f: Path) -> None:
+def _check_kernel_file(spec: str, f: Path, profile: MachineProfile) -> str:
+    """Refuse a file QEMU's ``-kernel`` cannot boot on ``profile``'s machine; its arch."""
+    arch = kernel_file_arch(f)
+    if arch is not None and arch != profile.arch:
+        raise UsageError(f"--kernel {spec}: {f} is an {arch} kernel; the topology's machine is "
+                         f"{profile.arch} (machine.arch): pass a {profile.arch} kernel "
+                         f"({profile.kernel_image.path} of a build for it)")
     kind = kernel_file_kind(f)
+    if profile.kernel_image.format == "Image":
+        if kind in ("Image", "Image.gz"):
+            return profile.arch
+        raise UsageError(f"--kernel {spec}: {f} is not an arm64 kernel Image (no 'ARM\\x64' "
+                         f"magic at offset 0x38, plain or gzip'd): pass "
+                         f"{profile.kernel_image.path}")
     if kind == "bzImage":
         try:
             bzimage_payload(f.read_bytes())  # the header's payload must all be there
         except (ImageError, OSError, struct.error) as exc:
             raise UsageError(f"--kernel {spec}: {f} is not a complete bzImage ({exc}): a "
                              "truncated copy, or only the header?") from None
-        return
+        return profile.arch
     if kind == "elf":
         try:
             ok = has_pvh_entry(f.read_bytes())
         except (ImageError, OSError, struct.error):
             ok = False
         if ok:
-            return
+            return profile.arch
         raise UsageError(f"--kernel {spec}: {f} is an ELF vmlinux without a PVH entry note; "
                          "QEMU cannot boot it with -kernel: pass arch/x86/boot/bzImage")
     raise UsageError(f"--kernel {spec}: {f} is not an x86 kernel image (expected a bzImage: "
                      "no 'HdrS' boot header)")
 
 
-def _from_file(spec: str, f: Path) -> KernelSpec:
-    _check_kernel_file(spec, f)
+def _from_file(spec: str, f: Path, profile: MachineProfile) -> KernelSpec:
+    arch = _check_kernel_file(spec, f, profile)
     release = bzimage_release(f)
     modules = config = None
     # boot/vmlinuz-<release> of an unpacked package: use the package's modules too
@@ -196,8 +210,10 @@ def _from_file(spec: str, f: Path) -> KernelSpec:
         config = _existing(root / "boot" / f"config-{rel}")
         release = rel if modules else (release or rel)
         if modules:
-            return _checked(KernelSpec(spec, "package", root, f, release, modules, config))
-    return _checked(KernelSpec(spec, "bzimage", f, f, release, None, config))
+            return _checked(KernelSpec(spec, "package", root, f, release, modules, config,
+                                       arch=arch))
+    kind = "bzimage" if arch == "x86_64" else "image"  # one file: x86 bzImage, arm64 Image
+    return _checked(KernelSpec(spec, kind, f, f, release, None, config, arch=arch))
 
 
 def _existing(p: Path) -> Path | None:
@@ -228,12 +244,14 @@ def _module_releases(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _from_directory(spec: str, d: Path, image: str) -> KernelSpec:
-    """``image``: where a build tree has the kernel image (the machine profile says)."""
+def _from_directory(spec: str, d: Path, profile: MachineProfile) -> KernelSpec:
+    """``profile``: the machine it boots on (its build tree keeps the image where the
+    profile says)."""
+    image = profile.kernel_image.path
     # 1. a built source tree (in-tree or the O= directory)
     bz = d / image
     if bz.is_file():
-        _check_kernel_file(spec, bz)
+        arch = _check_kernel_file(spec, bz, profile)
         rel_file = d / "include/config/kernel.release"
         if not rel_file.is_file():
             raise UsageError(f"--kernel {spec}: has {image} but no "
@@ -241,7 +259,7 @@ def _from_directory(spec: str, d: Path, image: str) -> KernelSpec:
         release = rel_file.read_text().strip()
         modules = _modules_in(d, release)
         return _checked(KernelSpec(spec, "build-tree", d, bz, release, modules,
-                                     _existing(d / ".config")))
+                                   _existing(d / ".config"), arch=arch))
     if (d / "Makefile").is_file() and (d / "Kconfig").is_file():
         raise UsageError(f"--kernel {spec}: a kernel source tree that has not been built (no "
                          f"{image}); build it with 'testbed kernel build' and pass the build "
@@ -261,12 +279,13 @@ def _from_directory(spec: str, d: Path, image: str) -> KernelSpec:
                          + "): pass the vmlinuz file you mean")
     if candidates:
         release, f = candidates[0]
-        _check_kernel_file(spec, f)
+        arch = _check_kernel_file(spec, f, profile)
         modules = _modules_in(d, release)
         config = _existing(d / "boot" / f"config-{release}")
         if config is None and modules is not None:
             config = _existing(modules / "config")
-        return _checked(KernelSpec(spec, "package", d, f, release, modules, config))
+        return _checked(KernelSpec(spec, "package", d, f, release, modules, config,
+                                   arch=arch))
 
     # 3. an INSTALL_MOD_PATH tree: lib/modules/<release>, the kernel found beside it
     releases = _module_releases(d)
@@ -278,10 +297,10 @@ def _from_directory(spec: str, d: Path, image: str) -> KernelSpec:
         looked = [d / f"vmlinuz-{release}", d / Path(image).name, mdir / "build" / image]
         for f in looked:
             if f.is_file():
-                _check_kernel_file(spec, f)
+                arch = _check_kernel_file(spec, f, profile)
                 config = _existing(mdir / "build" / ".config")
                 return _checked(KernelSpec(spec, "install-mod-path", d, f, release, mdir,
-                                             config))
+                                           config, arch=arch))
         raise UsageError(f"--kernel {spec}: modules for {release} but no kernel image; looked "
                          f"for boot/vmlinuz-{release}, "
                          + ", ".join(str(p.relative_to(d)) for p in looked)

@@ -159,16 +159,17 @@ def bisect_step(topo: Topology, opts: BisectOptions) -> Step:
                  opts.build_dir)
         try:  # a UsageError here (no source tree, no build tools) aborts
             if opts.profiles:  # the kept profile tree: each commit rebuilds incrementally
-                pk = build_profile_kernel(opts.source, opts.profiles, jobs=opts.jobs,
-                                          output=opts.build_dir)
+                pk = build_profile_kernel(opts.source, opts.profiles, arch=topo.profile.arch,
+                                          jobs=opts.jobs, output=opts.build_dir)
                 assert pk is not None
                 output = pk.tree
             else:
-                output = build_kernel(opts.source, opts.build_dir, jobs=opts.jobs).output
+                output = build_kernel(opts.source, opts.build_dir, jobs=opts.jobs,
+                                      profile=topo.profile).output
         except KernelBuildError as exc:
             return Step(SKIP, f"the tree does not build: {exc}", commit=commit)
         try:
-            kernel = resolve_kernel(str(output))
+            kernel = resolve_kernel(str(output), topo.profile)
         except UsageError as exc:  # what this commit built cannot boot the image
             return Step(SKIP, f"the build is not a usable kernel: {exc}", commit=commit)
     result, out = run_topology(topo, replace(opts.run, kernel=kernel))

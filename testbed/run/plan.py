@@ -123,6 +123,18 @@ def _qemus(specs: Sequence[str]) -> list[QemuEntry]:
     return out
 
 
+
+def _matrix_kernel(spec: str, topos: list[Topology], archs: list[str]) -> KernelSpec | None:
+    """``--kernel spec`` resolved for the matrix's machines: a kernel other than the images'
+    boots one architecture, so it needs every topology on that architecture."""
+    if spec is None or str(spec).strip() in ("", "default"):
+        return None
+    if len(archs) > 1:
+        raise UsageError(f"--kernel {spec}: this matrix mixes architectures ({', '.join(archs)}"
+                         "); a kernel other than the images' ('default') boots only one: run "
+                         "each architecture's topologies in a matrix of their own")
+    return resolve_kernel(spec, topos[0].profile) if topos else resolve_kernel(spec)
+
 def plan_matrix(topologies: Sequence[str], kernels: Sequence[str],
                 workloads: Sequence[str] = (), size: int = 1 << 20, timeout: float = 120.0,
                 accel: str | None = None, fio_args: Sequence[str] = (),
@@ -153,8 +165,9 @@ def plan_matrix(topologies: Sequence[str], kernels: Sequence[str],
         topos.append(topo)
     entries: list[KernelEntry] = []
     identities: dict[str, str] = {}
+    archs = sorted({t.profile.arch for t in topos})
     for spec in kernels:
-        k = resolve_kernel(spec)
+        k = _matrix_kernel(spec, topos, archs)
         ident = "default" if k is None else k.identity()
         if ident in identities:
             raise UsageError(f"--kernel {spec}: the same kernel as --kernel {identities[ident]} "

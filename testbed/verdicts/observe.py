@@ -11,7 +11,8 @@ Facts this encodes (observed on QEMU 10.0 with the 7.x kernel):
   I/O returns no error, no NVMe timeout happens, but the data never moved.  The
   verdict comes from the failed data check plus the fault lines (DMAR "PTE ...
   access is not set", virtio_iommu "page fault", AMD-Vi "Event logged
-  [IO_PAGE_FAULT ...]"), which are rate-limited, so callers space transfers out
+  [IO_PAGE_FAULT ...]", arm-smmu-v3 "event: F_TRANSLATION client: BDF ..."), which
+  are rate-limited, so callers space transfers out
   (see :data:`FAULT_QUIET_SECONDS`).
 - QEMU 11.1's amd-iommu (dma-remap=on) logs its fault events against device
   0000:00:00.0, domain 0, address 0, whatever device and address faulted: the line
@@ -34,7 +35,10 @@ from .record import Record
 FAULT_PATTERNS = {
     "iommu-fault": re.compile(r"DMAR: \[DMA (Read|Write)|PTE (Read|Write) access is not set|"
                               r"virtio_iommu.*(page )?fault|AMD-Vi: Event logged \[IO_PAGE_FAULT|"
-                              r"iommu.*(fault|Unhandled)", re.I),
+                              r"iommu.*(fault|Unhandled)|"
+                              # arm64's SMMUv3 driver decodes each event it reads: "event:
+                              # F_TRANSLATION client: 0000:04:00.0 sid: 0x400 ... iova: ..."
+                              r"arm-smmu-v3 \S+: event: F_\w+ client", re.I),
     "rejected": re.compile(r"cannot be used for peer-to-peer DMA|do not share an upstream "
                            r"bridge or whitelisted host bridge|ACS redirect is set", re.I),
     "oops": re.compile(r"Oops|BUG:|WARNING: CPU|Call Trace|Kernel panic", re.I),

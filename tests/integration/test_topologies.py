@@ -32,7 +32,7 @@ def test_library_has_the_named_topologies():
                  "rootports-intel-iommu", "rootports-acs-off", "switch-cmb-igb",
                  "switch-cmb-intel-iommu-igb", "switch-cmb-arm64",
                  "rootports-cmb-arm64", "switch-cmb-arm64-smmuv3", "switch-cmb-arm64-smmuv3-pt",
-                 "mixed-cmb-arm64-smmuv3"):
+                 "mixed-cmb-arm64-smmuv3", "hostbridges-cmb-arm64-smmuv3"):
         assert name in library()
 
 

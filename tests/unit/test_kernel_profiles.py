@@ -293,7 +293,12 @@ def test_boot_prints_the_profile_set_and_its_options(tmp_path):
 
 def test_bisect_builds_commits_as_profile_kernels(tmp_path):
     from testbed.cli import build_parser
-    from testbed.commands.bisect import bisect_options
+    from testbed.commands.bisect import bisect_options as options_for
+    from testbed.spec import load_topology
+    topo = load_topology("switch-cmb")
+
+    def bisect_options(args):
+        return options_for(args, topo)
     parser = build_parser()
     args = parser.parse_args(["bisect", "switch-cmb", "--source", str(tmp_path),
                               "--profile", "coverage+vfio-iommufd", "--profile", "hmm"])

@@ -221,3 +221,54 @@ def test_incomplete_bzimages_are_refused(tmp_path, cut):
     f.write_bytes(data[:-5] if cut == "truncated" else data[:0x600])
     with pytest.raises(UsageError, match="not a complete bzImage"):
         resolve_kernel(str(f))
+
+
+def fake_arm64_image(path: Path, gz: bool = False) -> Path:
+    """Just enough of an arm64 Image: the 64-byte header with 'ARM\\x64' at 0x38."""
+    data = bytearray(4096)
+    data[0x38:0x3C] = b"ARM\x64"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(bytes(data)) if gz else bytes(data))
+    return path
+
+
+def test_the_header_says_which_architecture_a_kernel_file_boots(tmp_path):
+    from testbed.kernel.format import kernel_file_arch
+    assert kernel_file_arch(fake_bzimage(tmp_path / "bzImage")) == "x86_64"
+    assert kernel_file_kind(fake_arm64_image(tmp_path / "Image")) == "Image"
+    assert kernel_file_arch(tmp_path / "Image") == "aarch64"
+    assert kernel_file_kind(fake_arm64_image(tmp_path / "vmlinuz", gz=True)) == "Image.gz"
+    assert kernel_file_arch(tmp_path / "vmlinuz") == "aarch64"
+    elf = bytearray(64)
+    elf[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<H", elf, 18, 183)  # EM_AARCH64
+    (tmp_path / "vmlinux").write_bytes(bytes(elf))
+    assert kernel_file_arch(tmp_path / "vmlinux") == "aarch64"
+    (tmp_path / "notes.gz").write_bytes(gzip.compress(b"just some text" * 10))
+    assert kernel_file_kind(tmp_path / "notes.gz") is None
+
+
+def test_a_kernel_file_must_boot_the_topologys_machine(tmp_path):
+    from testbed.machines import PROFILES
+    arm, x86 = PROFILES["aarch64"], PROFILES["x86_64"]
+    image = fake_arm64_image(tmp_path / "Image")
+    k = resolve_kernel(str(image), arm)
+    assert k is not None and k.arch == "aarch64" and k.kind == "image"
+    with pytest.raises(UsageError, match=r"is an aarch64 kernel; the topology's machine is "
+                                         r"x86_64"):
+        resolve_kernel(str(image), x86)
+    bz = fake_bzimage(tmp_path / "bzImage")
+    assert resolve_kernel(str(bz), x86).arch == "x86_64"
+    with pytest.raises(UsageError, match=r"is an x86_64 kernel; the topology's machine is "
+                                         r"aarch64 .*arch/arm64/boot/Image"):
+        resolve_kernel(str(bz), arm)
+    (tmp_path / "junk").write_bytes(b"\0" * 512)
+    with pytest.raises(UsageError, match="not an arm64 kernel Image"):
+        resolve_kernel(str(tmp_path / "junk"), arm)
+    # a built arm64 tree: its image where the aarch64 profile says
+    tree = tmp_path / "build"
+    fake_arm64_image(tree / "arch/arm64/boot/Image")
+    (tree / "include/config").mkdir(parents=True)
+    (tree / "include/config/kernel.release").write_text(REL + "\n")
+    k = resolve_kernel(str(tree), arm)
+    assert k is not None and k.kind == "build-tree" and k.release == REL and k.arch == "aarch64"

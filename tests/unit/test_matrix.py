@@ -313,3 +313,16 @@ def test_group_changes_survive_a_shard_merge_round_trip():
     add_run(m, "switch-cmb", "new", result(*isolation(V3_GROUPS, "acs-v3", holes=False)), "b")
     back = Matrix.from_json(json.loads(json.dumps(m.to_json())))
     assert [str(g) for g in back.group_changes()] == [str(g) for g in m.group_changes()]
+
+
+def test_a_matrix_kernel_boots_the_architecture_of_its_topologies(tmp_path):
+    # a profile kernel is built per architecture: refused before anything is built
+    with pytest.raises(UsageError, match=r"mixes architectures \(aarch64, x86_64\)"):
+        plan_matrix(["switch-cmb", "switch-cmb-arm64"], ["default", "profile:base"])
+    bz = tmp_path / "bzImage"  # an x86 boot header is what names the architecture
+    bz.write_bytes(bytes(0x202) + b"HdrS" + bytes(0x200))
+    with pytest.raises(UsageError, match="is an x86_64 kernel; the topology's machine is aarch64"):
+        plan_matrix(["switch-cmb-arm64"], ["default", str(bz)])
+    # the images' kernels boot both: a mixed matrix of 'default' stays allowed
+    mixed = plan_matrix(["switch-cmb", "switch-cmb-arm64"], ["default"])
+    assert {t.profile.arch for t in mixed.topologies} == {"x86_64", "aarch64"}

@@ -63,6 +63,28 @@ def test_amd_vi_faults_are_iommu_faults_named_by_a_real_event():
     assert observe(result(), pull_dmesg(AMD_FAULTS), False)[0] == "ok"
 
 
+# what the arm64 guest logged under QEMU 10.0's SMMUv3 (strict) for a bus-address transfer
+SMMUV3 = """\
+[   30.043415] arm-smmu-v3 9050000.smmuv3: unexpected global error reported (0x00000004), this could be serious
+[   30.043588] arm-smmu-v3 9050000.smmuv3: EVTQ write aborted -- events may have been lost
+[   30.046176] arm-smmu-v3 9050000.smmuv3: event 0x10 received:
+[   30.046237] arm-smmu-v3 9050000.smmuv3: \t0x0000040000000010
+[   30.046388] arm-smmu-v3 9050000.smmuv3: event: F_TRANSLATION client: 0000:04:00.0 sid: 0x400 ssid: 0x0 iova: 0x8000020000 ipa: 0x0
+[   30.046450] arm-smmu-v3 9050000.smmuv3: unpriv data write s1 "Input address caused fault" stag: 0x0
+"""
+
+
+def test_smmuv3_translation_events_are_iommu_faults():
+    """The SMMUv3 driver's decoded event line (it names the client and the IOVA) is the
+    fault; its global-error and raw hex lines are not named."""
+    dmesg = pull_dmesg(SMMUV3)
+    assert [ln.split("] ")[1][:40] for ln in dmesg["iommu-fault"]] == \
+        ["arm-smmu-v3 9050000.smmuv3: event: F_TRA"]
+    v, detail = observe(result(verified=False), dmesg, False)
+    assert v == "iommu-fault" and "client: 0000:04:00.0" in detail and "iova" in detail
+    assert "trouble" not in dmesg
+
+
 def test_bad_data_without_a_fault_is_corruption():
     v, detail = observe(result(verified=False), {}, False)
     assert v == "error" and "corruption" in detail
