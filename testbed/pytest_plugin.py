@@ -38,7 +38,7 @@ from .guest.protocol import GuestLike, qmp_of
 from .guest.reinventory import reinventory
 from .guest.result import CommandResult
 from .kernel.resolve import KernelSpec, resolve_kernel
-from .qemu.hotplug import UNPLUG_TIMEOUT, hotplug_slot, replug, unplug
+from .qemu.hotplug import hotplug_slot, replug, unplug
 from .qemu.machine import QmpLike
 from .qemu.validate import load_checked
 from .run.runner import RunOptions, plan, run_workloads
@@ -156,7 +156,7 @@ class TestbedGuest:
         return [r.to_json() for r in records]
 
     # QMP hot-plug (a guest this process booted; the slot a root or downstream port)
-    def unplug(self, name: str, timeout: float = UNPLUG_TIMEOUT) -> dict[str, Any]:
+    def unplug(self, name: str, timeout: float | None = None) -> dict[str, Any]:
         """QMP ``device_del`` of NVMe ``name`` and wait for ``DEVICE_DELETED``; the step."""
         return unplug(self._qmp(), hotplug_slot(self.topology, name), timeout)
 

@@ -28,6 +28,8 @@ OP_WRITE, OP_READ = 0x01, 0x02
 FEAT_NUM_QUEUES = 0x07
 SQE = struct.Struct("<BBHIIIQQQIIIIII")  # 64 bytes
 CQE = struct.Struct("<IIHHHH")  # 16 bytes: dw0, dw1, sq head, sq id, cid, status
+CQE_STATUS = struct.Struct("<H")  # the phase bit is bit 0 of the status word
+CQE_STATUS_OFFSET = 14
 ADMIN_DEPTH, IO_DEPTH = 32, 64
 STATUS_NAMES = {(0, 0x04): "Data Transfer Error", (0, 0x06): "Internal Error",
                 (0, 0x02): "Invalid Field in Command", (0, 0x80): "LBA Out of Range",
@@ -48,6 +50,18 @@ class NvmeError(Exception):
 
 class NvmeTimeout(Exception):
     """No completion within the bound (the command may still be outstanding)."""
+
+
+def _settled(view, off, tries=1000):
+    """The completion entry at ``off`` once two reads in a row agree (its writer may still
+    be storing it when its phase bit shows)."""
+    entry = CQE.unpack_from(view, off)
+    for _ in range(tries):
+        again = CQE.unpack_from(view, off)
+        if again == entry:
+            break
+        entry = again
+    return entry
 
 
 def prps(iova, length, list_page):
@@ -235,9 +249,13 @@ class Controller:
     def _complete(self, q, cid, what, seconds):
         deadline = time.monotonic() + seconds
         pause = 0.0
+        off = q.head * CQE.size
         while True:
-            dw0, _, _, _, got, status = CQE.unpack_from(q.cq.view, q.head * CQE.size)
-            if status & 1 == q.phase:
+            # the status word first: struct reads the fields one after the other, and the
+            # controller (QEMU, another host thread) may write the entry between them, so a
+            # whole-entry read could pair the new phase with the old command id
+            if CQE_STATUS.unpack_from(q.cq.view, off + CQE_STATUS_OFFSET)[0] & 1 == q.phase:
+                dw0, _, _, _, got, status = _settled(q.cq.view, off)
                 q.head = (q.head + 1) % q.depth
                 if q.head == 0:
                     q.phase ^= 1

@@ -85,9 +85,10 @@ def hotplug_slot(bdf):
             return None
     cfg = (kernel_config() or {}).get("values", {})
     if cfg.get("CONFIG_HOTPLUG_PCI_ACPI") == "n":
-        return (f"no hot-plug slot drives {bdf} in this guest: the kernel has no ACPI PCI "
-                "hot-plug (CONFIG_HOTPLUG_PCI_ACPI not set) and q35 gives its slots' "
-                "hot-plug to ACPI (no native pciehp slot), so a device_del never reaches it")
+        return (f"no hot-plug slot drives {bdf} in this guest: no pciehp slot (the machine "
+                "keeps native PCIe hot-plug from the OS: q35's default hands it to ACPI) and "
+                "no acpiphp (CONFIG_HOTPLUG_PCI_ACPI not set), so a device_del never "
+                "reaches it")
     return None  # acpiphp may still see it (its slots are not always listed)
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from .profile import (IOMMU_MODES, VIOMMU_ID, BootDevice, CpuRule, Firmware, HostBridge,
-                      KernelBuild, KernelImage, MachineProfile, RootBus, RootFunction, Viommu)
+from .profile import (IOMMU_MODES, NATIVE_HOTPLUG, VIOMMU_ID, BootDevice, CpuRule, Firmware,
+                      HostBridge, Hotplug, KernelBuild, KernelImage, MachineProfile, RootBus,
+                      RootFunction, Viommu)
 from .aarch64 import AARCH64
 from .x86_64 import X86_64
 
@@ -41,7 +42,7 @@ def profile_for_binary(name: str) -> MachineProfile | None:
     return next((p for p in PROFILES.values() if base.startswith(p.qemu_binary)), None)
 
 
-__all__ = ["AARCH64", "BootDevice", "CpuRule", "DEFAULT_ARCH", "Firmware", "HostBridge", "IOMMU_MODELS",
-           "IOMMU_MODES", "KernelBuild", "KernelImage", "MachineProfile", "PROFILES",
-           "RootBus", "RootFunction", "VIOMMU_ID", "Viommu", "X86_64", "machine_profile",
+__all__ = ["AARCH64", "BootDevice", "CpuRule", "DEFAULT_ARCH", "Firmware", "HostBridge",
+           "Hotplug", "IOMMU_MODELS", "IOMMU_MODES", "NATIVE_HOTPLUG", "KernelBuild",
+           "KernelImage", "MachineProfile", "PROFILES", "RootBus", "RootFunction", "VIOMMU_ID", "Viommu", "X86_64", "machine_profile",
            "profile_for_binary"]

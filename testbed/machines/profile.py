@@ -238,6 +238,26 @@ class KernelBuild:
 
 
 @dataclass(frozen=True)
+class Hotplug:
+    """Who drives the PCIe slots' hot-plug on a machine (the topology's machine.hotplug):
+    the QEMU arguments that choose it, the guest driver that then sees a ``device_del``
+    and the kernel option that builds it."""
+
+    name: str                    # the topology's machine.hotplug value
+    argv: tuple[str, ...]        # QEMU arguments that select it (none: the machine's default)
+    driver: str                  # the guest's hot-plug driver: pciehp, acpiphp
+    config: str                  # the kernel option that builds it
+    how: str                     # one line for the oracle's reasons
+    unplug_seconds: float        # device_del to DEVICE_DELETED, with room for TCG under load
+
+
+# Native PCIe hot-plug: the port's slot raises an attention-button event, pciehp waits its
+# 5 s abort window, powers the slot off, and QEMU then deletes the device.
+NATIVE_HOTPLUG = Hotplug("native", (), "pciehp", "CONFIG_HOTPLUG_PCI_PCIE",
+                         "native PCIe hot-plug (pciehp drives the ports' slots)", 40.0)
+
+
+@dataclass(frozen=True)
 class MachineProfile:
     """Everything the testbed knows about one kind of machine."""
 
@@ -268,6 +288,8 @@ class MachineProfile:
     # CPU model -> properties the testbed adds under TCG (aarch64's max: QEMU's cheap
     # pointer-authentication algorithm instead of the architected one)
     tcg_cpu_props: tuple[tuple[str, str], ...] = ()
+    # the hot-plug owners a topology may choose, the machine's default first
+    hotplug: tuple[Hotplug, ...] = (NATIVE_HOTPLUG,)
 
     def cpu_option(self, model: str, accel: str) -> str:
         """The ``-cpu`` value of ``model`` under ``accel``."""
@@ -301,6 +323,19 @@ class MachineProfile:
         if viommu is not None and viommu.as_machine_option(expanders):
             options += viommu.machine_options
         return ",".join([self.machine_type, *options])
+
+    @property
+    def hotplug_modes(self) -> tuple[str, ...]:
+        """The topology's machine.hotplug values on this machine (the default first)."""
+        return tuple(h.name for h in self.hotplug)
+
+    def hotplug_mode(self, name: str | None = None) -> Hotplug:
+        """The hot-plug owner ``name`` (None: the machine's default; KeyError when none)."""
+        for h in self.hotplug:
+            if name is None or h.name == name:
+                return h
+        raise KeyError(f"{self.arch} offers no {name!r} hot-plug (only "
+                       f"{', '.join(self.hotplug_modes)})")
 
     def iommu_words(self, model: str, mode: str) -> tuple[str, ...]:
         """Guest kernel words for the vIOMMU ``model`` in ``mode`` (none: no words)."""

@@ -11,10 +11,25 @@ Every x86 fact the stages need lives here; a stage reads ``topo.machine.profile`
 
 from __future__ import annotations
 
-from .profile import (VIRTIO_BOOT_DEVICES, CpuRule, Firmware, HostBridge, KernelBuild,
-                      KernelImage, MachineProfile, RootBus, RootFunction, Viommu)
+from .profile import (NATIVE_HOTPLUG, VIRTIO_BOOT_DEVICES, CpuRule, Firmware, HostBridge,
+                      Hotplug, KernelBuild, KernelImage, MachineProfile, RootBus,
+                      RootFunction, Viommu)
 
 _STRICT = ("iommu.strict=1", "iommu.passthrough=0")
+
+# q35's default since QEMU 6.1: ACPI owns the hot-plug of root ports AND switch downstream
+# ports (QEMU hides the slots' native hot-plug capability and _OSC keeps PCIeHotplug from
+# the OS), so only acpiphp sees a device_del; it removes at once (no attention button).
+_ACPI_HOTPLUG = Hotplug("acpi", (), "acpiphp", "CONFIG_HOTPLUG_PCI_ACPI",
+                        "q35's ACPI PCI hot-plug (acpiphp drives the root and switch "
+                        "downstream ports' slots; _OSC keeps native hot-plug from the OS)",
+                        15.0)
+# acpi-pci-hotplug-with-bridge-support=off: _OSC hands PCIeHotplug to the OS and every root
+# and switch downstream port shows a pciehp slot (measured on 10.0.2, profile kernel 7.3.4)
+_NATIVE_HOTPLUG = Hotplug("native", ("-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-"
+                                     "support=off"), NATIVE_HOTPLUG.driver,
+                          NATIVE_HOTPLUG.config, NATIVE_HOTPLUG.how,
+                          NATIVE_HOTPLUG.unplug_seconds)
 
 X86_64 = MachineProfile(
     arch="x86_64",
@@ -77,4 +92,5 @@ X86_64 = MachineProfile(
     debian_arch="amd64",
     kernel_package="linux-image-amd64",
     image_recipe="default",
+    hotplug=(_ACPI_HOTPLUG, _NATIVE_HOTPLUG),
 )

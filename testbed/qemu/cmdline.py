@@ -113,6 +113,7 @@ def machine_argv(topo: Topology, binary: str | Qemu, run_dir: Path, accel: str) 
             "-accel", accel, "-cpu", profile.cpu_option(topo.machine.cpu, accel),
             "-m", f"{max(topo.machine.memory // MiB, 1)}M",
             "-smp", str(topo.machine.cpus), "-nodefaults", "-no-user-config", "-display", "none"]
+    argv += topo.machine.hotplug_mode.argv  # who drives the slots' hot-plug (q35: ACPI)
     root_bus = profile.root_bus.name
     if viommu is not None and not viommu.as_machine_option(expanders):
         # before every PCI device (older QEMUs insist; a device's DMA address space is

@@ -1,9 +1,11 @@
 """Hot-unplug and hot-plug an NVMe controller of a running machine over QMP.
 
 The slot must be hot-pluggable: the device table's ``hotplug_slot`` (a pcie-root-port or
-an xio3130 downstream port; not the root complex).  On q35, ACPI PCI hot-plug
-(``acpi-pci-hotplug-with-bridge-support``, QEMU's default since 6.1) handles both, so the
-guest's acpiphp sees the removal at once (no 5 s attention-button wait as with pciehp).
+an xio3130 downstream port; not the root complex).  Who drives it is the topology's
+``machine.hotplug`` (the profile's :class:`~testbed.machines.Hotplug`): on q35 by default
+ACPI PCI hot-plug (``acpi-pci-hotplug-with-bridge-support``, QEMU's default since 6.1)
+handles both, so the guest's acpiphp sees the removal at once; with ``hotplug: native``
+pciehp does, after its 5 s attention-button wait.
 
 Unplug: ``device_del`` returns at once; the removal is done when ``DEVICE_DELETED`` names
 the controller's id.  The ``nvme-ns`` children are not deleted with it (QEMU re-parents
@@ -32,7 +34,7 @@ from .cmdline import namespace_path, nvme_device
 from .devices import DEVICES
 from .machine import QmpLike
 
-UNPLUG_TIMEOUT = 15.0  # acpiphp removes within ~1 s; pciehp would need ~7 s
+UNPLUG_TIMEOUT = 15.0  # acpiphp removes within ~1 s (pciehp: see Hotplug.unplug_seconds)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Slot:
     nvme: Nvme
     bus: str
     port_kind: str  # the device table's label: "root port", "switch downstream port"
+    unplug_seconds: float = UNPLUG_TIMEOUT  # device_del to DEVICE_DELETED, at most
 
 
 def hotplug_slot(topo: Topology, name: str) -> Slot:
@@ -58,12 +61,14 @@ def hotplug_slot(topo: Topology, name: str) -> Slot:
     if not kind.hotplug_slot:
         raise HotplugError(f"{name} sits on {parent.name}, a {kind.label}, which has no "
                            "hot-plug slot", name, "slot")
-    return Slot(node, parent.name, kind.label)
+    return Slot(node, parent.name, kind.label, topo.machine.hotplug_mode.unplug_seconds)
 
 
-def unplug(machine: QmpLike, slot: Slot, timeout: float = UNPLUG_TIMEOUT) -> dict[str, Any]:
-    """``device_del`` and wait for ``DEVICE_DELETED``; the step as data (seconds, event)."""
+def unplug(machine: QmpLike, slot: Slot, timeout: float | None = None) -> dict[str, Any]:
+    """``device_del`` and wait for ``DEVICE_DELETED`` (at most ``timeout``, default the
+    slot's ``unplug_seconds``); the step as data (seconds, event)."""
     name = slot.nvme.name
+    timeout = slot.unplug_seconds if timeout is None else timeout
     machine.clear_events()
     start = time.monotonic()
     try:

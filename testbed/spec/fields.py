@@ -41,7 +41,7 @@ BLOCK_SIZES = (512, 4096)
 # the structural kinds; the endpoint kinds (nvme, igb, ...) add theirs (spec/endpoints)
 KINDS = ("root_port", "switch", "downstream_port", "host_bridge")
 TOP_KEYS = ("name", "description", "machine", "iommu", "kernel_cmdline", "pcie", "expect")
-MACHINE_KEYS = ("arch", "type", "cpu", "memory", "cpus", "accel", "qemu")
+MACHINE_KEYS = ("arch", "type", "cpu", "memory", "cpus", "accel", "qemu", "hotplug")
 IOMMU_KEYS = ("model", "mode")
 KIND_KEYS = {
     "root_port": ("root_port", "device", "acs"),

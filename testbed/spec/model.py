@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Mapping, Union, get_args
 
 from ..machines import (DEFAULT_ARCH, IOMMU_MODELS, IOMMU_MODES, PROFILES, X86_64,
-                        MachineProfile, machine_profile)
+                        Hotplug, MachineProfile, machine_profile)
 from .endpoints import ENDPOINTS, Endpoint, Igb, Namespace, Nvme, Pmr
 from .units import MiB
 
@@ -111,10 +111,16 @@ class Machine:
     accel: str = "auto"
     qemu: str = X86_64.qemu_binary
     arch: str = DEFAULT_ARCH
+    hotplug: str | None = None  # who drives the slots' hot-plug (None: the machine's default)
 
     @property
     def profile(self) -> MachineProfile:
         return machine_profile(self.arch)
+
+    @property
+    def hotplug_mode(self) -> Hotplug:
+        """Who drives hot-plug on this machine (pciehp or acpiphp, and how to choose it)."""
+        return self.profile.hotplug_mode(self.hotplug)
 
 
 @dataclass(frozen=True)

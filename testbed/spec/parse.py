@@ -144,6 +144,8 @@ class _Parser(FieldReader):
             kw["accel"] = self.choice(m["accel"], "machine.accel", ACCELS)
         kw["qemu"] = self.string(m["qemu"], "machine.qemu") if "qemu" in m \
             else profile.qemu_binary
+        if "hotplug" in m:
+            kw["hotplug"] = self.choice(m["hotplug"], "machine.hotplug", profile.hotplug_modes)
         if None in kw.values():
             return None
         return Machine(**kw)

@@ -41,6 +41,7 @@ import errno as errno_mod
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..machines import Hotplug
 from ..guest_tool.schema import VFIO_BAR_IOVA as BAR_IOVA
 from ..spec.model import Nvme, Topology
 from .cmdline import kernel_view
@@ -91,10 +92,10 @@ class VfioKernel:
     def cdev(self) -> bool:
         return self.has("CONFIG_VFIO_DEVICE_CDEV", "vfio_cdev")
 
-    @property
-    def acpi_hotplug(self) -> bool:
-        """acpiphp: what sees a q35 slot's device_del (True without a config: assume so)."""
-        return self.config.get("CONFIG_HOTPLUG_PCI_ACPI", "y") != "n"
+    def has_hotplug(self, hotplug: Hotplug) -> bool:
+        """The hot-plug driver the machine uses (pciehp, acpiphp) is built (True without
+        a config: assume so)."""
+        return self.config.get(hotplug.config, "y") != "n"
 
     @property
     def dmabuf(self) -> bool:
@@ -199,12 +200,12 @@ def predict_vfio(topo: Topology, provider: str, client: str, method: str,
         return VfioPrediction(method, "ok", IOMMU_MMIO,
                               f"{export}; QEMU translates {client}'s DMA to the CMB{unsafe}",
                               **common)
-    if method == "revoke-unplug" and not kernel.acpi_hotplug:
-        # seam: issue 19 (the machine profile could say who owns hot-plug: ACPI on q35)
-        return _unsupported(method, f"{where} has no ACPI PCI hot-plug (CONFIG_HOTPLUG_PCI_"
-                                    "ACPI not set) and QEMU's q35 gives its slots' hot-plug to "
-                                    "ACPI (native pciehp is off there): the guest never sees "
-                                    f"the device_del of {provider}, so it cannot be unplugged")
+    hotplug = topo.machine.hotplug_mode
+    if method == "revoke-unplug" and not kernel.has_hotplug(hotplug):
+        return _unsupported(method, f"{where} has no {hotplug.driver} ({hotplug.config} not "
+                                    f"set) and this machine hot-plugs through {hotplug.how}: "
+                                    f"the guest never sees the device_del of {provider}, so it "
+                                    "cannot be unplugged")
     if method in REVOKE:
         how = {"revoke-decoding": "clearing memory decoding in the provider's command "
                                   "register (vfio_pci_config: vfio_pci_dma_buf_move)",
@@ -213,7 +214,7 @@ def predict_vfio(topo: Topology, provider: str, client: str, method: str,
                "revoke-close": "closing the provider's device (vfio_pci_dma_buf_cleanup)",
                "revoke-unplug": "QMP device_del of the provider: the kernel asks for the "
                                 "device back through the request eventfd, the testbed "
-                                "closes it (vfio_pci_dma_buf_cleanup) and pciehp/acpiphp "
+                                f"closes it (vfio_pci_dma_buf_cleanup) and {hotplug.driver} "
                                 "removes it"}[method]
         return VfioPrediction(
             method, REVOKED, IOMMU_MMIO,

@@ -117,3 +117,18 @@ def test_vfio_p2p_virtio(guest):
     assert t1["data"]["session"]["allow_unsafe_interrupts"] == {"was": "N", "now": "Y"}
     param = "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
     assert guest.run(f"cat {param}").stdout.strip() == "N"
+
+
+@pytest.mark.topology(INTEL)
+def test_hot_unplug_under_a_translating_viommu(guest):
+    """The provider goes (pciehp: the topology hot-plugs natively) and comes back; the
+    fresh P2P copy after the replug faults in the vIOMMU as the oracle predicts (a QEMU
+    model limit), judged from that copy's own kernel log."""
+    (r,) = guest.workload("hot-unplug", pairs=(PAIR,))
+    assert (r["predicted"], r["observed"]) == ("iommu-fault", "iommu-fault"), r["detail"]
+    assert r["passed"] and r["qemu_limit"] is True
+    assert "DMAR" in r["detail"] and "fault" in r["detail"], r["detail"]
+    steps = {s["step"]: s for s in r["data"]["steps"]}
+    assert steps["removed"]["guest_sees"] == "gone" and steps["fresh copy"]["verdict"] == \
+        "iommu-fault"
+    back_on_nvme(guest)

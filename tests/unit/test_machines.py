@@ -150,3 +150,29 @@ def test_arch_errors_name_the_line():
     text = str(err.value)
     assert "t.yaml:3:9: machine.arch: must be one of x86_64, aarch64, got 'arm'" in text
     assert "t.yaml:4:9: machine.type: only 'q35' is supported (got 'virt')" in text
+
+
+def test_who_drives_hot_plug_is_machine_data():
+    """q35 keeps QEMU's default (ACPI hot-plug: no argument); ``hotplug: native`` hands the
+    ports' slots to pciehp with one -global; arm64's virt has native hot-plug only."""
+    acpi = topo_of("pcie: [{root_port: rp0, device: {nvme: n0}}]\n")
+    assert (acpi.machine.hotplug_mode.name, acpi.machine.hotplug_mode.driver) == \
+        ("acpi", "acpiphp")
+    native = topo_of("machine: {hotplug: native}\n"
+                     "pcie: [{root_port: rp0, device: {nvme: n0}}]\n")
+    assert native.machine.hotplug_mode.config == "CONFIG_HOTPLUG_PCI_PCIE"
+    a, n = (machine_argv(t, "qemu-system-x86_64", RUN, "tcg") for t in (acpi, native))
+    assert "-global" not in a
+    assert n == a[:15] + ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"] \
+        + a[15:]
+    assert native.machine.hotplug_mode.unplug_seconds > \
+        acpi.machine.hotplug_mode.unplug_seconds
+    arm = topo_of("machine: {arch: aarch64}\npcie: []\n")
+    assert arm.profile.hotplug_modes == ("native",) and arm.machine.hotplug_mode.argv == ()
+    with pytest.raises(SpecError) as err:
+        topo_of("machine: {arch: aarch64, hotplug: acpi}\npcie: []\n")
+    assert "t.yaml:1:35: machine.hotplug: must be one of native, got 'acpi'" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        topo_of("machine:\n  hotplug: yes\npcie: []\n")
+    assert "t.yaml:2:12: machine.hotplug: must be one of acpi, native, got a boolean (true)" \
+        in str(err.value)

@@ -4,6 +4,7 @@ viability, the oracle for each method and the observation of what a method showe
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 import struct
@@ -227,14 +228,30 @@ def test_profile_kernel_predictions():
     assert all(p.unsafe_interrupts for p in got.values())  # virtio-iommu: no IR
 
 
-def test_ci_profile_kernel_has_no_type1_and_cannot_see_an_unplug():
-    topo = load_topology("switch-cmb-intel-iommu")
+def test_ci_profile_kernel_has_no_type1_and_unplugs_through_pciehp():
+    topo = load_topology("switch-cmb-intel-iommu")  # machine.hotplug: native
+    assert topo.machine.hotplug_mode.driver == "pciehp"
     got = {m: predict_vfio(topo, "nvme0", "nvme1", m, CI_PROFILE)
            for m in ("type1", "dmabuf", "revoke-close", "revoke-unplug")}
     assert got["type1"].verdict == "unsupported" and "type1 container" in got["type1"].reason
     assert (got["dmabuf"].verdict, got["revoke-close"].verdict) == ("ok", "revoked")
-    assert got["revoke-unplug"].verdict == "unsupported"
-    assert "CONFIG_HOTPLUG_PCI_ACPI" in got["revoke-unplug"].reason
+    assert got["revoke-unplug"].verdict == "revoked" and "pciehp" in \
+        got["revoke-unplug"].reason
+    assert predict_vfio(topo, "nvme0", "nvme1", "revoke-unplug", PROFILE).verdict == "revoked"
+    # the same machine without pciehp in the kernel cannot see the device_del
+    no_pciehp = VfioKernel(CI_PROFILE.release, {**CI_PROFILE.config,
+                                                "CONFIG_HOTPLUG_PCI_PCIE": "n"})
+    un = predict_vfio(topo, "nvme0", "nvme1", "revoke-unplug", no_pciehp)
+    assert un.verdict == "unsupported" and "CONFIG_HOTPLUG_PCI_PCIE" in un.reason
+
+
+def test_q35_default_hotplug_needs_acpiphp():
+    """q35's default (ACPI hot-plug): the CI profile kernel has no acpiphp, so no unplug."""
+    topo = load_topology("switch-cmb")
+    assert topo.machine.hotplug is None and topo.machine.hotplug_mode.name == "acpi"
+    topo = dataclasses.replace(topo, iommu=load_topology("switch-cmb-intel-iommu").iommu)
+    un = predict_vfio(topo, "nvme0", "nvme1", "revoke-unplug", CI_PROFILE)
+    assert un.verdict == "unsupported" and "CONFIG_HOTPLUG_PCI_ACPI" in un.reason
     assert predict_vfio(topo, "nvme0", "nvme1", "revoke-unplug", PROFILE).verdict == "revoked"
 
 
