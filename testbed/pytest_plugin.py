@@ -117,6 +117,7 @@ class TestbedGuest:
         self.topology = topology
         self.kernel = kernel  # the kernel it booted (None: the image's)
         self._mark = 0
+        self.hung: str | None = None  # a workload found it wedged: shut down, not reused
 
     # commands
     def run(self, cmd: str | list[str], timeout: float = 60.0) -> CommandResult:
@@ -147,7 +148,11 @@ class TestbedGuest:
         ``pairs=(("nvme0", "nvme1"),)``, ``inject=("corrupt",)`` ..."""
         opts = RunOptions(**{"kernel": self.kernel, **options})
         plan(self.topology, dataclasses.replace(opts, workloads=(name,)))  # bad input raises
-        records, _ = run_workloads(self._guest, self.topology, [name], opts)
+        records, ctx = run_workloads(self._guest, self.topology, [name], opts)
+        if ctx.hung is not None:  # wedged: stop it now; later tests of it fail at once
+            self.hung = str(ctx.hung)
+            self._guest.shutdown(graceful=False)
+            raise ctx.hung
         return [r.to_json() for r in records]
 
     # QMP hot-plug (a guest this process booted; the slot a root or downstream port)
@@ -213,6 +218,9 @@ class _ModuleGuests:
         else the topology's own)."""
         qemu = qemu or self.config.getoption("--testbed-qemu")
         key = self._key(spec, qemu)
+        if key in self.guests and self.guests[key].hung:
+            pytest.fail(f"topology {spec}: its guest hung in an earlier test and was shut "
+                        f"down:\n{self.guests[key].hung}", pytrace=False)
         if key in self.failed:
             pytest.fail(f"topology {spec}: an earlier boot in this module failed:\n"
                         f"{self.failed[key]}", pytrace=False)
@@ -247,7 +255,8 @@ class _ModuleGuests:
             name = g._guest.instance_name
             sys.stderr.write(f"\ntestbed: guest {g.topology.name} left running: "
                              f"testbed ssh {name}  (testbed stop {name})\n")
-        g._guest.shutdown()
+        if not g.hung:  # (a hung guest was shut down already)
+            g._guest.shutdown()
 
     def close(self) -> None:
         for g in self.guests.values():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -39,12 +40,18 @@ from .guest import Guest
 from .launch import BootLog, Launch, LaunchPlan, Stalled, preserve_logs, start
 from .protocol import Seen
 from .share import mount_shares
-from .tool import install_and_run, package_tar
+from .tool import compile_in_background, has_bytecode, install_and_run, package_tar
 from .treecheck import check_tree, inventory_argv, map_names
 
 log = logging.getLogger(__name__)
 
-STALL_SECONDS = 90.0  # no ready line by then: boot once more (see launch.Stalled)
+# No ready line by then: boot once more (see launch.Stalled).  A guest that boots reaches it
+# in 5-10 s of a 2-core host running two guests (CI); a stalled one never does, and every
+# CI run here lost 90 s of one worker to one (an RCU stall, or no console at all).  A loaded
+# host boots slowly without stalling, so the limit grows with the load beyond two runnable
+# tasks per core (up to STALL_MAX: at a load of 30 on 2 cores boots took 40-70 s).
+STALL_SECONDS = 45.0
+STALL_MAX = 120.0
 NVME_IO_TIMEOUT = 10  # seconds; a faulting P2P command must not hang a run for 30 s
 INVENTORY_SECONDS = 90.0  # shipping the guest tool and its first inventory, on a slow host
 
@@ -100,6 +107,26 @@ def kernel_cmdline(topo: Topology, image_cmdline: tuple[str, ...] | list[str],
     return merge_words(words)
 
 
+def stall_seconds(load: float | None = None, cores: int | None = None) -> float:
+    """How long a boot may show no ready line before it counts as stalled: STALL_SECONDS
+    up to a load of two runnable tasks per core, longer in proportion beyond, at most
+    STALL_MAX (``load``: the 1-minute load average, ``cores``: the host's; both asked of
+    the host when not given).
+
+        >>> stall_seconds(load=3.0, cores=2), stall_seconds(load=8.0, cores=2)
+        (45.0, 90.0)
+        >>> stall_seconds(load=30.0, cores=2)
+        120.0
+    """
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+    cores = cores or os.cpu_count() or 1
+    return min(STALL_MAX, STALL_SECONDS * max(1.0, load / cores / 2))
+
+
 def default_kernel(image: Image) -> PreparedKernel:
     """The image's own kernel, as a prepared kernel."""
     return PreparedKernel(kernel=image.kernel, initrd=image.initrd, cmdline=(), drives=(),
@@ -145,11 +172,12 @@ def boot(topo: Topology, image: Image | None = None, options: BootOptions = Boot
                           monitor_dir=options.monitor_dir)
         log.info("starting QEMU (%s: %s)", accel.name, accel.reason)
         try:
-            launch = start(plan, phases, STALL_SECONDS if options.timeout > STALL_SECONDS
-                           else None)
+            stall = stall_seconds()
+            launch = start(plan, phases, stall if options.timeout > stall else None)
         except Stalled as exc:
             logs = preserve_logs(run, topo.name)
-            log.warning("%s (console kept in %s); booting the guest once more", exc, logs)
+            log.warning("%s (stall limit %.0f s; console kept in %s); booting the guest once "
+                        "more", exc, stall, logs)
             overlay.unlink(missing_ok=True)
             _create_overlay(image.disk, overlay)
             launch = start(plan, phases)
@@ -213,6 +241,8 @@ def first_inventory(launch: Launch, plan: LaunchPlan, trace: bool = False) -> Se
     if diffs:
         raise _fail(blog, launch, GuestViewMismatch, "the guest does not see the topology:\n  "
                     + "\n  ".join(diffs), diffs=diffs)
+    if not has_bytecode():  # the host has no bytecode of this tool yet: let the guest make it
+        launch.ssh.fire(compile_in_background())
     return Seen(inventory, map_names(topo, inventory)[0])
 
 

@@ -32,6 +32,7 @@ from ..util.timing import Phases
 from .console import Console
 from .launch import Launch
 from .protocol import Seen
+from .tool import collect_bytecode
 from .result import CommandResult
 
 if TYPE_CHECKING:  # paramiko is slow to import: boot imports it while QEMU starts
@@ -267,6 +268,8 @@ class Guest(SshGuest):
         """Stop QEMU and remove the run directory.  The guest powers off cleanly first
         only when something it wrote is kept (:meth:`keeps_anything`); otherwise QEMU
         quits at once (restart() always powers off cleanly: the overlay is booted again)."""
+        if graceful and self.inventory and self._launch.machine.is_running():
+            collect_bytecode(self._launch.ssh)  # once per tool version: later boots skip compiling
         try:
             status = self.stop_qemu(graceful and self.keeps_anything())
         finally:

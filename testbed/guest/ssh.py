@@ -116,6 +116,20 @@ class GuestSSH:
         return CommandResult(command, status, out.decode(errors="replace"),
                              err.decode(errors="replace"), time.monotonic() - start, timed_out)
 
+    def output(self, command: str | list[str], timeout: float,
+               limit: int) -> tuple[int, bytes, bool]:
+        """Run ``command`` with no input; (exit status, its standard output as bytes, timed
+        out).  An output longer than ``limit`` bytes ends the command (status -1)."""
+        out = bytearray()
+
+        def take(chunk: bytes) -> None:
+            if len(out) <= limit:
+                out.extend(chunk)
+
+        status, timed_out = self.exchange(_command_text(command), timeout, _Feed(),
+                                          take, lambda chunk: None)
+        return (status if len(out) <= limit else -1), bytes(out[:limit]), timed_out
+
     def stream(self, command: str | list[str], timeout: float, stdin_fd: int | None,
                stdout: Callable[[bytes], object],
                stderr: Callable[[bytes], object]) -> tuple[int, bool]:

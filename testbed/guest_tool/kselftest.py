@@ -22,6 +22,7 @@ import time
 from . import vfiobind
 
 MAX_OUTPUT = 512 * 1024
+KILL_WAIT = 30  # seconds a killed program gets to go; longer: it is stuck in the kernel
 HUGEPAGES = "/proc/sys/vm/nr_hugepages"
 DEBUGFS = "/sys/kernel/debug"
 
@@ -60,13 +61,19 @@ def run_program(directory, program, args, env, timeout):
     timed_out = False
     try:
         raw, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
         timed_out = True
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except OSError:
             pass
-        raw, _ = proc.communicate()
+        try:
+            raw, _ = proc.communicate(timeout=KILL_WAIT)
+        except subprocess.TimeoutExpired as again:  # stuck in the kernel (D state), or
+            # something outside its process group holds its output open: do not wait
+            raw = (again.output or exc.output or b"") + (
+                b"\n# the program's output did not end within %d s of SIGKILL (a task "
+                b"stuck in the kernel?)\n" % KILL_WAIT)
     text = raw[-MAX_OUTPUT:].decode(errors="replace")
     rc = proc.returncode
     status, sig = (rc, None) if rc is None or rc >= 0 else (None, -rc)

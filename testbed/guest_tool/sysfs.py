@@ -1,7 +1,6 @@
 """What the guest's sysfs says: PCI devices with their upstream chains, IOMMU groups and
 ACS registers, NVMe controllers, p2pmem pools, the kernel's P2PDMA config."""
 
-import gzip
 import os
 
 from .iommu import device_group
@@ -18,14 +17,20 @@ def read(path, default=None):
         return default
 
 
+def _open_text(path):
+    if path.endswith(".gz"):
+        import gzip  # only here: most kernels have no /proc/config.gz, and it costs 0.1 s
+        return gzip.open(path, "rt")
+    return open(path)
+
+
 def kernel_config():
     """CONFIG_PCI_P2PDMA as the running kernel reports it (None: unknown)."""
     release = os.uname().release
     for path in ("/proc/config.gz", f"/boot/config-{release}",
                  f"/lib/modules/{release}/build/.config"):
         try:
-            opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rt") as f:
+            with _open_text(path) as f:
                 for line in f:
                     if line.startswith("CONFIG_PCI_P2PDMA="):
                         return line.split("=", 1)[1].strip() == "y"

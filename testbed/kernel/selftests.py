@@ -7,7 +7,10 @@ options without which it cannot run, the modules to load in the guest.  Building
 explicit step: :func:`build_suite` makes the UAPI headers of the source (``make headers``
 into the cache, never into the source tree) and the suite's programs (``make -C
 tools/testing/selftests/DIR OUTPUT=...``) with the host's compiler, and caches the
-programs by the source's identity, the suite and the compiler.  The source is the kernel
+programs by the source's identity, the suite and the compiler.  Each program is linked
+with a small shim (``kselftest_timeout.c``, ``-Wl,--wrap=poll``) that scales the harness's
+compiled-in per-test bound (30 s) by ``$TESTBED_KSFT_TIMEOUT_FACTOR`` at run time, so the
+bound follows an emulated CPU on a busy host.  The source is the kernel
 under test's: a profile kernel's tree (its build tree's ``source`` link), a built source
 tree, or for the image kernel Debian's linux-source (:func:`testbed.kernel.source.debian_source`).
 
@@ -39,9 +42,13 @@ from .extmod import ExtModule
 from .resolve import KernelSpec
 from .source import debian_source, source_of_tree
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 BUILD_TIMEOUT = 1800.0
 SELFTESTS = "tools/testing/selftests"
+# linked into every program (-Wl,--wrap=poll): the harness's per-test bound (30 s compiled
+# in) times the factor in this variable of the program's environment
+TIMEOUT_SHIM = Path(__file__).with_name("kselftest_timeout.c")
+TIMEOUT_FACTOR_ENV = "TESTBED_KSFT_TIMEOUT_FACTOR"
 
 
 class SelftestBuildError(TestbedError):
@@ -229,18 +236,25 @@ def build_suite(suite: Suite, src: Path) -> BuiltSuite:
     source, the programs and the compiler, or built now (the headers once per source, a
     few minutes on two busy cores; the programs well under a minute)."""
     headers = uapi_headers(src)
+    shim = TIMEOUT_SHIM.read_bytes()
     key = hashlib.sha256(repr((LAYOUT_VERSION, suite.directory,
                                tuple(p.name for p in suite.programs),
-                               source_identity(src, suite), _compiler())).encode()).hexdigest()
+                               source_identity(src, suite), _compiler(),
+                               hashlib.sha256(shim).hexdigest())).encode()).hexdigest()
 
     def make_programs(tmp: Path) -> None:
         out = tmp / "build"
         out.mkdir()
         targets = [str(out / p.name) for p in suite.programs]
+        shim_o = tmp / "kselftest_timeout.o"
+        run_step([find_tool("gcc", "gcc"), "-O2", "-Wall", "-c", str(TIMEOUT_SHIM), "-o",
+                  str(shim_o)], "compiling the harness timeout shim",
+                 error=SelftestBuildError, timeout=120)
         try:
             run_step([find_tool("make", "make"), "-j2", "-C",
                       str(src / SELFTESTS / suite.directory), f"OUTPUT={out}",
-                      f"KHDR_INCLUDES=-isystem {headers}", *targets],
+                      f"KHDR_INCLUDES=-isystem {headers}",
+                      f"USERLDFLAGS={shim_o} -Wl,--wrap=poll", *targets],
                      f"building the {suite.name} selftests of {src}",
                      error=SelftestBuildError, timeout=BUILD_TIMEOUT)
         except SelftestBuildError as exc:
@@ -251,5 +265,6 @@ def build_suite(suite: Suite, src: Path) -> BuiltSuite:
             if (out / p.name).is_file():
                 shutil.copy2(out / p.name, tmp / p.name)
         shutil.rmtree(out)
+        shim_o.unlink()
 
     return BuiltSuite(suite, _cached(f"{suite.name}-{key[:20]}", make_programs), src)

@@ -36,9 +36,10 @@ from ..results.writer import make_out_dir, write_results
 from ..spec.model import Topology
 from ..util.files import check_out_dir
 from ..util.timing import Phases, process_age
+from ..verdicts.observe import boot_trouble_record
 from ..verdicts.record import Record
 from ..workloads import WORKLOADS, default_workloads, observed
-from ..workloads.base import Context, WorkloadOptions
+from ..workloads.base import Context, GuestHung, WorkloadOptions
 from .checks import check_workloads
 
 log = logging.getLogger(__name__)
@@ -149,21 +150,28 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: Work
     ctx = Context(guest=guest, topology=topo, options=opts, coverage=coverage,
                   cpu=cpu_info(caps, topo.machine.cpu, topo.profile.cpu))
     records: list[Record] = []
-    try:
-        guest.dmesg_delta()  # deltas start now, not at boot
+    try:  # deltas start now; what the kernel logged before is judged on its own
+        trouble = boot_trouble_record(guest.dmesg_delta())
     except TestbedError:
-        pass
+        trouble = None
+    if trouble is not None:
+        records.append(trouble)
     phases = phases or Phases()
     if observed(names):
         with phases.phase("trace setup"):
             ctx.start_observing()  # before the first P2P I/O: the kernel decides once per pair
-    for name in names:
+    for i, name in enumerate(names):
         log.info("workload %s", name)
         start = time.monotonic()
         workload = WORKLOADS[name]()
         ctx.workload = name
         try:
             new = workload.run(ctx)
+        except GuestHung as exc:  # the guest is wedged: nothing more can run on it
+            log.error("%s", exc)
+            ctx.hung = exc
+            records += exc.records + [not_run(n, exc) for n in names[i + 1:]]
+            break
         except TestbedError as exc:
             new = [Record(name=name, observed="error" if workload.judged else None,
                           predicted="ok" if workload.judged else None,
@@ -177,6 +185,13 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: Work
                 coverage.checkpoint(name)
         records += new
     return records, ctx
+
+
+def not_run(name: str, hung: GuestHung) -> Record:
+    """The record of a planned workload the run did not get to: the guest hung before."""
+    judged = WORKLOADS[name].judged
+    return Record(name=name, observed="error" if judged else None,
+                  predicted="ok" if judged else None, detail=f"not run: {hung}")
 
 
 _FIRST_RUN = [True]
@@ -236,7 +251,10 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
                                               caps)
         if ctx.tracing:
             result.kernel["tracing"] = ctx.tracing
-        result.finished = True
+        if ctx.hung is not None:  # not finished: the guest is shut down at once below
+            result.error, result.error_kind = str(ctx.hung), ctx.hung.kind
+        else:
+            result.finished = True
     except TestbedError as exc:
         result.error = str(exc)
         result.error_kind = exc.kind
@@ -256,12 +274,13 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
     finally:
         collect = time.monotonic()
         dmesg = ""
+        hung = ctx is not None and ctx.hung is not None
         if guest is not None:
             try:
                 dmesg = guest.run(["dmesg"], timeout=30).stdout
             except TestbedError:
                 dmesg = "(the guest did not answer)"
-        if coverage is not None:
+        if coverage is not None and not hung:  # (a wedged guest answers nothing)
             with phases.phase("coverage read"):
                 result.coverage = coverage.finish(result.kernel.get("release"))
                 result.patch_coverage = judge_patch(coverage.plan, result.coverage)
@@ -276,7 +295,7 @@ def run_topology(topo: Topology, opts: RunOptions) -> tuple[RunResult, Path]:
         try:
             if guest is not None:
                 with phases.phase("shutdown"):
-                    guest.shutdown()
+                    guest.shutdown(graceful=not hung)  # a wedged guest cannot power off
         finally:
             result.seconds = time.monotonic() - start
             result.phases = phases.to_json()

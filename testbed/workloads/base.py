@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..coverage.session import CoverageSession
-from ..errors import TestbedError, WorkloadError
+from ..errors import GuestError, TestbedError, WorkloadError
 from ..guest.tool import GUEST_TOOL
 from ..guest.protocol import GuestLike
 from ..guest.result import CommandResult
@@ -49,6 +49,19 @@ class WorkloadOptions:
 INJECTIONS = ("corrupt", "warning")
 
 
+class GuestHung(GuestError):
+    """A guest command did not come back within its bound (the thing it ran had a bound of
+    its own inside the guest, plus a margin): the guest is wedged, e.g. a task stuck in
+    the kernel.  ``records`` are the workload's records so far, the last one the error
+    naming what hung.  The run stops there and the guest is shut down, never reused."""
+
+    kind = "guest-hung"
+
+    def __init__(self, message: str, records: list[Record]):
+        super().__init__(message)
+        self.records = records
+
+
 @dataclass
 class Context:
     """Everything a workload may use: the guest, the topology, the CPU model, the run's
@@ -66,6 +79,7 @@ class Context:
     tracing: dict[str, Any] = field(default_factory=dict)  # what `trace setup` reported
     coverage: CoverageSession | None = None  # --coverage: counts survive a restart
     workload: str = ""  # the workload running now
+    hung: GuestHung | None = None  # set by the runner: the guest is wedged, the run stopped
 
     def restart_guest(self) -> float:
         """Restart the guest (``guest.restart()``) without losing the coverage counted so

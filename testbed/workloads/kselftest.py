@@ -23,6 +23,7 @@ result with its diagnostics (results.ktap nests them, junit has a case per subte
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,17 +31,19 @@ from typing import Any, ClassVar
 from ..image.buildroot import kernel_build_env
 from ..kernel.config import Kconfig
 from ..kernel.extmod import ModuleUnsupported, build_module
-from ..kernel.selftests import SUITES, Program, Suite, build_suite, suite_source
+from ..kernel.selftests import (SUITES, TIMEOUT_FACTOR_ENV, Program, Suite, build_suite,
+                                suite_source)
 from ..spec.endpoints import kind_of
 from ..verdicts.ktap import KtapDocument, KtapResult, parse, subtest_leaves
 from ..verdicts.observe import trouble_verdict
-from .base import Context, Record, Workload
+from .base import DEFAULT_TIMEOUT, Context, GuestHung, Record, Workload
 from .judged import tool_step
 
 GUEST_DIR = "/tmp/p2pdma-kselftests"
 CONFIG_CMD = ("zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r) 2>/dev/null "
               "|| cat /lib/modules/$(uname -r)/build/.config")
-SETUP_SECONDS = 120.0  # binding, unbinding and restoring around a program
+SETUP_SECONDS = 120.0  # binding, unbinding and restoring around a program, its dmesg
+MAX_LOAD_FACTOR = 4.0  # a busier host than that is not waited for any longer
 # subtests that exercise one kernel feature: without it their failure is "unsupported".
 # Each rule is a name pattern and what it needs: every group, one option of each.  The VFIO
 # selftests run every test in each IOMMU mode: the legacy container /dev/vfio/vfio with
@@ -56,6 +59,55 @@ OPTION_VARIANTS: tuple[tuple[re.Pattern[str], tuple[tuple[str, ...], ...]], ...]
 RUN_LINE = re.compile(r"^\s*RUN\s+(\S+)")
 MAX_OUTPUT = 20000
 MODULE_SECONDS = 120.0  # loading or unloading a test module
+
+
+def time_factor(accel: str, timeout: float = DEFAULT_TIMEOUT, load: float = 0.0,
+                cpus: int = 1) -> float:
+    """How much longer than its nominal bound a program may take here.  The nominal
+    bounds are measured under TCG on an idle 2-core host; two things make a run slower:
+
+    - the user's ``--timeout`` over its default (who raises it asks for patience with
+      every command of a run: the testbed's own knob, scaled the same way here);
+    - under TCG, the host's load per core (``load`` = 1-minute load average over ``cpus``):
+      a guest's vCPU threads get their share of a busy host (capped at
+      :data:`MAX_LOAD_FACTOR`; KVM guests run at native speed).
+
+    >>> time_factor("tcg", load=1.0, cpus=2), time_factor("tcg", load=6.0, cpus=2)
+    (1.0, 3.0)
+    >>> time_factor("kvm", load=6.0, cpus=2), time_factor("tcg", 240.0, load=20.0, cpus=2)
+    (1.0, 8.0)
+    """
+    factor = max(1.0, timeout / DEFAULT_TIMEOUT)
+    if accel == "tcg":
+        factor *= min(MAX_LOAD_FACTOR, max(1.0, load / max(1, cpus)))
+    return round(factor, 2)
+
+
+def host_load() -> tuple[float, int]:
+    """(1-minute load average, CPUs this process may use)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return load, len(os.sched_getaffinity(0))
+
+
+def bounds(program: Program, factor: float) -> tuple[float, float]:
+    """(the program's bound in the guest, the host's bound on the whole guest step): the
+    guest kills the program at the first; the host gives up on the guest at the second
+    (the program's bound plus the margin for setting up and restoring around it)."""
+    inner = round(program.timeout * factor, 1)
+    return inner, round(inner + SETUP_SECONDS * factor, 1)
+
+
+def hung_record(rec: Record, program: Program, inner: float, outer: float) -> Record:
+    """The record of a program whose guest did not come back within the host's bound."""
+    rec.predicted, rec.observed = "ok", "error"
+    rec.detail = (f"{program.name} hung: the guest did not come back within {outer:.0f} s "
+                  f"(the program's bound {inner:.0f} s + {outer - inner:.0f} s for setting "
+                  "up and restoring); the guest is shut down")
+    rec.subtests = []
+    return rec
 
 
 def guest_config(ctx: Context) -> Kconfig | None:
@@ -107,16 +159,19 @@ def reclassify(doc: KtapDocument, config: Kconfig | None) -> list[str]:
 
 
 def judge_program(program: Program, doc: KtapDocument, result: dict[str, Any],
-                  timed_out: bool, excused: bool = False) -> tuple[str | None, str]:
+                  timed_out: bool, excused: bool = False,
+                  bound: float | None = None) -> tuple[str | None, str]:
     """(observed verdict or None when it skipped itself wholly, detail).  ``excused``:
-    failures were turned into unsupported SKIPs, so a failing exit status is expected."""
+    failures were turned into unsupported SKIPs, so a failing exit status is expected;
+    ``bound``: the program's bound in the guest (default its nominal one)."""
     name = program.name
     where = running_subtest(doc)
     during = f" while running {where}" if where else ""
     counts = doc.counts()
     total = sum(counts.values())
     if timed_out or result.get("timed_out"):
-        return "error", f"{name} hung: killed after {program.timeout:.0f} s{during}"
+        return "error", (f"{name} hung: killed after "
+                         f"{bound or program.timeout:.0f} s{during}")
     if result.get("signal"):
         return "error", f"{name} crashed (signal {result['signal']}){during}"
     if doc.skip_all is not None:
@@ -157,22 +212,30 @@ class KernelSelftest(Workload):
         ctx.guest.check(f"rm -rf {GUEST_DIR} && mkdir -p {GUEST_DIR} && tar -x -C {GUEST_DIR}",
                         timeout=120, stdin=built.tar())
         records: list[Record] = []
+        load, cpus = host_load()
+        factor = time_factor(ctx.guest.accel.name, ctx.timeout, load, cpus)
+        hung = False
         try:
             unload = self.load_test_module(ctx, config, src)
             if isinstance(unload, Record):
                 return [unload]
             try:
                 for program in self.suite.programs:
-                    records.append(self.program(ctx, program, config))
+                    records.append(self.program(ctx, program, config, factor))
+            except GuestHung as exc:
+                hung = True  # no cleanup on a wedged guest: the run shuts it down
+                exc.records[:0] = records
+                raise
             finally:
-                if unload:
+                if unload and not hung:
                     res = ctx.guest.run(unload, timeout=MODULE_SECONDS)
                     if not res.ok:
                         records.append(Record(
                             name=self.name, test=None, predicted="ok", observed="error",
                             detail=f"{unload} failed: {(res.stderr or res.stdout)[-300:]}"))
         finally:
-            ctx.guest.run(f"rm -rf {GUEST_DIR}", timeout=60)
+            if not hung:
+                ctx.guest.run(f"rm -rf {GUEST_DIR}", timeout=60)
         return records
 
     def load_test_module(self, ctx: Context, config: Kconfig | None,
@@ -223,38 +286,48 @@ class KernelSelftest(Workload):
         what = "NVMe" if program.device == "nvme-cmb" else program.device
         return None, None, f"skipped: the topology has no {what} for {program.name}"
 
-    def program(self, ctx: Context, program: Program, config: Kconfig | None) -> Record:
+    def program(self, ctx: Context, program: Program, config: Kconfig | None,
+                factor: float = 1.0) -> Record:
+        """Run one program, its bound scaled by ``factor`` (:func:`time_factor`); its record.
+        GuestHung when the guest does not come back within the host's bound."""
         why = self.suite.unsupported(config, program)
         if why:
             return skip_record(self.name, program.name, f"unsupported ({why})")
         name, bdf, why = self.device(ctx, program)
         if why:
             return skip_record(self.name, program.name, why)
+        inner, outer = bounds(program, factor)
         args = ["kselftest", "--dir", GUEST_DIR, "--program", program.name,
-                "--timeout", str(program.timeout)]
+                "--timeout", str(inner)]
         for module in self.suite.modules:
             args += ["--module", module]
         if program.hugepages:
             args += ["--hugepages", str(program.hugepages)]
         for a in program.args:
             args.append(f"--arg={a}")
+        if factor > 1.0:  # the harness's own per-test bound, scaled the same way
+            args += ["--env", f"{TIMEOUT_FACTOR_ENV}={factor:g}"]
         if bdf:
             args += ["--vfio", bdf, "--arg", bdf]
             if ctx.topology.iommu.model == "virtio":
                 args.append("--unsafe-interrupts")  # virtio-iommu remaps no interrupts
-        step = tool_step(ctx, args, timeout=program.timeout + SETUP_SECONDS)
+        step = tool_step(ctx, args, timeout=outer)
         data = step.data or {}
         rec = Record(name=self.name, test=program.name, client=name, predicted="ok",
                      seconds=round(step.result.seconds, 3), dmesg=step.dmesg)
+        rec.data = {"bound": inner, "host_bound": outer, "time_factor": factor}
+        if step.result.timed_out:
+            raise GuestHung(f"{self.name}: {hung_record(rec, program, inner, outer).detail}",
+                            [rec])
         if data.get("stage") == "bind":
             rec.predicted, rec.detail = None, f"skipped: {bdf} could not go to vfio-pci: " \
                 f"{data.get('error')}"
-            rec.data = {k: v for k, v in data.items() if k != "output"}
+            rec.data.update({k: v for k, v in data.items() if k != "output"})
             return rec
         doc = parse(str(data.get("output", "")))
         unsupported = reclassify(doc, config)
         observed, detail = judge_program(program, doc, data, step.result.timed_out,
-                                         excused=bool(unsupported))
+                                         excused=bool(unsupported), bound=inner)
         trouble = trouble_verdict(step.delta)
         if trouble:
             observed, detail = "error", f"{program.name}: {trouble[1]}"
@@ -264,7 +337,7 @@ class KernelSelftest(Workload):
             detail += "; unsupported here: " + "; ".join(unsupported)
         rec.observed, rec.detail = observed, detail
         rec.subtests = [t.to_json() for t in doc.tests]
-        rec.data = {k: v for k, v in data.items() if k != "output"}
+        rec.data.update({k: v for k, v in data.items() if k != "output"})
         rec.data["output_tail"] = str(data.get("output", ""))[-MAX_OUTPUT:]
         rec.data["counts"] = doc.counts()
         return rec
@@ -293,13 +366,16 @@ def kunit_off(config: Kconfig | None, cmdline: str) -> str | None:
     """Why the kernel ran no KUnit suite at boot: ``kunit.enable`` (the command line's
     last word for it, else CONFIG_KUNIT_DEFAULT_ENABLED) is off; None when it is on or
     unknown."""
-    words = [w.split("=", 1)[1] for w in cmdline.split() if w.startswith("kunit.enable=")]
-    if words:
-        on = words[-1].lower() in ("1", "y", "yes", "on", "true")
-        return None if on else f"the kernel was booted with kunit.enable={words[-1]}"
-    if config is not None and config.get("CONFIG_KUNIT_DEFAULT_ENABLED") == "n":
-        return ("CONFIG_KUNIT_DEFAULT_ENABLED is not set: KUnit runs only on a boot with "
-                "kunit.enable=1 (add it to the topology's kernel_cmdline)")
+    for param, option in (("enable", "CONFIG_KUNIT_DEFAULT_ENABLED"),
+                          ("autorun", "CONFIG_KUNIT_AUTORUN_ENABLED")):
+        words = [w.split("=", 1)[1] for w in cmdline.split()
+                 if w.startswith(f"kunit.{param}=")]
+        if words:
+            if words[-1].lower() not in ("1", "y", "yes", "on", "true"):
+                return f"the kernel was booted with kunit.{param}={words[-1]}"
+        elif config is not None and config.get(option) == "n":
+            return (f"{option} is not set: KUnit runs its suites only on a boot with "
+                    f"kunit.{param}=1 (add it to the topology's kernel_cmdline)")
     return None
 
 
@@ -320,6 +396,11 @@ def kunit_record(name: str, suite: str, text: str) -> Record:
             + ", ".join(broken[:5]) + more
     elif not doc.tests:
         rec.observed, rec.detail = "error", f"the suite {suite} reported nothing"
+    elif len(doc.tests) == 1 and not doc.tests[0].subtests:
+        # debugfs prints the suite's own "ok" line even for a suite that never ran (its
+        # status starts as success): no case line means no case ran
+        rec.observed, rec.detail = "error", (f"the suite {suite} ran no test case (its "
+                                             "debugfs results hold no case line)")
     else:
         skipped = sum(1 for _, t in leaves if t.get("status") == "skip")
         rec.observed, rec.detail = "ok", f"{len(leaves) - skipped} passed, {skipped} skipped"

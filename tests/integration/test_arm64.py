@@ -6,8 +6,8 @@ arm64 image (cached afterwards).
 
 - switch-cmb-arm64 (no vIOMMU): p2p-copy ok by bus address, fio's default jobs on p2pmem
   buffers verified, isolation: no groups;
-- switch-cmb-arm64-smmuv3 (SMMUv3 strict): the bus-address transfer faults at the SMMU (a
-  QEMU model limit, predicted), DMA domains, groups as predicted;
+- switch-cmb-arm64-smmuv3 (SMMUv3 strict): the bus-address transfers of p2p-copy and fio
+  fault at the SMMU (a QEMU model limit, predicted), DMA domains, groups as predicted;
 - rootports-cmb-arm64: refused (p2pdma.c has no arm64 rule for the root complex), fio too;
 - mixed-cmb-arm64-smmuv3 (SMMUv3 passthrough): both answers in one guest, identity domains,
   the SMMUv3's ACS request on the root ports.
@@ -97,6 +97,17 @@ def test_strict_smmuv3_faults_the_bus_address_transfer(guest):
             ("iommu-fault", "bus-address", True), r
         assert domain_types(r) == {"DMA"}, r["mechanism"]
         assert r["mechanism"]["iommu_p2p_maps"] == 0, r["mechanism"]
+
+
+@pytest.mark.topology(STRICT)
+def test_strict_smmuv3_faults_fio_too(guest):
+    """fio's verified jobs with the buffers in nvme0's CMB: the SMMUv3 faults the DMA, so
+    the verify fails and the fault line names the client: iommu-fault, as predicted."""
+    (r,) = guest.workload("fio", pairs=(("nvme0", "nvme1"),))
+    as_predicted([r])
+    assert (r["observed"], r["qemu_limit"], r["data_verified"]) == \
+        ("iommu-fault", True, False), r
+    assert "F_TRANSLATION client: " + guest.names["nvme1"] in r["detail"], r["detail"]
 
 
 @pytest.mark.topology(STRICT)

@@ -241,7 +241,7 @@ def test_the_shipped_tool_runs_and_holds_only_the_package(tmp_path):
     lib = tmp_path / "lib"
     tar.extractall(lib, filter="data")
     launcher = (lib / "p2pdma-guest").read_text().replace(GUEST_LIB, str(lib))
-    assert launcher.startswith("#!/usr/bin/python3\n")
+    assert launcher.startswith("#!/usr/bin/python3 -IS\n")
     for args in (["copy", "--help"], ["inventory", "--help"]):
         out = subprocess.run([sys.executable, "-I", "-c", launcher, *args], capture_output=True,
                              text=True, cwd=tmp_path, timeout=30)

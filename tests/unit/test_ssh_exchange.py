@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import socket
 import threading
 import time
@@ -46,10 +47,19 @@ def _finish(chan: paramiko.Channel, status: int) -> None:
     chan.close()
 
 
+GUEST_FILES: dict[str, bytes] = {}  # what `cat PATH 2>/dev/null` finds in the fake guest
+
+
 def _behave(command: str, chan: paramiko.Channel) -> None:
     """What the fake guest does for each command the tests send."""
     word, _, arg = command.partition(" ")
-    if word == "stall-then-digest":  # reads nothing for a while, then everything
+    shown = re.search(r"(?:^|; )cat (\S+) 2>/dev/null$", command)
+    if shown:  # a file of the guest
+        path = shown.group(1)
+        if path in GUEST_FILES:
+            chan.sendall(GUEST_FILES[path])
+        _finish(chan, 0 if path in GUEST_FILES else 1)
+    elif word == "stall-then-digest":  # reads nothing for a while, then everything
         time.sleep(float(arg))
         data = _read_all(chan)
         chan.sendall(f"{len(data)} {hashlib.sha256(data).hexdigest()}\n".encode())
@@ -186,3 +196,44 @@ def test_a_command_that_ignores_a_silent_terminal_ends_the_call(guest_ssh):
     finally:
         os.close(primary)
         os.close(secondary)
+
+
+def test_output_is_binary_and_bounded(guest_ssh):
+    GUEST_FILES["/blob"] = bytes(range(256)) * 64
+    assert guest_ssh.output("cat /blob 2>/dev/null", 10, limit=1 << 20) == \
+        (0, GUEST_FILES["/blob"], False)
+    status, data, _ = guest_ssh.output("cat /blob 2>/dev/null", 10, limit=100)
+    assert (status, data) == (-1, GUEST_FILES["/blob"][:100])
+    assert guest_ssh.output("cat /missing 2>/dev/null", 10, limit=100)[:2] == (1, b"")
+
+
+def test_the_bytecode_a_guest_compiled_is_cached_and_shipped(guest_ssh, tmp_path, monkeypatch):
+    """The guest tool's bytecode, compiled once in a guest, is fetched into the host's
+    cache (only the package's .pyc files) and every later tar of the tool carries it; a
+    guest that has none (not compiled yet) leaves the cache empty."""
+    import tarfile
+
+    from testbed.guest import tool
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "cache"))
+    GUEST_FILES.pop(tool.GUEST_BYTECODE, None)
+    assert not tool.collect_bytecode(guest_ssh, wait=0.2) and not tool.has_bytecode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in ((tool.PYCACHE + "cli.cpython-313.pyc", b"\x0d\x0d\r\n"),
+                           ("p2pdma_guest/cli.py", b"evil = 1\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    GUEST_FILES[tool.GUEST_BYTECODE] = buf.getvalue()
+    assert tool.collect_bytecode(guest_ssh) and tool.has_bytecode()
+    assert tool.read_bytecode(tool.bytecode_file().read_bytes()) == \
+        {"cli.cpython-313.pyc": b"\x0d\x0d\r\n"}
+    tool.package_tar.cache_clear()
+    try:
+        shipped = tarfile.open(fileobj=io.BytesIO(tool.package_tar()))
+        assert shipped.extractfile(tool.PYCACHE + "cli.cpython-313.pyc").read() == \
+            b"\x0d\x0d\r\n"
+        source = (Path(tool.__file__).parent.parent / "guest_tool" / "cli.py").read_bytes()
+        assert shipped.extractfile("p2pdma_guest/cli.py").read() == source
+    finally:
+        tool.package_tar.cache_clear()
