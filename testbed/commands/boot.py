@@ -156,6 +156,13 @@ def _detach(args: argparse.Namespace, topo: Topology) -> int:
         current = instances.load(name) or instances.Instance(name=name)
         current.supervisor = current.supervisor or supervisor
         instances.stop(current)
+        if proc.poll() is None:  # our own child, whatever identity it had when taken
+            proc.terminate()     # (right after fork it may still have been ours)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         raise
     if loaded is None or loaded.status != "ready":
         err = loaded.error if loaded else "the supervisor died"

@@ -148,7 +148,10 @@ def source_identity(ksrc: Path) -> str:
         return debian.identity
     head = _git(ksrc, "rev-parse", "HEAD")
     if head is not None:
-        h = hashlib.sha256(_git(ksrc, "diff", "HEAD", "--binary") or b"")
+        # full object names: git abbreviates them to a length that grows with the object
+        # count (an automatic gc after a commit changed 7 to 9 digits, and the key with it)
+        h = hashlib.sha256(_git(ksrc, "diff", "HEAD", "--binary", "--full-index",
+                                "--no-color", "--no-ext-diff", "--no-textconv") or b"")
         untracked = _git(ksrc, "ls-files", "-z", "--others", "--exclude-standard") or b""
         for name in sorted(n for n in untracked.split(b"\0") if n):
             p = ksrc / os.fsdecode(name)

@@ -240,20 +240,28 @@ class KernelBuild:
 @dataclass(frozen=True)
 class Hotplug:
     """Who drives the PCIe slots' hot-plug on a machine (the topology's machine.hotplug):
-    the QEMU arguments that choose it, the guest driver that then sees a ``device_del``
-    and the kernel option that builds it."""
+    the QEMU global property that chooses it, the guest driver that then sees a
+    ``device_del`` and the kernel option that builds it."""
 
     name: str                    # the topology's machine.hotplug value
-    argv: tuple[str, ...]        # QEMU arguments that select it (none: the machine's default)
     driver: str                  # the guest's hot-plug driver: pciehp, acpiphp
     config: str                  # the kernel option that builds it
     how: str                     # one line for the oracle's reasons
     unplug_seconds: float        # device_del to DEVICE_DELETED, with room for TCG under load
+    qemu_global: tuple[str, str, str] | None = None  # (device, property, value); None: default
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The QEMU arguments that select it (none for the machine's default)."""
+        if self.qemu_global is None:
+            return ()
+        device, prop, value = self.qemu_global
+        return ("-global", f"{device}.{prop}={value}")
 
 
 # Native PCIe hot-plug: the port's slot raises an attention-button event, pciehp waits its
 # 5 s abort window, powers the slot off, and QEMU then deletes the device.
-NATIVE_HOTPLUG = Hotplug("native", (), "pciehp", "CONFIG_HOTPLUG_PCI_PCIE",
+NATIVE_HOTPLUG = Hotplug("native", "pciehp", "CONFIG_HOTPLUG_PCI_PCIE",
                          "native PCIe hot-plug (pciehp drives the ports' slots)", 40.0)
 
 

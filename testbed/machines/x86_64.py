@@ -20,16 +20,15 @@ _STRICT = ("iommu.strict=1", "iommu.passthrough=0")
 # q35's default since QEMU 6.1: ACPI owns the hot-plug of root ports AND switch downstream
 # ports (QEMU hides the slots' native hot-plug capability and _OSC keeps PCIeHotplug from
 # the OS), so only acpiphp sees a device_del; it removes at once (no attention button).
-_ACPI_HOTPLUG = Hotplug("acpi", (), "acpiphp", "CONFIG_HOTPLUG_PCI_ACPI",
+_ACPI_HOTPLUG = Hotplug("acpi", "acpiphp", "CONFIG_HOTPLUG_PCI_ACPI",
                         "q35's ACPI PCI hot-plug (acpiphp drives the root and switch "
                         "downstream ports' slots; _OSC keeps native hot-plug from the OS)",
                         15.0)
 # acpi-pci-hotplug-with-bridge-support=off: _OSC hands PCIeHotplug to the OS and every root
 # and switch downstream port shows a pciehp slot (measured on 10.0.2, profile kernel 7.3.4)
-_NATIVE_HOTPLUG = Hotplug("native", ("-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-"
-                                     "support=off"), NATIVE_HOTPLUG.driver,
-                          NATIVE_HOTPLUG.config, NATIVE_HOTPLUG.how,
-                          NATIVE_HOTPLUG.unplug_seconds)
+_NATIVE_HOTPLUG = Hotplug("native", NATIVE_HOTPLUG.driver, NATIVE_HOTPLUG.config,
+                          NATIVE_HOTPLUG.how, NATIVE_HOTPLUG.unplug_seconds,
+                          ("ICH9-LPC", "acpi-pci-hotplug-with-bridge-support", "off"))
 
 X86_64 = MachineProfile(
     arch="x86_64",

@@ -33,7 +33,7 @@ from .installed import resolve_qemu
 from .machine import QemuMachine, QmpSocket
 
 PROBE_TIMEOUT = 30
-_FORMAT = 4
+_FORMAT = 6
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,9 @@ def find_binary(name: str) -> str:
 
 # devices whose properties the testbed asks for (beyond nvme / nvme-ns)
 PROPS_OF = ("pcie-root-port", "amd-iommu", "intel-iommu")
+# the boards' own devices (not in "-device help"), for -global properties: q35's ICH9-LPC
+# (machine.hotplug); another QEMU program answers with nothing
+BOARD_PROPS_OF = ("ICH9-LPC",)
 
 
 # a model in "-cpu help": indented, after the architecture's prefix where it prints one
@@ -117,6 +120,11 @@ def _probe_uncached(q: Qemu) -> Capabilities:
     cpus = frozenset(re.findall(_CPU_LINE, run("-cpu", "help")
                                 .split("Recognized CPUID flags")[0], re.M)) - {"Available"}
     other = {d: _props(run("-device", f"{d},help")) for d in PROPS_OF if d in devices}
+    for d in BOARD_PROPS_OF:
+        try:
+            other[d] = _props(run("-device", f"{d},help"))
+        except QemuNotFound:
+            other[d] = frozenset()
     accels = frozenset(line.strip() for line in run("-accel", "help").splitlines()[1:]
                        if line.strip())
     return Capabilities(path=q.binary, version=_version(m), version_text=version_text,

@@ -130,6 +130,13 @@ def capabilities(topo: Topology, caps: Capabilities, accel: str | None = None) -
         out.append(_problem(topo, "machine.cpu", f"CPU model {cpu!r} needs KVM, and this "
                             "machine runs guests under TCG: name a model such as "
                             + _examples(topo.profile.tcg_cpu_examples)))
+    hotplug = topo.machine.hotplug_mode
+    if hotplug.qemu_global is not None:
+        device, prop, _ = hotplug.qemu_global
+        if prop not in caps.props(device):
+            out.append(_problem(topo, "machine.hotplug", f"{caps.describe()} lacks the "
+                                f"{device} property {prop!r}, which hotplug: {hotplug.name} "
+                                "sets (QEMU 6.1 or newer has it)"))
     viommu = topo.profile.viommu(topo.iommu.model)
     expanders = bool(topo.host_bridges())
     if viommu is not None and viommu.as_machine_option(expanders):

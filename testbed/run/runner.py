@@ -36,6 +36,7 @@ from ..results.writer import make_out_dir, write_results
 from ..spec.model import Topology
 from ..util.files import check_out_dir
 from ..util.timing import Phases, process_age
+from ..verdicts.observe import boot_trouble_record
 from ..verdicts.record import Record
 from ..workloads import WORKLOADS, default_workloads, observed
 from ..workloads.base import Context, GuestHung, WorkloadOptions
@@ -149,10 +150,12 @@ def run_workloads(guest: GuestLike, topo: Topology, names: list[str], opts: Work
     ctx = Context(guest=guest, topology=topo, options=opts, coverage=coverage,
                   cpu=cpu_info(caps, topo.machine.cpu, topo.profile.cpu))
     records: list[Record] = []
-    try:
-        guest.dmesg_delta()  # deltas start now, not at boot
+    try:  # deltas start now; what the kernel logged before is judged on its own
+        trouble = boot_trouble_record(guest.dmesg_delta())
     except TestbedError:
-        pass
+        trouble = None
+    if trouble is not None:
+        records.append(trouble)
     phases = phases or Phases()
     if observed(names):
         with phases.phase("trace setup"):

@@ -29,6 +29,7 @@ import re
 from typing import Any
 
 from ..guest_tool import schema
+from .record import Record
 
 # dmesg lines worth pulling out of a workload's delta
 FAULT_PATTERNS = {
@@ -102,6 +103,31 @@ def trouble_verdict(delta_or_lines: str | list[str]) -> tuple[str, str] | None:
         return None
     more = f" (and {len(lines) - 1} more line(s))" if len(lines) > 1 else ""
     return "error", f"the kernel logged trouble during the workload: {lines[0]}{more}"
+
+
+BOOT_TROUBLE = "kernel-log"  # the record of trouble the kernel logged before the workloads
+
+
+def boot_trouble_record(delta: str) -> Record | None:
+    """A judged ``error`` record when the kernel logged trouble (an oops, ``BUG:``,
+    ``WARNING:``, a KASAN/KFENCE report, a lockdep or DMA-API debug splat, a hung task)
+    between its boot and the first workload: no workload's own delta holds those lines,
+    yet a kernel that splatted while probing the fabric must not pass.  None when clean.
+
+    >>> boot_trouble_record("[ 0.5] pci 0000:00:01.0: [8086:29c0] type 00") is None
+    True
+    >>> r = boot_trouble_record("[ 1.0] WARNING: possible circular locking dependency "
+    ...                         "detected\\n[ 1.1] BUG: KASAN: slab-out-of-bounds in x+0x1/0x2")
+    >>> r.observed, r.predicted, r.detail
+    ('error', 'ok', 'the kernel logged trouble before the workloads: [ 1.0] WARNING: possible circular locking dependency detected (and 1 more line(s))')
+    """
+    lines = kernel_trouble(delta)
+    if not lines:
+        return None
+    more = f" (and {len(lines) - 1} more line(s))" if len(lines) > 1 else ""
+    return Record(name=BOOT_TROUBLE, predicted="ok", observed="error",
+                  detail=f"the kernel logged trouble before the workloads: {lines[0]}{more}",
+                  dmesg={"trouble": lines[:50]})
 
 
 def refusals(dmesg_text: str) -> set[tuple[str, str]]:

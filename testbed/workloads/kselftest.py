@@ -366,13 +366,16 @@ def kunit_off(config: Kconfig | None, cmdline: str) -> str | None:
     """Why the kernel ran no KUnit suite at boot: ``kunit.enable`` (the command line's
     last word for it, else CONFIG_KUNIT_DEFAULT_ENABLED) is off; None when it is on or
     unknown."""
-    words = [w.split("=", 1)[1] for w in cmdline.split() if w.startswith("kunit.enable=")]
-    if words:
-        on = words[-1].lower() in ("1", "y", "yes", "on", "true")
-        return None if on else f"the kernel was booted with kunit.enable={words[-1]}"
-    if config is not None and config.get("CONFIG_KUNIT_DEFAULT_ENABLED") == "n":
-        return ("CONFIG_KUNIT_DEFAULT_ENABLED is not set: KUnit runs only on a boot with "
-                "kunit.enable=1 (add it to the topology's kernel_cmdline)")
+    for param, option in (("enable", "CONFIG_KUNIT_DEFAULT_ENABLED"),
+                          ("autorun", "CONFIG_KUNIT_AUTORUN_ENABLED")):
+        words = [w.split("=", 1)[1] for w in cmdline.split()
+                 if w.startswith(f"kunit.{param}=")]
+        if words:
+            if words[-1].lower() not in ("1", "y", "yes", "on", "true"):
+                return f"the kernel was booted with kunit.{param}={words[-1]}"
+        elif config is not None and config.get(option) == "n":
+            return (f"{option} is not set: KUnit runs its suites only on a boot with "
+                    f"kunit.{param}=1 (add it to the topology's kernel_cmdline)")
     return None
 
 
@@ -393,6 +396,11 @@ def kunit_record(name: str, suite: str, text: str) -> Record:
             + ", ".join(broken[:5]) + more
     elif not doc.tests:
         rec.observed, rec.detail = "error", f"the suite {suite} reported nothing"
+    elif len(doc.tests) == 1 and not doc.tests[0].subtests:
+        # debugfs prints the suite's own "ok" line even for a suite that never ran (its
+        # status starts as success): no case line means no case ran
+        rec.observed, rec.detail = "error", (f"the suite {suite} ran no test case (its "
+                                             "debugfs results hold no case line)")
     else:
         skipped = sum(1 for _, t in leaves if t.get("status") == "skip")
         rec.observed, rec.detail = "ok", f"{len(leaves) - skipped} passed, {skipped} skipped"

@@ -96,3 +96,42 @@ def test_verdicts_mechanisms_and_isolation_match_the_predictions(topology, profi
     report = (out / "report.md").read_text()
     assert "kernel profile set: base+vfio-iommufd+coverage" in report
     assert profile_kernel.config_sha256 in report
+
+
+def test_a_git_tree_is_configured_out_of_tree_and_left_untouched(tmp_path):
+    """A user's git tree as the source: linux-source-7.3 as a git repository (of symlinks
+    to the unpacked tree, so no 1.8 GB copy), one uncommitted change, `--check` (configure
+    + the subset check; the compile is the same make as for the Debian tree, measured by
+    hand from a full git copy: README).  The source identity is git's (HEAD + the
+    uncommitted change), and nothing is written into the tree (git status unchanged)."""
+    from testbed.kernel.profile_build import source_identity
+    from testbed.kernel.source import debian_source
+    repo = tmp_path / "linux"
+    subprocess.run(["cp", "-as", str(debian_source().tree), str(repo)], check=True,
+                   timeout=600)
+    # gc.auto=0: no detached 'git gc' outlives the test
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c",
+           "gc.auto=0"]
+    for args in (["init", "-q"], ["add", "-f", "-A", "."], ["commit", "-qm", "tree"]):
+        subprocess.run([*git, *args], check=True, timeout=600, capture_output=True)
+    clean = source_identity(repo)
+    assert clean.startswith("git:")
+    # an uncommitted change: the link replaced by a file (never write through the link:
+    # it points into the shared unpacked tree)
+    link = repo / "drivers/pci/p2pdma.c"
+    text = link.read_text()
+    link.unlink()
+    link.write_text(text + "/* a local change */\n")
+    changed = source_identity(repo)
+    assert changed.startswith("git:") and changed != clean
+    status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True,
+                            check=True, timeout=600).stdout
+    out = tmp_path / "build"
+    res = cli("kernel", "build", str(repo), "--profile", "hmm", "--check", "--output",
+              str(out), tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "options of base+hmm are set as asked" in res.stderr, res.stderr[-2000:]
+    assert Kconfig.parse((out / ".config").read_text()).builtin("CONFIG_TEST_HMM")
+    assert subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True,
+                          check=True, timeout=600).stdout == status
+    assert source_identity(repo) == changed

@@ -75,6 +75,21 @@ def test_stop_of_a_relative_path_never_deletes_it(state, canary, tmp_path):
     assert intact(canary)
 
 
+def sleeper(**popen) -> subprocess.Popen:
+    """A ``sleep 300`` child, returned once it runs sleep: right after fork its command
+    line is still this interpreter's, and an identity taken then never matches again
+    (under load that window is long enough to make a test flaky)."""
+    proc = subprocess.Popen(["sleep", "300"], **popen)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        me = identify(proc.pid)
+        if me is not None and me.cmdline == "sleep 300":
+            return proc
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError("sleep 300 did not start within 30 s")
+
+
 def forge(state: Path, name: str, **fields) -> Path:
     d = state / "instances" / name
     d.mkdir()
@@ -85,7 +100,7 @@ def forge(state: Path, name: str, **fields) -> Path:
 def test_ps_never_signals_a_reused_pid_nor_deletes_a_foreign_run_dir(state, canary):
     """A 'ready' instance whose QEMU is gone: its recorded supervisor PID now belongs to
     another process (a canary), and its run_dir points at a canary directory."""
-    victim = subprocess.Popen(["sleep", "300"])
+    victim = sleeper()
     try:
         me = identify(victim.pid)
         assert me is not None
@@ -148,7 +163,7 @@ def test_a_symlinked_instance_directory_is_not_followed(state, canary):
 
 def test_stale_supervisor_signal_goes_only_to_the_recorded_process(state):
     """The identity check in the other direction: the real recorded process is signalled."""
-    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    proc = sleeper(start_new_session=True)
     try:
         me = identify(proc.pid)
         forge(state, "mine", status="booting", supervisor=me.to_json())

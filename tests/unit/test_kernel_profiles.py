@@ -199,6 +199,25 @@ def test_source_identity_follows_the_content(tmp_path):
     assert len({clean, patched, source_identity(repo)}) == 3
 
 
+def test_a_git_trees_identity_does_not_follow_the_abbreviation_length(tmp_path, monkeypatch):
+    """git abbreviates object names in a diff to a length that grows with the repository's
+    object count; a background gc after a commit changed it (7 -> 9 digits) on a kernel git
+    tree, and with it the build key, between two builds of the same tree."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = fake_source(tmp_path / "repo")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    (repo / "Kconfig").write_text("patched\n")
+    short = source_identity(repo)
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.abbrev")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "12")
+    assert source_identity(repo) == short
+
+
 @pytest.fixture
 def fake_build(tmp_path, monkeypatch):
     monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "cache"))

@@ -326,6 +326,31 @@ def test_kunit_is_off_without_kunit_enable_when_the_config_defaults_it_off():
     assert kunit_off(on, "kunit.enable=0") == "the kernel was booted with kunit.enable=0"
 
 
+def test_kunit_is_off_when_the_config_does_not_autorun_it():
+    """allnoconfig leaves the default-y KUNIT_AUTORUN_ENABLED off (the kunit profile's first
+    real build, 7.3.4): KUnit then registers the suites and never runs them."""
+    from testbed.workloads.kselftest import kunit_off
+    no_run = Kconfig.parse("CONFIG_PCI=y\nCONFIG_KUNIT=y\nCONFIG_KUNIT_DEFAULT_ENABLED=y\n"
+                           "# CONFIG_KUNIT_AUTORUN_ENABLED is not set\n")
+    assert "kunit.autorun=1" in kunit_off(no_run, "console=ttyS0")
+    assert kunit_off(no_run, "console=ttyS0 kunit.autorun=1") is None
+    assert kunit_off(no_run, "kunit.autorun=1 kunit.enable=0") == \
+        "the kernel was booted with kunit.enable=0"
+    older = Kconfig.parse("CONFIG_PCI=y\nCONFIG_KUNIT=y\nCONFIG_KUNIT_DEFAULT_ENABLED=y\n")
+    assert kunit_off(older, "quiet") is None  # a kernel without the option autoruns
+
+
+def test_a_suite_that_never_ran_is_an_error_not_a_pass():
+    """What 7.3.4's debugfs printed for a registered suite that never ran: the plan, no case
+    line, and the suite's own "ok" (its status starts as success)."""
+    from testbed.workloads.kselftest import kunit_record
+    text = ("KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: amdv1_fmt_test\n"
+            "    1..11\nok 1 amdv1_fmt_test\n")
+    rec = kunit_record("kunit", "amdv1_fmt_test", text)
+    assert (rec.predicted, rec.observed) == ("ok", "error")
+    assert "ran no test case" in rec.detail
+
+
 def test_a_kunit_suite_is_one_record_with_every_case():
     from testbed.workloads.kselftest import kunit_record
     rec = kunit_record("kunit", "iommu_pt", KUNIT_DEBUGFS)

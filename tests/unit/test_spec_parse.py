@@ -6,6 +6,8 @@ callable that returns a :class:`testbed.qemu.probe.Capabilities`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import textwrap
 from pathlib import Path
 
@@ -425,6 +427,23 @@ def test_qemu_without_pmrdev_names_the_version():
     assert problems(EVERYTHING, probe=old) == [
         "11:16: pcie[0].device.downstream[0].pmr: QEMU 5.0.0 (/opt/qemu-5.0.0/bin/my-qemu) "
         "lacks the nvme property 'pmrdev'"]
+
+
+def test_native_hotplug_needs_the_ich9_property():
+    """machine.hotplug: native sets an ICH9-LPC global; a QEMU without it is refused at the
+    line, a QEMU with it (probed from "-device ICH9-LPC,help") is not."""
+    text = "machine:\n  qemu: my-qemu\n  hotplug: native\npcie: [{root_port: rp0}]\n"
+    assert problems(text, probe=fake_probe()) == [
+        "3:12: machine.hotplug: QEMU 10.0.0 (/opt/qemu-10.0.0/bin/my-qemu) lacks the ICH9-LPC "
+        "property 'acpi-pci-hotplug-with-bridge-support', which hotplug: native sets (QEMU "
+        "6.1 or newer has it)"]
+
+    def probe(binary, program=None):
+        caps = fake_probe()(binary, program)
+        return dataclasses.replace(caps, device_props={
+            **caps.device_props, "ICH9-LPC": frozenset({"acpi-pci-hotplug-with-bridge-support"})})
+    assert spec(text, probe=probe).machine.hotplug == "native"
+    assert spec(text.replace("native", "acpi"), probe=fake_probe()).machine.hotplug == "acpi"
 
 
 def test_qemu_without_cmb_or_block_size():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testbed.verdicts.observe import kernel_trouble, observe, pull_dmesg, refusals
+from testbed.verdicts.observe import (boot_trouble_record, kernel_trouble, observe, pull_dmesg,
+                                     refusals)
 
 OK = {"ok": True}
 FAIL_EINVAL = {"ok": False, "errno": 22, "error": "Invalid argument"}
@@ -129,3 +130,14 @@ def test_trouble_turns_any_transfer_into_an_error_naming_the_line():
     assert observe(result(FAIL_EINVAL, FAIL_EINVAL), pull_dmesg(REFUSAL + "\n" + text),
                    False)[0] == "error"
     assert observe(result(), pull_dmesg((DMESG / "benign.txt").read_text()), False)[0] == "ok"
+
+
+def test_trouble_before_the_workloads_is_a_failing_record_of_its_own():
+    """A splat while the kernel booted and probed the fabric (KASAN, lockdep, DMA-API
+    debug) is in no workload's delta: the run gets a judged ``kernel-log`` error for it,
+    so a run on such a kernel cannot pass; a clean boot adds nothing."""
+    assert boot_trouble_record((DMESG / "benign.txt").read_text()) is None
+    rec = boot_trouble_record((DMESG / "kasan.txt").read_text())
+    assert rec is not None and rec.name == "kernel-log" and rec.judged and not rec.passed
+    assert "BUG: KASAN: slab-use-after-free" in rec.detail
+    assert rec.dmesg["trouble"] == kernel_trouble((DMESG / "kasan.txt").read_text())
