@@ -175,7 +175,11 @@ def _boot_file(k: KernelSpec, profile: MachineProfile) -> Path:
     that, cached by the kernel file's identity; else as given."""
     if profile.kernel_image.direct_elf != "pvh" or kernel_file_kind(k.image_file) != "bzImage":
         return k.image_file
-    key = _file_sha256(k.image_file)[:32]
+    # one read: the key and the extraction come from the same bytes, even when a rebuild
+    # replaces the file meanwhile (a key of the new file over the old one's vmlinux booted a
+    # stale kernel: its build number and gcov stamps no longer matched its tree)
+    data = k.image_file.read_bytes()
+    key = hashlib.sha256(data).hexdigest()[:32]
     d = kernels_cache() / f"vmlinux-{key}"
     if (d / "vmlinux").is_file():
         _touch(d)
@@ -183,7 +187,7 @@ def _boot_file(k: KernelSpec, profile: MachineProfile) -> Path:
     if (d / "no-pvh").is_file():
         return k.image_file
     try:
-        elf = extract_vmlinux(k.image_file.read_bytes())
+        elf = extract_vmlinux(data)
         pvh = has_pvh_entry(elf)
     except Exception:  # noqa: BLE001 - any trouble: boot the bzImage as given
         elf, pvh = b"", False

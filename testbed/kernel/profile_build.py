@@ -20,7 +20,8 @@ Stages, each a step of its own:
    allnoconfig KCONFIG_ALLCONFIG=<the merged fragment>``; then every option the set asks for
    is checked in the final .config. One that Kconfig dropped, or does not know, is an error
    (exit 2) that names the profile and the unmet dependency (:mod:`.kconfig_why`).
-4. Build: ``make -jN <image> modules`` with ``CC="ccache gcc"`` when ccache is installed
+4. Build: ``make -jN <image> modules`` with ``CC="ccache-cc gcc"`` (ccache except for
+   sources that .incbin a build product) when ccache is installed
    (its cache is ``cache_dir()/ccache``), the profile set's make variables (per-file gcov),
    output to ``testbed-build.log`` in the tree. A failure names the compiler's first error
    line and the log.
@@ -57,8 +58,9 @@ from .source import debian_source, source_of_tree
 
 log = logging.getLogger(__name__)
 
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2  # 2: CC=ccache-cc (trees built by 1 may hold a stale bzImage payload)
 GOOD = "testbed-good"
+CCACHE_CC = Path(__file__).resolve().parent / "ccache-cc"  # the CC wrapper (see its text)
 CONFIG_STAMP = ".testbed-profile-config.json"
 FRAGMENT = "testbed-profile.config"
 # a cold build of base needs about 1.5 GB (more with debug info); refuse below this
@@ -293,6 +295,20 @@ def build_profile_kernel(ksrc: str | Path, profiles: list[str] | tuple[str, ...]
                       check_only)
 
 
+def _ccache_cc() -> Path:
+    """The CC wrapper, copied to one place in the cache: Kbuild records CC in every object's
+    command, so a path that followed the checkout would recompile everything in each clone."""
+    dest = cache_dir() / "bin" / CCACHE_CC.name
+    text = CCACHE_CC.read_bytes()
+    if not dest.is_file() or dest.read_bytes() != text:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}")
+        tmp.write_bytes(text)
+        tmp.chmod(0o755)
+        tmp.replace(dest)
+    return dest
+
+
 def _build(src: Path, ps: ProfileSet, arch: KernelArch, compiler: str, identity: str,
            key: str, tree: Path, jobs: int | None, start: float, cpu0: float,
            check_only: bool = False) -> ProfileKernel | None:
@@ -305,7 +321,8 @@ def _build(src: Path, ps: ProfileSet, arch: KernelArch, compiler: str, identity:
     make = ["make", "-C", str(src), f"O={tree}", f"ARCH={arch.make_arch}"]
     if arch.cross_compile:
         make.append(f"CROSS_COMPILE={arch.cross_compile}")
-    make.append(f"CC={'ccache ' if ccache else ''}{cc}")
+    # ccache for C only: see ccache-cc (an .incbin'd vmlinux is invisible to ccache)
+    make.append(f"CC={str(_ccache_cc()) + ' ' if ccache else ''}{cc}")
     env = {"KBUILD_BUILD_USER": "testbed", "KBUILD_BUILD_HOST": "profile"}
     if ccache and "CCACHE_DIR" not in os.environ:
         env["CCACHE_DIR"] = str(cache_dir() / "ccache")
