@@ -14,7 +14,8 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: boot test unit integration image validate verify bench kernel test-kernel-build clean setup typecheck
 
-# `make boot` needs only the runtime packages; the test targets add the test tools.
+# `make boot` and `make image` need only the runtime packages (setup-host.sh); the other
+# targets add the test tools, compilers and arm64 emulator (setup-host.sh test).
 $(STAMP): pyproject.toml scripts/setup-host.sh
 	sh scripts/setup-host.sh
 
@@ -29,11 +30,11 @@ boot: $(STAMP)
 image: $(STAMP)
 	$(PY) -m testbed image build
 
-validate: $(STAMP)
+validate: $(TEST_STAMP)
 	$(PY) -m testbed qemu install trixie-backports  # the AMD vIOMMU topologies name it
 	$(PY) -m testbed validate topologies/*.yaml
 
-verify: $(STAMP)
+verify: $(TEST_STAMP)
 	$(PY) -m testbed qemu install trixie-backports  # the AMD vIOMMU topologies name it
 	$(PY) -m testbed verify topologies/*.yaml
 
@@ -85,11 +86,11 @@ unit: $(TEST_STAMP)
 integration: $(TEST_STAMP)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) -m testbed image build
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
-kernel: $(STAMP)
+kernel: $(TEST_STAMP)
 	@test -n "$(KSRC)" || { echo "usage: make kernel KSRC=/path/to/linux [O=builddir]" >&2; exit 2; }
 	$(PY) -m testbed kernel build $(KSRC) $(if $(O),--output $(O))
 

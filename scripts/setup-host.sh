@@ -8,25 +8,35 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# graphviz draws topology.svg; chromium (headless) is how the tests check that report.html
-# really renders; fonts-dejavu-core is the font both use.
-PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs zstd kmod openssh-client python3-venv python3-pip
-      graphviz chromium fonts-dejavu-core"
-# gdb: `testbed boot --gdb` (and its CI test); the kernel build tools (testbed.kernel.build's
-# BUILD_PACKAGES): `testbed kernel build` and `testbed bisect` (CI bisects a tree make rejects)
-PKGS="$PKGS gdb build-essential flex bison bc libelf-dev libssl-dev dwarves"
-# ccache: profile kernel builds (testbed kernel build --profile) reuse objects across build
-# directories and rebuilds; xz-utils unpacks linux-source-X.Y (testbed kernel source debian)
-PKGS="$PKGS ccache xz-utils"
-# universal-ctags: --coverage maps kernel functions to their source lines (testbed.coverage.ctags)
-PKGS="$PKGS universal-ctags"
-# the kernel's selftests (kselftest:* workloads, testbed.kernel.selftests): vfio's library
-# links libuuid, iommu's iommufd test libcap
-PKGS="$PKGS uuid-dev libcap-dev"
-# arm64 guests (machine: {arch: aarch64}): QEMU's arm system emulator, the UEFI firmware a
-# topology with an expander host bridge boots through, the cross compiler of arm64 profile
-# kernels (testbed kernel build --arch aarch64)
-PKGS="$PKGS qemu-system-arm qemu-efi-aarch64 gcc-aarch64-linux-gnu"
+# `make boot` (no argument): only what booting a guest needs — QEMU, the image build
+# (mmdebstrap, mke2fs, zstd, depmod) and the venv.  The rest is for `make test` and the
+# tools (`setup-host.sh test`): each command that needs one of those names the package
+# when it is missing (testbed.util.procs.find_tool), so the split only makes the first
+# `make boot` fetch less (chromium, the compilers and the arm64 emulator are most of it).
+PKGS="qemu-system-x86 qemu-utils mmdebstrap e2fsprogs zstd kmod openssh-client python3-venv python3-pip"
+if [ "${1:-}" = test ]; then
+    # graphviz draws topology.svg; chromium (headless) is how the tests check that report.html
+    # really renders; fonts-dejavu-core is the font both use.
+    PKGS="$PKGS graphviz chromium fonts-dejavu-core"
+    # gdb: `testbed boot --gdb` (and its CI test); the kernel build tools (testbed.kernel.build's
+    # BUILD_PACKAGES): `testbed kernel build` and `testbed bisect` (CI bisects a tree make rejects)
+    PKGS="$PKGS gdb build-essential flex bison bc libelf-dev libssl-dev dwarves"
+    # ccache: profile kernel builds (testbed kernel build --profile) reuse objects across build
+    # directories and rebuilds; xz-utils unpacks linux-source-X.Y (testbed kernel source debian)
+    PKGS="$PKGS ccache xz-utils"
+    # universal-ctags: --coverage maps kernel functions to their source lines (testbed.coverage.ctags)
+    PKGS="$PKGS universal-ctags"
+    # the kernel's selftests (kselftest:* workloads, testbed.kernel.selftests): vfio's library
+    # links libuuid, iommu's iommufd test libcap
+    PKGS="$PKGS uuid-dev libcap-dev"
+    # arm64 guests (machine: {arch: aarch64}): QEMU's arm system emulator, the UEFI firmware a
+    # topology with an expander host bridge boots through, the cross compiler of arm64 profile
+    # kernels (testbed kernel build --arch aarch64)
+    PKGS="$PKGS qemu-system-arm qemu-efi-aarch64 gcc-aarch64-linux-gnu"
+fi
+# the QEMU packages this mode wants from backports on bookworm
+QEMU_PKGS="qemu-system-x86"
+[ "${1:-}" = test ] && QEMU_PKGS="$QEMU_PKGS qemu-system-arm"
 
 . /etc/os-release
 missing=""
@@ -37,7 +47,7 @@ done
 # bookworm-backports' 10.0 is what the project is tested with.
 want_backports=""
 if [ "${VERSION_CODENAME:-}" = bookworm ]; then
-    for q in qemu-system-x86 qemu-system-arm; do
+    for q in $QEMU_PKGS; do
         if ! dpkg-query -W -f='${Version}' "$q" 2>/dev/null | grep -q bpo; then
             want_backports=yes
         fi
@@ -54,7 +64,7 @@ if [ -n "$missing" ] || [ -n "$want_backports" ]; then
     $SUDO apt-get update -q
     if [ -n "$want_backports" ]; then
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
-            -t bookworm-backports qemu-system-x86 qemu-system-arm qemu-utils mmdebstrap
+            -t bookworm-backports $QEMU_PKGS qemu-utils mmdebstrap
     fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $PKGS
 fi
