@@ -143,16 +143,30 @@ def package_tar() -> bytes:
 def install_and_run(args: list[str]) -> str:
     """A guest shell command that unpacks the tar read from stdin (send
     :func:`package_tar` as the command's stdin) into :data:`GUEST_LIB`, installs the
-    launcher as :data:`GUEST_TOOL` and runs the tool with ``args``.  The directory is
+    launcher as :data:`GUEST_TOOL` (:func:`install_command`) and runs the tool with
+    ``args``."""
+    return f"{install_command()} && exec " + shlex.join([GUEST_TOOL, *args])
+
+
+def install_command(lib: str = GUEST_LIB, tool: str = GUEST_TOOL) -> str:
+    """The shell command that unpacks the tool's tar from stdin into ``lib`` and its
+    launcher as ``tool``.
+
+    In a fresh guest (every boot: neither is there yet) one ``tar`` puts each file in its
+    place (GNU tar's ``--transform`` to absolute names): under TCG every program started
+    costs 50-200 ms, and the general path below starts six.  The launcher lives only at
+    ``tool`` (the tar's mode, 755), not in ``lib``.  Otherwise the directory is
     replaced only when the tool differs from the one already there, so the bytecode an
     earlier call compiled stays (a detached guest, a rerun); a changed tool replaces it
     whole, bytecode included."""
-    new, lib = f"{GUEST_LIB}.new", GUEST_LIB
-    return (f"rm -rf {new} && mkdir -p {new} && tar -x -m -C {new} && "
+    new = f"{lib}.new"
+    places = f"s,^p2pdma-guest$,{tool},;s,^p2pdma_guest/,{lib}/p2pdma_guest/,"
+    return (f"if [ ! -e {lib} ] && [ ! -e {tool} ]; then "
+            f"tar -x -m -P --transform {shlex.quote(places)}; else "
+            f"rm -rf {new} && mkdir -p {new} && tar -x -m -C {new} && "
+            f"mv -f {new}/p2pdma-guest {tool} && "
             f"if ! diff -r -q -x __pycache__ {new} {lib} >/dev/null 2>&1; then "
-            f"rm -rf {lib} && mv {new} {lib}; else rm -rf {new}; fi && "
-            f"install -m 755 {lib}/p2pdma-guest {GUEST_TOOL} && exec "
-            + shlex.join([GUEST_TOOL, *args]))
+            f"rm -rf {lib} && mv {new} {lib}; else rm -rf {new}; fi; fi")
 
 
 def compile_in_background() -> str:
