@@ -39,7 +39,9 @@ verify: $(TEST_STAMP)
 	$(PY) -m testbed verify topologies/*.yaml
 
 # `make test`, in timed steps (each prints its wall time): typecheck, the guest image,
-# the unit tests on every core, then the real-guest tests.  The tests that run on the
+# QEMU 11.1 (before the unit tests: they validate the library with probes, and its AMD
+# vIOMMU and arm64 SMMU topologies name that QEMU), the unit tests on every core, then
+# the real-guest tests.  The tests that run on the
 # image's own kernel come first, on INTEGRATION_WORKERS pytest-xdist workers (each test
 # module stays on one worker, --dist loadscope, so a module's guests boot once; not
 # loadgroup: pytest 9.2 ignores the group xdist 3.8 writes into item._nodeid; budget
@@ -62,6 +64,8 @@ test: $(TEST_STAMP)
 	@mkdir -p $(dir $(STEP_LOG)) && rm -f $(STEP_LOG)
 	@$(STEP) typecheck -- $(PY) -m mypy
 	@$(STEP) "guest image" -- $(PY) -m testbed image build
+	@$(STEP) "QEMU 11.1 (trixie-backports, private root)" -- \
+		$(PY) -m testbed qemu install trixie-backports
 	@$(STEP) unit -- $(PYTEST) -n auto --durations=10 tests/unit $(call junit,unit)
 	@$(STEP) "integration, image kernel" -- $(PYTEST) -n $(INTEGRATION_WORKERS) \
 		--dist loadscope --durations=$(DURATIONS) -m "not ($(OTHER_KERNELS))" \
@@ -69,8 +73,6 @@ test: $(TEST_STAMP)
 	@$(STEP) --may-be-empty "integration, profile kernel" -- $(PYTEST) \
 		--durations=$(DURATIONS) -m profile_kernel tests/integration \
 		$(call junit,profile-kernel)
-	@$(STEP) "QEMU 11.1 (trixie-backports, private root)" -- \
-		$(PY) -m testbed qemu install trixie-backports
 	@$(STEP) --may-be-empty "integration, installed QEMU" -- $(PYTEST) \
 		--durations=$(DURATIONS) -m qemu_install tests/integration $(call junit,qemu-install)
 	@$(STEP) --may-be-empty "integration, arm64" -- $(PYTEST) \

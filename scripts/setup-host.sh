@@ -53,6 +53,35 @@ if [ "${VERSION_CODENAME:-}" = bookworm ]; then
         fi
     done
 fi
+PY=${PYTHON:-python3}
+# Debian's pip (23.x on bookworm) installs editable from pyproject.toml: no upgrade (it
+# cost seconds of every fresh `make boot`).  `setup-host.sh test` adds the test tools
+# (pytest-xdist, hypothesis, mypy), which `make boot` does not need.
+PIP=".venv/bin/python -m pip install -q --disable-pip-version-check"
+EXTRAS=""
+[ "${1:-}" = test ] && EXTRAS="[test]"
+python_env() {
+    if [ ! -x .venv/bin/python ]; then
+        "$PY" -m venv .venv
+    fi
+    # The testbed's bytecode, written once: with PYTHONDONTWRITEBYTECODE set (as on the
+    # project's machines) every command compiled its modules again (0.1 s of CPU each run).
+    .venv/bin/python -m compileall -q testbed >/dev/null || true
+    $PIP -e ".$EXTRAS"
+}
+
+# The venv and the Debian packages are independent once python3-venv is there (it is
+# on a stock Debian host): pip's downloads run beside apt's (a fresh `make boot` spent
+# about 40 s in the two one after the other).
+pip_pid=""
+pip_log=$(mktemp)
+# an apt failure (set -e) must not leave pip running behind the script
+trap 'rm -f "$pip_log"; [ -z "$pip_pid" ] || kill "$pip_pid" 2>/dev/null || true' EXIT
+if { [ -n "$missing" ] || [ -n "$want_backports" ]; } && "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
+    python_env >"$pip_log" 2>&1 &
+    pip_pid=$!
+fi
+
 if [ -n "$missing" ] || [ -n "$want_backports" ]; then
     echo "setup-host: installing Debian packages:${missing:- (qemu from backports)}"
     if [ -n "$want_backports" ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
@@ -69,22 +98,22 @@ if [ -n "$missing" ] || [ -n "$want_backports" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $PKGS
 fi
 
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
+if [ -n "$pip_pid" ]; then
+    rc=0
+    wait "$pip_pid" || rc=$?
+    pip_pid=""
+    if [ "$rc" -ne 0 ]; then
+        cat "$pip_log" >&2
+        echo "setup-host: creating .venv failed (above)" >&2
+        exit 1
+    fi
+    cat "$pip_log"
+else
+    python_env
 fi
-# Debian's pip (23.x on bookworm) installs editable from pyproject.toml: no upgrade (it
-# cost seconds of every fresh `make boot`).  `setup-host.sh test` adds the test tools
-# (pytest-xdist, hypothesis, mypy), which `make boot` does not need.
-PIP=".venv/bin/python -m pip install -q --disable-pip-version-check"
-# The testbed's bytecode, written once: with PYTHONDONTWRITEBYTECODE set (as on the
-# project's machines) every command compiled its modules again (0.1 s of CPU each run).
-.venv/bin/python -m compileall -q testbed >/dev/null || true
 if [ "${1:-}" = test ]; then
-    $PIP -e '.[test]'
     touch .venv/.installed .venv/.installed-test
 else
-    $PIP -e .
     touch .venv/.installed
 fi
 echo "setup-host: ready ($(qemu-system-x86_64 --version | head -1))"

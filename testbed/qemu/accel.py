@@ -14,11 +14,13 @@ and QEMU binary.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import platform
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +30,13 @@ from ..machines import X86_64, MachineProfile
 from ..paths import cache_dir
 from ..util.files import JsonCache
 from .cmdline import probe_argv
+from .machine import _child_setup as qemu_child_setup
 from .probe import Capabilities
 
+_RUNNING: set[subprocess.Popen[bytes]] = set()  # probes still running
+
 PROBE_TIMEOUT = 5.0  # a working KVM boots the probe guest in well under a second
+PROBE_QUICK = 1.5  # how long a boot waits for the probe before it boots with TCG
 PROBE_MARKER = "TESTBED-PROBE-OK"
 ACCELS = ("auto", "kvm", "tcg")
 
@@ -80,30 +86,70 @@ def _cached(caps: Capabilities) -> Accel | None:
         return None
 
 
-def probe_kvm(caps: Capabilities, guest: ProbeGuest, timeout: float = PROBE_TIMEOUT) -> Accel:
-    """Boot ``guest`` under KVM with a hard timeout; the verdict is cached."""
+def probe_kvm(caps: Capabilities, guest: ProbeGuest, timeout: float = PROBE_TIMEOUT,
+              quick: float = PROBE_QUICK) -> Accel:
+    """Boot ``guest`` under KVM with a hard timeout; the verdict is cached.
+
+    The caller waits at most ``quick`` seconds: a working KVM has answered by then.  A
+    probe still running after that goes on in a background thread up to ``timeout`` and
+    caches its verdict for the next boot, while this one boots with TCG (on this
+    project's machines the broken KVM's guest prints nothing and spins: the first
+    `make boot` waited the whole 5 s for it).  The probe QEMU dies with this process
+    (``PR_SET_PDEATHSIG``, and an exit handler), so it never outlives the orchestrator."""
     cached = _cached(caps)
     if cached is not None:
         return cached
-    with tempfile.TemporaryDirectory(prefix="kvm-probe-") as tmp:
-        console = Path(tmp) / "console.log"
-        argv = probe_argv(caps.runner, "kvm", guest.kernel, guest.initrd,
-                          (*guest.cmdline, guest.profile.console_word, "panic=-1",
-                           "testbed.probe"), console, guest.profile)
-        start = time.monotonic()
+    tmp = tempfile.TemporaryDirectory(prefix="kvm-probe-")
+    console = Path(tmp.name) / "console.log"
+    argv = probe_argv(caps.runner, "kvm", guest.kernel, guest.initrd,
+                      (*guest.cmdline, guest.profile.console_word, "panic=-1",
+                       "testbed.probe"), console, guest.profile)
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=caps.runner.environ(),
+                            preexec_fn=qemu_child_setup)
+    _RUNNING.add(proc)
+
+    def verdict() -> Accel:
+        """Wait for the probe (to ``timeout`` in all), judge it, cache it, clean up."""
         try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=timeout, env=caps.runner.environ())
-            out = console.read_text(errors="replace") if console.exists() else ""
-            ok = PROBE_MARKER in out
-            detail = (proc.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
-            reason = (f"KVM probe booted a guest in {time.monotonic() - start:.1f} s" if ok else
-                      f"KVM probe guest failed (QEMU status {proc.returncode}: {detail[:120]})")
-        except subprocess.TimeoutExpired:
-            ok, reason = False, f"KVM probe guest hung for {timeout:.0f} s"
-    accel = Accel("kvm" if ok else "tcg", reason)
-    _cache(caps).store({"name": accel.name, "reason": reason})
-    return accel
+            try:
+                _, err = proc.communicate(timeout=max(0.0, start + timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                ok, reason = False, f"KVM probe guest hung for {timeout:.0f} s"
+            else:
+                out = console.read_text(errors="replace") if console.exists() else ""
+                ok = PROBE_MARKER in out
+                detail = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
+                reason = (f"KVM probe booted a guest in {time.monotonic() - start:.1f} s" if ok
+                          else f"KVM probe guest failed (QEMU status {proc.returncode}: "
+                          f"{detail[:120]})")
+            accel = Accel("kvm" if ok else "tcg", reason)
+            if proc in _RUNNING:  # not killed by the exit handler: a real verdict
+                _cache(caps).store({"name": accel.name, "reason": reason})
+            return accel
+        finally:
+            _RUNNING.discard(proc)
+            tmp.cleanup()
+
+    try:
+        proc.wait(timeout=quick)
+    except subprocess.TimeoutExpired:
+        threading.Thread(target=verdict, name="kvm-probe", daemon=True).start()
+        return Accel("tcg", f"KVM did not answer its probe within {quick:.1f} s; the probe "
+                            f"goes on in the background for the next boot")
+    return verdict()
+
+
+def _kill_probes() -> None:
+    for proc in list(_RUNNING):
+        _RUNNING.discard(proc)
+        proc.kill()
+
+
+atexit.register(_kill_probes)
 
 
 def foreign_host(profile: MachineProfile) -> bool:

@@ -24,11 +24,21 @@ from ..spec.model import Topology
 from ..guest_tool import schema
 from ..kernel.resolve import KernelSpec
 from ..verdicts.mechanism import JUDGED_MAP_TYPES, judge, observe_mechanism
-from ..verdicts.observe import FAULT_QUIET_SECONDS, refusals
+from ..verdicts.observe import FAULT_PATTERNS, FAULT_QUIET_SECONDS, refusals
 from ..verdicts.predict import Prediction, pairs
 from ..verdicts.record import Record
 
 DEFAULT_TIMEOUT = 120.0
+# what the fault printk ratelimit has been spent on: the fault lines, the DMAR fault
+# interrupt's own line, printk's count of what it dropped
+RATELIMITED = re.compile(FAULT_PATTERNS["iommu-fault"].pattern +
+                         r"|DRHD: handling fault|callbacks suppressed", re.I)
+
+
+def spends_fault_ratelimit(delta: str) -> bool:
+    """A dmesg delta that may have used the IOMMU fault ratelimit (or was not read)."""
+    return delta.startswith("(dmesg unavailable") or RATELIMITED.search(delta) is not None
+
 
 @dataclass(frozen=True)
 class WorkloadOptions:
@@ -73,6 +83,7 @@ class Context:
     options: WorkloadOptions = WorkloadOptions()
     dmesg_log: list[str] = field(default_factory=list)  # every delta, for dmesg.txt
     last_transfer: float = 0.0  # monotonic end of the previous transfer
+    quiet_mark: int = 0  # dmesg_log entries the last quiet_gap looked at
     # the kernel's own tracing of its P2P decisions (see observe_mechanism below)
     observing: bool = False
     observe_why: str = "tracing was not set up for this run"
@@ -162,8 +173,14 @@ class Context:
 
     def quiet_gap(self) -> None:
         """Under a vIOMMU, let the fault printk ratelimit recover between transfers so
-        each transfer's faults are logged (see observe.FAULT_QUIET_SECONDS)."""
+        each transfer's faults are logged (see observe.FAULT_QUIET_SECONDS): wait only when
+        the kernel logged something that spends the ratelimit (an IOMMU fault line, a
+        "callbacks suppressed" line) since the last wait, or when a delta could not be read.
+        A transfer that logged no fault left the ratelimit as it found it."""
+        logged, self.quiet_mark = self.dmesg_log[self.quiet_mark:], len(self.dmesg_log)
         if self.topology.iommu.model == "none" or not self.last_transfer:
+            return
+        if not any(spends_fault_ratelimit(delta) for delta in logged):
             return
         wait = self.last_transfer + FAULT_QUIET_SECONDS - time.monotonic()
         if wait > 0:

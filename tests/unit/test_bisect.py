@@ -191,9 +191,10 @@ def test_other_commands_keep_exit_2(capsys):
 
 
 def test_setup_host_installs_what_bisect_and_gdb_need():
-    """CI installs everything from scripts/setup-host.sh: the kernel build tools (the
-    bisect test builds a tree make rejects) and gdb (the --gdb test attaches it)."""
+    """CI installs everything from scripts/setup-host.sh (`setup-host.sh test`, the PKGS
+    lines of its test branch too): the kernel build tools (the bisect test builds a tree
+    make rejects) and gdb (the --gdb test attaches it)."""
     script = (project_root() / "scripts" / "setup-host.sh").read_text()
-    words = set(" ".join(line for line in script.splitlines() if line.startswith("PKGS=")
-                         ).replace('"', " ").split())
+    words = set(" ".join(line for line in script.splitlines()
+                         if line.strip().startswith("PKGS=")).replace('"', " ").split())
     assert set(BUILD_PACKAGES.split()) | {"gdb"} <= words

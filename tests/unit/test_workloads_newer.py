@@ -178,3 +178,48 @@ def test_nvmet_without_a_target_is_one_unsupported_record(monkeypatch):
     (rec,) = nvmet.NvmetP2pmem().run(ctx)
     assert (rec.predicted, rec.observed, rec.detail) == (None, None, f"unsupported ({why})")
     assert len(calls) == 1  # asked once, not once per pair
+
+
+# -- the wait for the IOMMU fault printk ratelimit ------------------------------------------
+def test_the_fault_ratelimit_wait_happens_only_after_a_logged_fault(monkeypatch):
+    """Between transfers under a vIOMMU the run waits for the fault printk ratelimit only
+    when the kernel logged a fault (or dropped lines, or the delta was unreadable) since the
+    last wait: a run of refused or clean transfers does not sleep 5.5 s per pair."""
+    from testbed.workloads import base
+    slept: list[float] = []
+    monkeypatch.setattr(base.time, "sleep", slept.append)
+    deltas = iter([
+        "[ 10.1] nvme 0000:03:00.0: cannot be used for peer-to-peer DMA ...\n",
+        "",
+        "[ 11.2] DMAR: [DMA Write NO_PASID] Request device [03:00.0] fault addr 0xfe000000\n"
+        "[ 11.2] DMAR: [DMA Write NO_PASID] PTE Write access is not set\n",
+        "",
+        "[ 12.0] dmar_fault: 3 callbacks suppressed\n",
+        "(dmesg unavailable: ssh closed)",
+        "[ 13.0] virtio_iommu virtio0: page fault from EP 24 (read)\n",
+        "",
+    ])
+    guest = SimpleNamespace(dmesg_delta=lambda: next(deltas))
+    ctx = Context(guest=guest, topology=load_topology("switch-cmb-intel-iommu"), cpu=QEMU64)
+    waited = []
+    for _ in range(8):
+        slept.clear()
+        ctx.quiet_gap()
+        waited.append(bool(slept))
+        ctx.last_transfer = base.time.monotonic()  # a transfer ends; its delta is read
+        ctx.dmesg_delta()
+    slept.clear()
+    ctx.quiet_gap()
+    waited.append(bool(slept))
+    assert waited == [False, False, False, True, False, True, True, True, False]
+    assert all(4 < s <= base.FAULT_QUIET_SECONDS for s in slept)
+    # without a vIOMMU nothing is waited for, faults or not
+    plain = Context(guest=SimpleNamespace(dmesg_delta=lambda: "DMAR: PTE Read access is "
+                                          "not set\n"), topology=load_topology("switch-cmb"),
+                    cpu=QEMU64)
+    slept.clear()
+    for _ in range(3):
+        plain.quiet_gap()
+        plain.last_transfer = base.time.monotonic()
+        plain.dmesg_delta()
+    assert slept == []
