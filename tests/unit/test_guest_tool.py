@@ -250,3 +250,42 @@ def test_the_shipped_tool_runs_and_holds_only_the_package(tmp_path):
                                           capture_output=True, text=True, timeout=30).stdout
     # the bytecode is kept beside the sources (the reason for a directory, not a zipapp)
     assert list((lib / "p2pdma_guest" / "__pycache__").glob("cli.*.pyc"))
+
+
+def test_the_install_command_places_the_tool_fresh_kept_and_replaced(tmp_path):
+    """The shell command a boot sends with the tool's gzipped tar (GNU tar, as in the guest): a
+    fresh guest gets the package and the launcher (755) in one tar; the same tool again
+    keeps the bytecode an earlier call compiled; a changed tool replaces the directory
+    whole, stale bytecode included."""
+    import gzip
+    import shutil
+    import subprocess
+    from testbed.guest.tool import guest_tool_tar, install_command, PACKAGE
+    if shutil.which("tar") is None or "GNU" not in subprocess.run(
+            ["tar", "--version"], capture_output=True, text=True).stdout:
+        pytest.skip("needs GNU tar (the guest's)")
+    lib, tool = tmp_path / "lib" / "p2pdma-guest", tmp_path / "bin" / "p2pdma-guest"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "lib").mkdir()
+    command = install_command(str(lib), str(tool))
+
+    def install(data: bytes) -> None:
+        res = subprocess.run(["sh", "-c", command], input=data, capture_output=True,
+                             timeout=60)
+        assert res.returncode == 0, res.stderr
+
+    install(gzip.compress(guest_tool_tar()))
+    assert (lib / "p2pdma_guest" / "cli.py").read_bytes() == (PACKAGE / "cli.py").read_bytes()
+    assert tool.read_text().startswith("#!/usr/bin/python3 -IS\n")
+    assert tool.stat().st_mode & 0o777 == 0o755 and not (lib.parent / "p2pdma-guest.new").exists()
+    compiled = lib / "p2pdma_guest" / "__pycache__" / "cli.cpython-313.pyc"
+    compiled.parent.mkdir()
+    compiled.write_bytes(b"bytecode")
+    install(gzip.compress(guest_tool_tar()))  # the same tool: what was compiled stays
+    assert compiled.read_bytes() == b"bytecode"
+    changed = tmp_path / "changed"
+    shutil.copytree(PACKAGE, changed, ignore=shutil.ignore_patterns("__pycache__"))
+    (changed / "cli.py").write_text((changed / "cli.py").read_text() + "\n# changed\n")
+    install(gzip.compress(guest_tool_tar(changed)))
+    assert (lib / "p2pdma_guest" / "cli.py").read_text().endswith("# changed\n")
+    assert not compiled.exists() and not (lib.parent / "p2pdma-guest.new").exists()

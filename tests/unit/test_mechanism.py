@@ -251,3 +251,16 @@ def test_the_matrix_lists_a_changed_mechanism_apart():
     assert m.to_json()["mechanism_regressions"][0]["kernel"] == "new"
     from testbed.run.render import render_md, summary
     assert "MECHANISM REGRESSION" in summary(m) and "Mechanism regressions" in render_md(m)
+
+
+def test_a_bounded_helper_program_reports_its_status_and_is_killed_in_time():
+    """The tool mounts tracefs with mount(8) started by os.posix_spawnp (no subprocess import
+    under TCG): its exit status comes back, a missing program is None, and one that
+    outlives its bound is killed and reaped."""
+    import time
+    from testbed.guest_tool.trace import _run_bounded
+    assert _run_bounded(["true"], 5) == 0 and _run_bounded(["false"], 5) == 1
+    assert _run_bounded(["no-such-program-p2pdma"], 5) is None
+    start = time.monotonic()
+    assert _run_bounded(["sleep", "30"], 0.3) is None
+    assert time.monotonic() - start < 5
