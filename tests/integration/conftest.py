@@ -105,6 +105,32 @@ def installed_qemu():
         pytest.skip(f"SKIPPED (not CI): {message}")
 
 
+# Modules whose tests, parametrized by a topology (the test id is the topology's name, the
+# parameter carries the topology marker), each form an xdist scope of their own.
+SCOPE_PER_TOPOLOGY = ("tests/integration/test_topologies.py",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own (a firstresult hook)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` keeps a module on one worker so that its guests boot once; but
+    test_topologies.py boots 16 guests one after another (about 40% of the step), and one
+    worker with all of them was the step's tail.  Its tests of one topology (one guest,
+    released after its last test) are a scope of their own here, so its guests spread
+    over both workers; every other module stays one scope."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TopologyScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module, _, test = nodeid.partition("::")
+            if module.endswith(SCOPE_PER_TOPOLOGY) and test.endswith("]") and "[" in test:
+                return f"{module}::[{test[test.index('[') + 1:-1]}]"
+            return super()._split_scope(nodeid)
+
+    return TopologyScopes(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     """The from-source kernel build is opt-in: deselect it unless TESTBED_KSRC is set
     (`make test-kernel-build KSRC=...`).  (Under pytest-xdist `make test` keeps a module's

@@ -1,8 +1,9 @@
 """The workloads that cover the P2PDMA paths merged since 6.2, on one switch-cmb guest
 (switch-cmb: every pair is expected ok through the switch), each where it should pass and
 each failure mode caught: a fio verify error, a mixed iovec whose host half is corrupted, a
-WARNING line in the dmesg delta.  The guest is shared by the module's tests; hot-unplug
-runs last (it removes and re-adds a provider)."""
+WARNING line in the dmesg delta, a p2p-copy block corrupted between seeding and the read
+(it was test_workloads.py's, with a switch-cmb guest of its own).  The guest is shared by
+the module's tests; hot-unplug runs last (it removes and re-adds a provider)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,23 @@ def test_vfio_without_a_viommu_is_unsupported_and_takes_nothing(guest):
     bdf = guest.names["nvme1"]
     assert guest.run(f"basename $(readlink /sys/bus/pci/devices/{bdf}/driver)"
                      ).stdout.strip() == "nvme"
+
+
+def test_verification_catches_a_corrupted_block(guest):
+    """Corrupt block 3 on the client between seeding and the P2P read: the copy must not
+    be judged ok, and the bad block is named."""
+    records = guest.workload("p2p-copy", copy_extra=("--corrupt-block", "3"))
+    assert len(records) == 2
+    for r in records:
+        assert r["data_verified"] is False
+        assert r["observed"] == "error" and "corruption" in r["detail"]
+        assert r["data"]["mismatched_blocks"] == [3]
+
+
+def test_the_same_copy_without_corruption_verifies(guest):
+    records = guest.workload("p2p-copy")
+    assert [r["observed"] for r in records] == ["ok", "ok"]
+    assert all(r["data_verified"] for r in records)
 
 
 def test_hot_unplug_keeps_the_kernel_healthy_and_the_provider_usable(guest):

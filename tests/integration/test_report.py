@@ -1,7 +1,9 @@
 """What a run leaves for people and for kernel CI, checked the way they read it, on one real
-run (a one-run matrix: switch-cmb, the image's kernel, p2p-copy of 256K, so the matrix's
-files come with it):
+matrix (switch-cmb, p2p-copy of 256K, the image's kernel against itself: once as
+`default`, once as an unpacked package with its modules):
 
+- the matrix itself: no regression, exit 0, one cell per kernel and pair, each the same as
+  its run's results.json (test_matrix.py ran this matrix on its own before);
 - report.html opened in a real headless Chromium (Debian's ``chromium``): the screenshot
   is a page of a reasonable size, not one colour, with the drawing's green path in it;
   the DOM Chromium built holds the pair table with the run's pairs and the inline SVG;
@@ -35,17 +37,60 @@ WINDOW = (1280, 1600)
 
 
 @pytest.fixture(scope="module")
-def matrix_dir(real_qemu, tmp_path_factory) -> Path:
+def matrix_run(real_qemu, image_kernel_package, tmp_path_factory
+               ) -> tuple[Path, subprocess.CompletedProcess]:
     tmp = tmp_path_factory.mktemp("report")
     out = tmp / "matrix"
     start = time.monotonic()
     proc = subprocess.run([*TESTBED, "matrix", "-t", "switch-cmb", "-k", "default",
-                           "-w", "p2p-copy", "--size", "256K", "--out", str(out)],
+                           "-k", str(image_kernel_package), "-w", "p2p-copy", "--size", "256K",
+                           "--out", str(out)],
                           capture_output=True, text=True, timeout=900,
                           env={**os.environ, "TESTBED_STATE": str(tmp / "state")})
-    print(f"one-run matrix: {time.monotonic() - start:.1f} s")
+    print(f"two-run matrix: {time.monotonic() - start:.1f} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def matrix_dir(matrix_run) -> Path:
+    return matrix_run[0]
+
+
+def test_matrix_default_against_itself(matrix_run, image):
+    """The image's kernel against itself (as `default` and as an unpacked package with its
+    modules): no regression, exit 0, every cell the same as its run's results.json."""
+    out, proc = matrix_run
+    for name in ("matrix.json", "matrix.md", "matrix.html"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "matrix.json").read_text())
+    labels = [k["label"] for k in doc["kernels"]]
+    assert labels == ["default", image.kernel_release]
+    assert doc["baseline"] == "default" and doc["status"] == 0
+    assert doc["regressions"] == [] and doc["incomplete"] == []
+
+    # one cell per kernel × pair, each matching its run's own results.json
+    cells = {(c["kernel"], c["provider"], c["client"]): c for c in doc["cells"]}
+    pairs = {("nvme0", "nvme1"), ("nvme1", "nvme0")}
+    assert set(cells) == {(k, p, c) for k in labels for p, c in pairs}
+    for run in doc["runs"]:
+        assert run["release"] == image.kernel_release and run["error"] == ""
+        results = json.loads((out / run["directory"] / "results.json").read_text())
+        for w in results["workloads"]:
+            if w["name"] != "p2p-copy":
+                continue
+            cell = cells[(run["kernel"], w["provider"], w["client"])]
+            assert (cell["predicted"], cell["observed"], cell["data_verified"],
+                    cell["mb_per_s"]) == (w["predicted"], w["observed"], w["data_verified"],
+                                          w.get("mb_per_s"))
+            assert cell["observed"] == "ok" and cell["data_verified"] is True
+            assert cell["mb_per_s"] and cell["mb_per_s"] > 0
+
+    md = (out / "matrix.md").read_text()
+    assert "**PASS**" in md and f"| default | {image.kernel_release} |" in md
+    html = (out / "matrix.html").read_text()
+    assert html.count('class="cell ok"') == 4
+    assert "PASS" in proc.stdout.splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -207,9 +252,13 @@ def test_report_html_renders_in_headless_chromium(matrix_dir, chromium, tmp_path
 def test_matrix_html_links_each_cell_to_its_runs_report(matrix_dir, chromium, tmp_path):
     page = dom(chromium, tmp_path, matrix_dir / "matrix.html")
     cells = [href for cls, href in page.links if cls.startswith("cell")]
-    assert cells == ["switch-cmb/default/report.html"] * 2
-    assert (matrix_dir / cells[0]).resolve() == (matrix_dir / "switch-cmb/default/report.html")
-    assert (matrix_dir / cells[0]).is_file()
+    runs = json.loads((matrix_dir / "matrix.json").read_text())["runs"]
+    assert [r["directory"] for r in runs][0] == "switch-cmb/default" and len(runs) == 2
+    # two pairs a run, each cell to its own run's report
+    assert sorted(cells) == sorted(f"{r['directory']}/report.html" for r in runs for _ in (0, 1))
+    for href in set(cells):
+        assert (matrix_dir / href).is_file()
+        assert (matrix_dir / href).resolve().is_relative_to(matrix_dir.resolve())
 
 
 # -- KTAP, parsed here from the specification -------------------------------------------------

@@ -16,7 +16,7 @@ def test_fio_args_a_pushed_job_file_and_a_pushed_program(real_qemu, tmp_path):
     prog.chmod(0o755)
     out = tmp_path / "out"
     res = subprocess.run(
-        [sys.executable, "-m", "testbed", "run", "switch-cmb", "-w", "fio",
+        [sys.executable, "-m", "testbed", "run", "switch-cmb", "-w", "fio", "--pair", "nvme0:nvme1",
          "--fio-arg", "iodepth=2", "--fio-arg", "/root/small.fio",
          "--push", "./small.fio:/root/small.fio",
          "--push", "./mytest:/root/mytest", "--exec", "/root/mytest", "--out", str(out)],
@@ -25,7 +25,9 @@ def test_fio_args_a_pushed_job_file_and_a_pushed_program(real_qemu, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     data = json.loads((out / "results.json").read_text())
     fio = [w for w in data["workloads"] if w["name"] == "fio"]
-    assert len(fio) == 2 and all(w["observed"] == "ok" and w["data_verified"] for w in fio)
+    # one pair proves the options reach fio (the other direction ran the same job: 2x time)
+    assert [(w["provider"], w["client"]) for w in fio] == [("nvme0", "nvme1")]
+    assert all(w["observed"] == "ok" and w["data_verified"] for w in fio)
     jobs = fio[0]["data"]["jobs"]
     assert [j["job"] for j in jobs] == ["seq-32k"] and jobs[0]["options"]["bs"] == "32k"
     assert fio[0]["data"]["phases"][0]["summary"]["global"]["iodepth"] == "2"

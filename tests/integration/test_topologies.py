@@ -25,6 +25,13 @@ CASES = [pytest.param(name, marks=pytest.mark.topology(name), id=name)
          for name in LIBRARY if name not in ARM64]
 
 
+def case(name: str) -> list:
+    """One topology's case, for a test of that topology alone: parametrized like the others
+    so that under `make test` it runs with them, on their guest (tests/integration/
+    conftest.py makes each topology's tests here one xdist scope)."""
+    return [c for c in CASES if c.id == name]
+
+
 def test_library_has_the_named_topologies():
     for name in ("switch-cmb", "rootports-cmb", "rootports-cmb-zen", "switch-cmb-intel-iommu",
                  "switch-cmb-virtio-iommu", "switch-cmb-iommu-pt", "nvme-pmr", "fabric-large",
@@ -94,8 +101,8 @@ def test_p2p_copy_matches_the_oracle(guest, name):
                                                           "not-supported"}
 
 
-@pytest.mark.topology("switch-cmb-intel-iommu")
-def test_a_controllers_own_cmb_for_its_own_io(guest):
+@pytest.mark.parametrize("name", case("switch-cmb-intel-iommu"))
+def test_a_controllers_own_cmb_for_its_own_io(guest, name):
     """provider = client: distance 0, by bus address, and QEMU's NVMe serves its own CMB
     without the vIOMMU, so no fault even where every other pair faults."""
     (r,) = guest.workload("p2p-copy", size=256 << 10, pairs=(("nvme0", "nvme0"),))
@@ -199,14 +206,14 @@ def test_hmm_p2p_maps_as_the_oracle_says(guest, name):
     assert guest.check(avail).stdout == before
 
 
-@pytest.mark.topology("switch-cmb")
-def test_hmm_p2p_turns_a_kernel_warning_into_an_error(guest):
+@pytest.mark.parametrize("name", case("switch-cmb"))
+def test_hmm_p2p_turns_a_kernel_warning_into_an_error(guest, name):
     (r,) = guest.workload("hmm-p2p", pairs=(("nvme0", "nvme1"),), inject=("warning",))
     assert r["observed"] == "error" and "WARNING: CPU: 0 PID: 1 at testbed/self" in r["detail"]
 
 
-@pytest.mark.topology("switch-cmb")
-def test_hmm_selftests_run_against_test_hmm_built_for_the_image_kernel(guest):
+@pytest.mark.parametrize("name", case("switch-cmb"))
+def test_hmm_selftests_run_against_test_hmm_built_for_the_image_kernel(guest, name):
     """kselftest:hmm on the image kernel, which has HMM_MIRROR and DEVICE_PRIVATE but not
     TEST_HMM: lib/test_hmm.c of its own source (linux-source-7.3) is built against Debian's
     headers and loaded for the run; mm's hmm-tests (the same source) pass every test the
